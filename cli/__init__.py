@@ -1,0 +1,1 @@
+"""The `imgprep` command line: thin click commands over the `imgprep` and `trainer` libraries."""

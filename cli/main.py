@@ -1,0 +1,129 @@
+"""`imgprep` console script: one click group, one thin command per library entry point.
+
+Heavy libraries (cv2, torch, DALI) are imported inside the commands that use them, so
+`imgprep --help` and `imgprep prepare` start fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from imgprep.errors import ImgprepError
+
+
+def user_errors(fn):
+    """Turn library errors into a one-line message and exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ImgprepError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def workers_option(fn):
+    return click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+                        help="Worker processes (0: all cores).")(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="imgprep")
+def main() -> None:
+    """imgprep: ImageNet to AlexNet-ready WebDataset shards, a DALI loader and a two-tower trainer."""
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--classes", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--per-class", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Training images per class.")
+@click.option("--val-per-class", type=click.IntRange(min=0), default=None,
+              help="Validation images per class [default: per-class / 5, at least 1].")
+@click.option("--seed", type=int, default=0, show_default=True)
+@workers_option
+@user_errors
+def synth(out, classes, per_class, val_per_class, seed, workers) -> None:
+    """Write a small synthetic class-folder dataset to OUT (train/ and val/)."""
+    from imgprep.prepare import _resolve_workers
+    from imgprep.synth import SynthConfig, synthesize
+
+    vpc = max(1, per_class // 5) if val_per_class is None else val_per_class
+    r = synthesize(SynthConfig(out, classes, per_class, vpc, seed), workers=_resolve_workers(workers))
+    click.echo(f"wrote {r['train']} train and {r['val']} val images of {r['classes']} classes to {out}")
+
+
+@main.command()
+@click.argument("src", type=click.Path())
+@click.argument("out", type=click.Path())
+@click.option("--split", type=click.Choice(["train", "val"]), default="train", show_default=True,
+              help="Split of SRC when it is a plain folder of class folders.")
+@click.option("--size", type=click.IntRange(min=8), default=256, show_default=True,
+              help="Shorter side after resizing, and side of the centre crop.")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Samples per shard.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global shuffle.")
+@workers_option
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@user_errors
+def prepare(src, out, split, size, quality, shard_size, seed, workers, progress) -> None:
+    """Turn the images in SRC into shuffled WebDataset shards, statistics and a manifest in OUT."""
+    from imgprep.prepare import PrepareConfig, prepare as run
+
+    run(PrepareConfig(src, out, split, size, quality, shard_size, seed, workers), progress=progress,
+        log=click.echo)
+
+
+@main.command()
+@click.argument("out", type=click.Path())
+@workers_option
+@user_errors
+def verify(out, workers) -> None:
+    """Check every shard of OUT against its manifest; exit 1 on any mismatch."""
+    from imgprep.prepare import _resolve_workers
+    from imgprep.verify import verify as run
+
+    r = run(out, _resolve_workers(workers))
+    for p in r["problems"][:50]:
+        click.echo(p, err=True)
+    if r["problems"]:
+        more = len(r["problems"]) - 50
+        raise click.ClickException(f"{len(r['problems'])} problems in {out}" + (f" ({more} not shown)" if more > 0 else ""))
+    click.echo(f"ok: {r['shards']} shards, {r['samples']:,} samples match the manifest")
+
+
+@main.command()
+@click.argument("out", type=click.Path())
+@workers_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def stats(out, workers, as_json) -> None:
+    """Recompute the training statistics of OUT from its shards and compare with the stored ones."""
+    from imgprep.prepare import _resolve_workers
+    from imgprep.verify import recompute_stats
+
+    r = recompute_stats(out, _resolve_workers(workers))
+    if as_json:
+        click.echo(json.dumps(r))
+        return
+    fmt = lambda v: " ".join(f"{x:9.4f}" for x in v)  # noqa: E731
+    click.echo(f"{r['images']:,} training images (decoded from the shards)")
+    for k in ("mean", "std", "eigval"):
+        click.echo(f"{k:7s} stored     {fmt(r['stored'][k])}\n{'':7s} recomputed {fmt(r['recomputed'][k])}")
+    d = r["max_abs_diff"]
+    click.echo("max |difference|: " + ", ".join(f"{k} {v:.4f}" for k, v in d.items())
+               + "; eigenvector angles (deg): " + " ".join(f"{a:.3f}" for a in r["eigvec_angle_deg"]))
+
+
+if __name__ == "__main__":
+    main()

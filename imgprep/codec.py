@@ -1,0 +1,152 @@
+"""Decoding whatever ImageNet holds into RGB uint8, and encoding the stored JPEG.
+
+The I/O edge of the per-image work. Formats are recognised by content (magic bytes), never by the
+file name: ImageNet has a PNG saved as `.JPEG`, CMYK and grayscale JPEGs, and users add more.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import DecodeError, NotAnImage
+
+__all__ = ["sniff_format", "DecodedImage", "decode_rgb", "encode_jpeg", "IMAGE_EXTENSIONS"]
+
+# Extensions that promise an image: such a file that is not one is rejected (listed), not skipped.
+IMAGE_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .png .gif .bmp .tif .tiff .webp .ppm .pgm .pbm .pnm .j2k .jp2".split()
+)
+
+_MAGIC = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"\x00\x00\x00\x0cjP  ", "jpeg2000"),
+    (b"\xff\x4f\xff\x51", "jpeg2000"),
+)
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Image format of a file from its first bytes, or None when it is no image format we know."""
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if len(head) >= 2 and head[0:1] == b"P" and head[1:2] in b"123456":
+        return "pnm"
+    return None
+
+
+_EXT_FORMAT = {".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".jfif": "jpeg", ".png": "png",
+               ".gif": "gif", ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff", ".webp": "webp"}
+
+
+@dataclass
+class DecodedImage:
+    """RGB pixels plus what had to be converted to get them."""
+
+    pixels: np.ndarray  # uint8 (H, W, 3) RGB, EXIF orientation applied, possibly DCT-reduced
+    width: int  # original width, after EXIF orientation
+    height: int  # original height, after EXIF orientation
+    format: str  # content format: jpeg, png, ...
+    converted: list[str] = field(default_factory=list)  # cmyk, grayscale, palette, alpha, ...
+
+
+_ROTATING = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def decode_rgb(data: bytes, name: str = "", min_side: int = 0) -> DecodedImage:
+    """Decode image bytes into RGB uint8, applying EXIF orientation.
+
+    Args:
+        data: the file's bytes.
+        name: the file name, only to notice a content/extension mismatch (PNG saved as .JPEG).
+        min_side: when > 0 a large JPEG may be decoded at 1/2, 1/4 or 1/8 scale (DCT scaling) as
+            long as its shorter side stays >= min_side; a cheap and properly filtered reduction.
+    Returns:
+        DecodedImage.
+    Raises:
+        NotAnImage: the content is no image format (and the name does not claim one).
+        DecodeError: an image that cannot be decoded (empty, truncated, corrupt).
+    """
+    from PIL import Image, ImageOps
+
+    fmt = sniff_format(data[:16])
+    ext = os.path.splitext(name)[1].lower()
+    if fmt is None:
+        if not data:
+            raise DecodeError("empty file")
+        if ext in IMAGE_EXTENSIONS:
+            raise DecodeError("not an image: content matches no known image format")
+        raise NotAnImage("not an image")
+    converted: list[str] = []
+    if ext in _EXT_FORMAT and _EXT_FORMAT[ext] != fmt:
+        converted.append(f"{fmt}_as_{_EXT_FORMAT[ext]}")
+    try:
+        im = Image.open(io.BytesIO(data))
+        orientation = im.getexif().get(0x0112, 1) if fmt in ("jpeg", "tiff", "png", "webp") else 1
+        w0, h0 = im.size
+        if orientation in _ROTATING:
+            w0, h0 = h0, w0
+        if fmt == "jpeg" and min_side > 0:
+            # draft() picks the largest DCT reduction keeping both sides >= the request.
+            short = min(im.size)
+            req = max(1, min_side * im.size[0] // short), max(1, min_side * im.size[1] // short)
+            im.draft(None, req)
+        im.load()
+        if orientation not in (None, 1):
+            im = ImageOps.exif_transpose(im)
+            converted.append("exif_rotated")
+        pixels = _to_rgb(im, converted)
+    except DecodeError:
+        raise
+    except Exception as exc:  # PIL raises many types for broken files; all mean "cannot decode"
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DecodeError(f"cannot decode {fmt}: {msg}") from None
+    if pixels.shape[0] == 0 or pixels.shape[1] == 0:
+        raise DecodeError("image has no pixels")
+    return DecodedImage(pixels, w0, h0, fmt, converted)
+
+
+def _to_rgb(im, converted: list[str]) -> np.ndarray:
+    """Convert any Pillow mode to RGB uint8 (H, W, 3), noting the conversion."""
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im).astype(np.int64)
+        if mode != "I" or a.max(initial=0) > 255:
+            a = a >> 8  # 16-bit range to 8 bits
+        converted.append("16bit")
+        g = np.clip(a, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(g[:, :, None], 3, axis=2))
+    if mode == "F":
+        converted.append("float")
+        g = np.clip(np.asarray(im), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(g[:, :, None], 3, axis=2))
+    tag = {"L": "grayscale", "1": "grayscale", "LA": "grayscale", "CMYK": "cmyk", "P": "palette",
+           "PA": "palette", "RGBA": "alpha", "RGBX": "alpha", "YCbCr": "ycbcr", "LAB": "lab",
+           "HSV": "hsv"}.get(mode, mode.lower())
+    converted.append(tag)
+    if mode == "LA":
+        im = im.convert("L")
+    return np.asarray(im.convert("RGB"))
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    """Encode RGB uint8 (H, W, 3) as a baseline JPEG (4:2:0, libjpeg-turbo via OpenCV)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise DecodeError("JPEG encoding failed")
+    return buf.tobytes()

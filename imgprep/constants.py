@@ -1,0 +1,30 @@
+"""Named constants of the AlexNet recipe and of the on-disk format, in one place."""
+
+# Section 2 of Krizhevsky et al. (2012): images are rescaled so the shorter side is 256 and the
+# central 256x256 patch is kept.
+STORED_SIZE = 256
+# Section 4.1: training uses random 224x224 patches of the stored 256x256 image.
+CROP_SIZE = 224
+# Section 4.1: PCA lighting coefficients a_i ~ N(0, 0.1).
+PCA_LIGHTING_STD = 0.1
+
+# Re-encoding quality of the stored JPEGs: high enough that the stored pixels are within a few
+# levels of the decoded-and-resized source, small enough for ~50 KB per sample at 256x256.
+JPEG_QUALITY = 95
+# Samples per shard: ~50 MB tars at 256px / q95, 1282 shards for ImageNet's training split,
+# and one unit of work per shard of a couple of seconds on one core.
+SHARD_SIZE = 1000
+
+# Version of the layout written by `imgprep prepare` (manifest, shards, stats).
+FORMAT_VERSION = 1
+# DALI's `wds2idx` index format version, written on the first line of every `.idx` file.
+DALI_INDEX_VERSION = "v1.2"
+
+MANIFEST = "manifest.json"
+REJECTS = "rejects.jsonl"
+STATS_DIR = "stats"
+MEAN_FILE = "mean.npy"
+STATS_FILE = "stats.json"
+STATE_DIR = ".imgprep"  # per-unit completion records, kept for resume and merged at the end
+
+SPLITS = ("train", "val")

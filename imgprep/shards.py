@@ -1,0 +1,163 @@
+"""WebDataset tar shards: a deterministic writer with DALI index files, and readers.
+
+Every byte of a shard is a function of its samples: tar headers carry fixed owner, mode and time,
+so the same input and seed give byte-identical shards on any machine, which is what resume and the
+distributed executors rely on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+from typing import Iterator
+
+from .constants import DALI_INDEX_VERSION
+
+__all__ = ["ShardWriter", "ShardInfo", "dali_index_text", "read_dali_index", "iter_samples",
+           "sha256_file", "split_key"]
+
+_BLOCK = 512
+
+
+def split_key(name: str) -> tuple[str, str]:
+    """('KEY', 'ext') of a member name: the key runs to the first dot of the base name."""
+    base = name.rfind("/") + 1
+    dot = name.find(".", base)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1:]
+
+
+class _HashingFile:
+    """File wrapper that hashes and counts what is written."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.pos = f, hashlib.sha256(), 0
+
+    def write(self, b) -> int:
+        self.f.write(b)
+        self.sha.update(b)
+        self.pos += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self.pos
+
+
+@dataclass
+class ShardInfo:
+    """What the manifest records of a finished shard."""
+
+    path: str  # final path
+    count: int  # samples
+    bytes: int
+    sha256: str
+
+
+class ShardWriter:
+    """Write one shard to a temporary name; `close()` writes its DALI index and renames both.
+
+    Args:
+        path: final `.tar` path; the index goes beside it as `.idx`.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.idx_path = path[:-4] + ".idx" if path.endswith(".tar") else path + ".idx"
+        d, b = os.path.split(path)
+        self.tmp_path = os.path.join(d, f".{b}.partial")
+        self._f = open(self.tmp_path, "wb")
+        self._h = _HashingFile(self._f)
+        self._tar = tarfile.open(fileobj=self._h, mode="w", format=tarfile.USTAR_FORMAT)
+        self._index: list[list[tuple[str, int, int, str]]] = []
+        self.count = 0
+
+    def write(self, key: str, components: dict[str, bytes]) -> None:
+        """Add one sample: `components` maps extension (jpg, cls, json) to bytes."""
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r} must not contain '.' or '/'")
+        entry = []
+        for ext, data in components.items():
+            name = f"{key}.{ext}"
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            header_at = self._tar.offset
+            self._tar.addfile(info, io.BytesIO(data))
+            entry.append((ext, header_at + _BLOCK, len(data), name))  # short names: one header block
+        self._index.append(entry)
+        self.count += 1
+
+    def close(self) -> ShardInfo:
+        """Finish the tar, write the index, and move both to their final names."""
+        self._tar.close()
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        tmp_idx = self.idx_path + ".partial"
+        with open(tmp_idx, "w") as f:
+            f.write(dali_index_text(self._index))
+        os.replace(tmp_idx, self.idx_path)
+        os.replace(self.tmp_path, self.path)
+        return ShardInfo(self.path, self.count, self._h.pos, self._h.sha.hexdigest())
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        try:
+            self._f.close()
+        finally:
+            if os.path.exists(self.tmp_path):
+                os.remove(self.tmp_path)
+
+
+def dali_index_text(samples: list[list[tuple[str, int, int, str]]]) -> str:
+    """Index text in the format of DALI's `wds2idx` (v1.2): a header, then per sample
+    `ext offset size name` for each of its components, offsets pointing at the data."""
+    lines = [f"{DALI_INDEX_VERSION} {len(samples)}"]
+    lines += [" ".join(f"{e} {o} {s} {n}" for e, o, s, n in sample) for sample in samples]
+    return "\n".join(lines) + "\n"
+
+
+def read_dali_index(path: str) -> list[list[tuple[str, int, int, str]]]:
+    """Parse an index written by `dali_index_text` or `wds2idx`."""
+    with open(path) as f:
+        head = f.readline().split()
+        if len(head) != 2 or head[0] != DALI_INDEX_VERSION:
+            raise ValueError(f"{path}: not a DALI {DALI_INDEX_VERSION} index")
+        out = []
+        for line in f:
+            t = line.split()
+            out.append([(t[i], int(t[i + 1]), int(t[i + 2]), t[i + 3]) for i in range(0, len(t), 4)])
+    if len(out) != int(head[1]):
+        raise ValueError(f"{path}: header says {head[1]} samples, found {len(out)}")
+    return out
+
+
+def iter_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {ext: bytes}) for each sample of a shard, in order; consecutive members share a key."""
+    key, sample = None, {}
+    with tarfile.open(path, "r:") as tar:
+        for m in tar:
+            if not m.isreg():
+                continue
+            k, ext = split_key(m.name)
+            if k != key and sample:
+                yield key, sample
+                sample = {}
+            key = k
+            sample[ext] = tar.extractfile(m).read()
+    if sample:
+        yield key, sample
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()

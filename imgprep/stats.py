@@ -1,0 +1,117 @@
+"""Training-set statistics: the mean image and the RGB covariance PCA of section 4.1.
+
+Accumulation is exact: pixel sums and the 3x3 Gram matrix of every image are integers, kept in
+int64 (they fit up to ~10^6 ImageNets), so partial sums from any number of workers merge exactly
+and in any order, and the result does not depend on how the work was split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+__all__ = ["StatsAccumulator", "DatasetStats", "pca", "finalize"]
+
+
+class StatsAccumulator:
+    """Running integer sums over uint8 RGB images of one size."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.sum_image = np.zeros((size, size, 3), np.int64)  # per-position pixel sums
+        self.gram = np.zeros((3, 3), np.int64)  # sum over all pixels of x x^T
+        self.images = 0
+
+    def add(self, image: np.ndarray) -> None:
+        """Add one uint8 (size, size, 3) image."""
+        np.add(self.sum_image, image, out=self.sum_image)
+        x = image.reshape(-1, 3).astype(np.float64)
+        # Each entry is a sum of <= size^2 products <= 255^2: an integer < 2^53, exact in float64.
+        self.gram += np.rint(x.T @ x).astype(np.int64)
+        self.images += 1
+
+    def merge(self, other: "StatsAccumulator") -> None:
+        """Add another accumulator's sums (exact)."""
+        if other.size != self.size:
+            raise ValueError(f"cannot merge statistics of size {other.size} into size {self.size}")
+        self.sum_image += other.sum_image
+        self.gram += other.gram
+        self.images += other.images
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The sums as arrays, for saving (npz) or sending to another process."""
+        return {"sum_image": self.sum_image, "gram": self.gram, "images": np.array(self.images)}
+
+    @classmethod
+    def from_arrays(cls, arrays) -> "StatsAccumulator":
+        """Inverse of `to_arrays`."""
+        acc = cls(int(arrays["sum_image"].shape[0]))
+        acc.sum_image = np.array(arrays["sum_image"], np.int64)
+        acc.gram = np.array(arrays["gram"], np.int64)
+        acc.images = int(arrays["images"])
+        return acc
+
+
+@dataclass
+class DatasetStats:
+    """Finalized statistics, all on the 0-255 scale."""
+
+    mean_image: np.ndarray  # float32 (size, size, 3), RGB
+    mean: np.ndarray  # (3,) per-channel mean over all pixels
+    std: np.ndarray  # (3,) per-channel population std
+    cov: np.ndarray  # (3, 3) population covariance of RGB pixel values
+    eigval: np.ndarray  # (3,) descending
+    eigvec: np.ndarray  # (3, 3); eigvec[i] is the unit eigenvector of eigval[i]
+    pixels: int
+    images: int
+
+    def to_json(self) -> dict:
+        """JSON-ready dict (without the mean image, which goes to mean.npy)."""
+        return {
+            "scale": "0-255",
+            "channels": "RGB",
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "cov": self.cov.tolist(),
+            "eigval": self.eigval.tolist(),
+            "eigvec": self.eigvec.tolist(),
+            "pixels": self.pixels,
+            "images": self.images,
+        }
+
+
+def pca(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition of a symmetric 3x3 covariance.
+
+    Returns:
+        eigval (3,) descending and eigvec (3, 3) with eigvec[i] the unit eigenvector of eigval[i],
+        signed so that its largest-magnitude component is positive (a deterministic choice).
+    """
+    w, v = np.linalg.eigh(np.asarray(cov, np.float64))
+    order = np.argsort(w)[::-1]
+    eigval, eigvec = w[order], v[:, order].T.copy()
+    for i in range(3):
+        if eigvec[i, np.argmax(np.abs(eigvec[i]))] < 0:
+            eigvec[i] = -eigvec[i]
+    return eigval, eigvec
+
+
+def finalize(acc: StatsAccumulator) -> DatasetStats:
+    """Mean image, channel mean/std, covariance and its PCA from the exact sums."""
+    if acc.images == 0:
+        raise ValueError("no images were accumulated")
+    n_img = acc.images
+    n_pix = n_img * acc.size * acc.size
+    mean_image = (acc.sum_image / n_img).astype(np.float32)
+    s = [int(v) for v in acc.sum_image.sum(axis=(0, 1))]  # per-channel pixel sums
+    # cov_ij = (n G_ij - s_i s_j) / n^2 in exact rationals: no cancellation at any scale.
+    cov = np.array(
+        [[float(Fraction(n_pix * int(acc.gram[i, j]) - s[i] * s[j], n_pix * n_pix)) for j in range(3)]
+         for i in range(3)]
+    )
+    mean = np.array([float(Fraction(v, n_pix)) for v in s])
+    std = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    eigval, eigvec = pca(cov)
+    return DatasetStats(mean_image, mean, std, cov, eigval, eigvec, n_pix, n_img)

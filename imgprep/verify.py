@@ -1,0 +1,154 @@
+"""`imgprep verify` and `imgprep stats`: check a prepared dataset against its manifest, and
+recompute the training statistics from the stored shards."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from . import constants as C
+from .errors import ImgprepError
+from .shards import iter_samples, read_dali_index, sha256_file
+from .stats import StatsAccumulator, finalize
+
+__all__ = ["load_manifest", "verify", "recompute_stats"]
+
+
+def load_manifest(out: str) -> dict:
+    """The manifest of a prepared dataset, or ImgprepError naming what is wrong."""
+    p = os.path.join(out, C.MANIFEST)
+    if not os.path.isdir(out):
+        raise ImgprepError(f"{out}: no such folder; give the OUT folder of `imgprep prepare`")
+    if not os.path.exists(p):
+        raise ImgprepError(f"{out}: no {C.MANIFEST}; not a prepared dataset (or `prepare` has not finished: rerun it)")
+    try:
+        with open(p) as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ImgprepError(f"{p}: unreadable manifest ({exc})") from None
+
+
+def _decode(jpeg: bytes) -> np.ndarray | None:
+    import cv2
+
+    a = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    return None if a is None else np.ascontiguousarray(a[:, :, ::-1])
+
+
+def _check_shard(args) -> tuple[list[str], StatsAccumulator | None]:
+    """Problems found in one shard, and (for train, when asked) its recomputed statistics sums."""
+    out, sh, size, n_classes, want_stats = args
+    p = os.path.join(out, sh["path"])
+    rel = sh["path"]
+    if not os.path.exists(p):
+        return [f"{rel}: missing"], None
+    problems = []
+    if os.path.getsize(p) != sh["bytes"]:
+        problems.append(f"{rel}: {os.path.getsize(p)} bytes, manifest says {sh['bytes']}")
+    elif sha256_file(p) != sh["sha256"]:
+        problems.append(f"{rel}: sha256 differs from the manifest")
+    idx = p[:-4] + ".idx"
+    try:
+        index = read_dali_index(idx)
+    except (OSError, ValueError) as exc:
+        problems.append(f"{rel[:-4]}.idx: {exc}")
+        index = None
+    acc = StatsAccumulator(size) if want_stats else None
+    n = 0
+    try:
+        for key, sample in iter_samples(p):
+            n += 1
+            try:
+                label = int(sample.get("cls", b"").decode())
+            except ValueError:
+                problems.append(f"{rel}: sample {key} has no valid .cls")
+                continue
+            if not 0 <= label < n_classes:
+                problems.append(f"{rel}: sample {key} label {label} outside 0..{n_classes - 1}")
+            img = _decode(sample.get("jpg", b""))
+            if img is None:
+                problems.append(f"{rel}: sample {key} image does not decode")
+                continue
+            if img.shape != (size, size, 3):
+                problems.append(f"{rel}: sample {key} image is {img.shape[1]}x{img.shape[0]}, not {size}x{size}")
+                continue
+            if acc is not None:
+                acc.add(img)
+    except Exception as exc:  # a damaged tar
+        problems.append(f"{rel}: unreadable tar ({exc})")
+    if n != sh["count"]:
+        problems.append(f"{rel}: {n} samples, manifest says {sh['count']}")
+    if index is not None and len(index) != n:
+        problems.append(f"{rel[:-4]}.idx: lists {len(index)} samples, shard has {n}")
+    return problems, acc
+
+
+def _map(fn, jobs, workers: int):
+    if workers <= 1 or len(jobs) <= 1:
+        return map(fn, jobs)
+    import multiprocessing as mp
+
+    pool = mp.get_context("forkserver").Pool(min(workers, len(jobs)))
+    try:
+        return pool.map(fn, jobs)
+    finally:
+        pool.close()
+
+
+def verify(out: str, workers: int = 1) -> dict:
+    """Check every shard against the manifest. Returns {"problems": [...], "shards", "samples"}."""
+    m = load_manifest(out)
+    size, n_classes = m["config"]["size"], len(m["classes"])
+    jobs = [(out, sh, size, n_classes, False) for s in m["splits"].values() for sh in s["shards"]]
+    problems = [p for ps, _ in _map(_check_shard, jobs, workers) for p in ps]
+    for name in ([os.path.join(C.STATS_DIR, C.MEAN_FILE), os.path.join(C.STATS_DIR, C.STATS_FILE)]
+                 if m.get("stats") else []):
+        if not os.path.exists(os.path.join(out, name)):
+            problems.append(f"{name}: missing")
+    return {"problems": problems, "shards": len(jobs),
+            "samples": sum(s["count"] for s in m["splits"].values())}
+
+
+def load_stats(out: str) -> tuple[np.ndarray, dict]:
+    """(mean image float32 (S, S, 3), stats.json dict) of a prepared dataset."""
+    d = os.path.join(out, C.STATS_DIR)
+    try:
+        with open(os.path.join(d, C.STATS_FILE)) as f:
+            st = json.load(f)
+        mean = np.load(os.path.join(d, C.MEAN_FILE))
+    except (OSError, ValueError) as exc:
+        raise ImgprepError(f"{d}: no readable statistics ({exc}); prepare a train split first") from None
+    return mean, st
+
+
+def recompute_stats(out: str, workers: int = 1) -> dict:
+    """Recompute the training statistics from the stored (decoded) shards and compare."""
+    m = load_manifest(out)
+    if "train" not in m["splits"]:
+        raise ImgprepError(f"{out}: no train split; statistics are computed over the training set")
+    mean_img, st = load_stats(out)
+    size = m["config"]["size"]
+    jobs = [(out, sh, size, len(m["classes"]), True) for sh in m["splits"]["train"]["shards"]]
+    acc = StatsAccumulator(size)
+    for problems, part in _map(_check_shard, jobs, workers):
+        if problems:
+            raise ImgprepError(f"{problems[0]}; run `imgprep verify {out}`")
+        acc.merge(part)
+    new = finalize(acc)
+    # eigenvectors are defined up to sign: compare |cos| of the angle
+    cosines = np.abs(np.sum(new.eigvec * np.array(st["eigvec"]), axis=1))
+    return {
+        "images": new.images,
+        "stored": {k: st[k] for k in ("mean", "std", "eigval")},
+        "recomputed": {"mean": new.mean.tolist(), "std": new.std.tolist(), "eigval": new.eigval.tolist()},
+        "max_abs_diff": {
+            "mean_image": float(np.abs(new.mean_image - mean_img).max()),
+            "mean": float(np.abs(new.mean - st["mean"]).max()),
+            "std": float(np.abs(new.std - st["std"]).max()),
+            "cov": float(np.abs(new.cov - np.array(st["cov"])).max()),
+            "eigval": float(np.abs(new.eigval - st["eigval"]).max()),
+        },
+        "eigvec_angle_deg": [float(np.degrees(np.arccos(min(1.0, c)))) for c in cosines],
+    }

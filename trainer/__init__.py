@@ -1,0 +1,1 @@
+"""The bundled AlexNet trainer (two-tower model, training loop, evaluation)."""
