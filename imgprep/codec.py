@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import DecodeError, NotAnImage
 
-__all__ = ["sniff_format", "DecodedImage", "decode_rgb", "encode_jpeg", "IMAGE_EXTENSIONS"]
+__all__ = ["sniff_format", "DecodedImage", "decode_rgb", "encode_jpeg", "apply_orientation", "IMAGE_EXTENSIONS"]
 
 # Extensions that promise an image: such a file that is not one is rejected (listed), not skipped.
 IMAGE_EXTENSIONS = frozenset(
@@ -64,6 +64,38 @@ class DecodedImage:
 _ROTATING = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
+def apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to (H, W, C) pixels, as Pillow's exif_transpose does."""
+    if orientation == 2:
+        return a[:, ::-1]
+    if orientation == 3:
+        return a[::-1, ::-1]
+    if orientation == 4:
+        return a[::-1]
+    if orientation == 5:
+        return a.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(a, -1)
+    if orientation == 7:
+        return np.rot90(a, 1)[::-1]
+    if orientation == 8:
+        return np.rot90(a, 1)
+    return a
+
+
+def _fast_jpeg(data: bytes) -> np.ndarray | None:
+    """Full-size RGB decode of a plain (YCbCr or gray) JPEG with libjpeg-turbo straight into
+    numpy; None when the decoder reports any problem, so that Pillow decides."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    try:
+        return simplejpeg.decode_jpeg(data, "RGB", strict=True)
+    except ValueError:
+        return None
+
+
 def decode_rgb(data: bytes, name: str = "", min_side: int = 0) -> DecodedImage:
     """Decode image bytes into RGB uint8, applying EXIF orientation.
 
@@ -97,9 +129,19 @@ def decode_rgb(data: bytes, name: str = "", min_side: int = 0) -> DecodedImage:
         w0, h0 = im.size
         if orientation in _ROTATING:
             w0, h0 = h0, w0
+        short = min(im.size)
+        pixels = None
+        if fmt == "jpeg" and im.mode in ("RGB", "L") and (min_side <= 0 or short < 2 * min_side):
+            pixels = _fast_jpeg(data)
+        if pixels is not None:
+            if im.mode == "L":
+                converted.append("grayscale")
+            if orientation not in (None, 1):
+                pixels = np.ascontiguousarray(apply_orientation(pixels, orientation))
+                converted.append("exif_rotated")
+            return DecodedImage(pixels, w0, h0, fmt, converted)
         if fmt == "jpeg" and min_side > 0:
-            # draft() picks the largest DCT reduction keeping both sides >= the request.
-            short = min(im.size)
+            # draft() picks the largest DCT reduction (1/2, 1/4, 1/8) keeping both sides >= the request.
             req = max(1, min_side * im.size[0] // short), max(1, min_side * im.size[1] // short)
             im.draft(None, req)
         im.load()

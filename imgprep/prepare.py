@@ -239,6 +239,7 @@ class _State:
         self.size = size
         self.records: dict[str, dict] = {}
         self.acc = StatsAccumulator(size)
+        self._saved_at = -1e9
 
     def load(self) -> None:
         if not os.path.exists(self.path):
@@ -256,7 +257,13 @@ class _State:
             self.acc.merge(StatsAccumulator.from_arrays(stats))
         self.records[rec["unit"]] = rec
 
-    def save(self) -> None:
+    def save(self, min_interval: float = 0.0) -> None:
+        """Write the state file, at most every `min_interval` seconds (a crash redoes at most
+        that much work)."""
+        now = time.monotonic()
+        if now - self._saved_at < min_interval:
+            return
+        self._saved_at = now
         tmp = self.path + ".partial.npz"
         np.savez(tmp, records=np.array(json.dumps(self.records)), **self.acc.to_arrays())
         os.replace(tmp, self.path)
@@ -320,7 +327,9 @@ class LocalExecutor:
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         from concurrent.futures.process import BrokenProcessPool
 
-        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        # fork: workers start instantly with the driver's imports (cv2, PIL) already loaded; the
+        # driver holds no threads at that point (tqdm's monitor thread is disabled).
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         counter = ctx.Value("q", 0)
         attempts = [0] * len(jobs)
         pending = set(range(len(jobs)))
@@ -392,14 +401,17 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
 
     def on_done(rec: dict) -> None:
         state.add(rec)
-        state.save()
+        state.save(min_interval=2.0)
 
     try:
         (executor or LocalExecutor(workers)).run(jobs, on_done, bar.update)
-    except KeyboardInterrupt:
+    except BaseException as exc:
         bar.close()
-        raise ImgprepError(f"interrupted; {len(state.records)} of {len(units)} shards are done; "
-                           "run the same command again to resume") from None
+        state.save()  # keep every finished unit for the rerun
+        if isinstance(exc, KeyboardInterrupt):
+            raise ImgprepError(f"interrupted; {len(state.records)} of {len(units)} shards are done; "
+                               "run the same command again to resume") from None
+        raise
     bar.close()
     manifest = _finish(cfg, index, units, state)
     seconds = time.perf_counter() - t0
@@ -410,6 +422,8 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
 
 def _progress_bar(total: int, enabled: bool):
     from tqdm import tqdm
+
+    tqdm.monitor_interval = 0  # no monitor thread: the worker pool is forked after this
 
     return tqdm(total=total, unit="img", disable=not enabled, smoothing=0.1, dynamic_ncols=True,
                 desc="prepare")
