@@ -9,7 +9,7 @@ Every variant runs as its own process on the same photo-like JPEGs of ImageNet's
   decode only       Pillow open + convert("RGB") of every file, nothing else: the floor
   imgprep w=1,2     `imgprep prepare --workers N` (shards, index, stats, manifest included)
 
-Usage: python benchmarks/bench_prepare.py [--images 2000] [--repeats 3] [--json-out FILE]
+Usage: python benchmarks/bench_prepare.py [--images 6000] [--repeats 3] [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def timed(cmd: list[str], cleanup: str | None) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=3000)
+    ap.add_argument("--images", type=int, default=6000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shard-size", type=int, default=100)
     ap.add_argument("--workdir", default=None, help="keep the images here between runs")

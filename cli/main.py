@@ -36,7 +36,28 @@ def workers_option(fn):
                         help="Worker processes (0: all cores).")(fn)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class OneLineErrors(click.Group):
+    """A group whose usage errors (unknown flag, bad value) print as one line, not a usage block."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as e:
+            cmd = e.ctx.command_path if e.ctx else "imgprep"
+            click.echo(f"Error: {e.format_message().rstrip('.')}; see '{cmd} --help'", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="imgprep")
 def main() -> None:
     """imgprep: ImageNet to AlexNet-ready WebDataset shards, a DALI loader and a two-tower trainer."""

@@ -77,7 +77,7 @@ def apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
     if orientation == 6:
         return np.rot90(a, -1)
     if orientation == 7:
-        return np.rot90(a, 1)[::-1]
+        return a.transpose(1, 0, 2)[::-1, ::-1]
     if orientation == 8:
         return np.rot90(a, 1)
     return a

@@ -308,6 +308,20 @@ def _resolve_workers(n: int) -> int:
         return os.cpu_count() or 1
 
 
+def _pool_context():
+    """forkserver where available: workers fork from a clean single-threaded server that has
+    imported the decoding libraries once (plain fork after the driver has used OpenCV's or
+    torch's thread pools can deadlock the children); spawn elsewhere."""
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["imgprep.prepare", "imgprep.codec", "imgprep.transforms", "cv2", "PIL.Image",
+                                "PIL.JpegImagePlugin", "simplejpeg"])
+    return ctx
+
+
 class LocalExecutor:
     """Runs units in a pool of processes on this machine; a dead worker's units are redone."""
 
@@ -320,16 +334,21 @@ class LocalExecutor:
         """Run `run_unit(*job)` for every job; call on_done(record) in the driver as each finishes."""
         import multiprocessing as mp
 
-        if self.workers == 1:
-            for job in jobs:
-                on_done(run_unit(*job, progress=on_progress))
+        if self.workers == 1:  # in this process, on one core (OpenCV's own threads off meanwhile)
+            import cv2
+
+            threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+            try:
+                for job in jobs:
+                    on_done(run_unit(*job, progress=on_progress))
+            finally:
+                cv2.setNumThreads(threads)
             return
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         from concurrent.futures.process import BrokenProcessPool
 
-        # fork: workers start instantly with the driver's imports (cv2, PIL) already loaded; the
-        # driver holds no threads at that point (tqdm's monitor thread is disabled).
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        ctx = _pool_context()
         counter = ctx.Value("q", 0)
         attempts = [0] * len(jobs)
         pending = set(range(len(jobs)))
@@ -423,7 +442,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
 def _progress_bar(total: int, enabled: bool):
     from tqdm import tqdm
 
-    tqdm.monitor_interval = 0  # no monitor thread: the worker pool is forked after this
+    tqdm.monitor_interval = 0  # no monitor thread polling in the driver
 
     return tqdm(total=total, unit="img", disable=not enabled, smoothing=0.1, dynamic_ncols=True,
                 desc="prepare")

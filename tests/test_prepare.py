@@ -1,0 +1,209 @@
+"""`prepare` end to end on small synthetic sets, against references computed here."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import write_odd_files
+from imgprep.errors import ImgprepError
+from imgprep.prepare import LocalExecutor, PrepareConfig, prepare, process_image
+from imgprep.shards import iter_samples, sha256_file
+
+QUIET = dict(progress=False, log=lambda s: None)
+
+
+def manifest(out):
+    with open(os.path.join(out, "manifest.json")) as f:
+        return json.load(f)
+
+
+def all_files(root):
+    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+            for d, _, fs in os.walk(root) for f in fs}
+
+
+def test_manifest_shards_and_labels(prepared, synth_src):
+    m = manifest(prepared)
+    classes = sorted(os.listdir(os.path.join(synth_src, "train")))
+    assert [c["name"] for c in m["classes"]] == classes and [c["index"] for c in m["classes"]] == [0, 1, 2, 3]
+    assert m["format_version"] == 1 and m["config"]["size"] == 64 and m["config"]["seed"] == 3
+    for split, n in (("train", 24), ("val", 8)):
+        s = m["splits"][split]
+        assert s["count"] == n and s["rejected"] == 0 and s["skipped"] == 0
+        assert [sh["path"] for sh in s["shards"]] == [f"{split}/{split}-{i:06d}.tar" for i in range(len(s["shards"]))]
+        sources = []
+        for sh in s["shards"]:
+            p = os.path.join(prepared, sh["path"])
+            assert os.path.getsize(p) == sh["bytes"] and sha256_file(p) == sh["sha256"]
+            assert os.path.exists(p[:-4] + ".idx")
+            samples = list(iter_samples(p))
+            assert len(samples) == sh["count"] <= 5
+            for key, comp in samples:
+                meta = json.loads(comp["json"])
+                label = int(comp["cls"].decode())
+                cls_dir = meta["source"].split("/")[1]
+                assert label == meta["label"] == classes.index(cls_dir) and meta["class"] == cls_dir
+                assert meta["source"].startswith(f"{split}/") and meta["width"] >= 60 and meta["height"] >= 60
+                sources.append(meta["source"])
+        expected = sorted(f"{split}/{c}/{f}" for c in classes for f in os.listdir(os.path.join(synth_src, split, c)))
+        assert sorted(sources) == expected  # every image exactly once
+        if split == "train":
+            assert sources != sorted(sources)  # shuffled across the whole split
+            first = {src.split("/")[1] for src in sources[:5]}
+            assert len(first) > 1  # the first shard mixes classes
+
+
+def test_stats_equal_numpy_reference_over_the_stored_pixels(prepared, synth_src):
+    pixels = []
+    for c in sorted(os.listdir(os.path.join(synth_src, "train"))):
+        d = os.path.join(synth_src, "train", c)
+        for f in sorted(os.listdir(d)):
+            _, px, _ = process_image(open(os.path.join(d, f), "rb").read(), f, 64, 95)
+            pixels.append(px)
+    imgs = np.stack(pixels).astype(np.float64)  # (24, 64, 64, 3)
+    flat = imgs.reshape(-1, 3)
+    st = json.load(open(os.path.join(prepared, "stats", "stats.json")))
+    mean_img = np.load(os.path.join(prepared, "stats", "mean.npy"))
+    assert mean_img.dtype == np.float32 and mean_img.shape == (64, 64, 3)
+    np.testing.assert_allclose(mean_img, imgs.mean(0), atol=1e-4)
+    np.testing.assert_allclose(st["mean"], flat.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(st["std"], flat.std(0), rtol=1e-10)
+    cov = np.cov(flat, rowvar=False, bias=True)
+    np.testing.assert_allclose(st["cov"], cov, rtol=1e-9)
+    w = np.linalg.eigvalsh(cov)[::-1]
+    np.testing.assert_allclose(st["eigval"], w, rtol=1e-9)
+    vec = np.array(st["eigvec"])
+    np.testing.assert_allclose(vec @ vec.T, np.eye(3), atol=1e-12)
+    for i in range(3):
+        np.testing.assert_allclose(cov @ vec[i], w[i] * vec[i], atol=1e-6 * w[0])
+    assert st["images"] == 24 and st["pixels"] == 24 * 64 * 64
+
+
+def test_odd_files_converted_rejected_skipped(tmp_path):
+    src = tmp_path / "src"
+    kinds = write_odd_files(str(src / "train" / "a"))
+    write_odd_files(str(src / "train" / "b"), seed=1)
+    out = str(tmp_path / "out")
+    summary = prepare(PrepareConfig(str(src), out, size=32, shard_size=4, workers=2), **QUIET)
+    m = manifest(out)
+    s = m["splits"]["train"]
+    assert s["count"] == 2 * 8  # the eight decodable kinds per class
+    assert s["rejected"] == 2 * 3 and s["skipped"] == 2 * 2  # README.txt and .DS_Store
+    assert s["conversions"] == {k: 2 for k in ("16bit", "alpha", "cmyk", "exif_rotated", "grayscale", "palette",
+                                                "png_as_jpeg")}
+    rejects = [json.loads(line) for line in open(os.path.join(out, "rejects.jsonl"))]
+    assert sorted(r["path"] for r in rejects) == sorted(
+        f"train/{c}/{kinds[k]}" for c in "ab" for k in ("truncated", "empty", "not_image_ext"))
+    reasons = {r["path"].split("/")[-1]: r["reason"] for r in rejects}
+    assert "truncated" in reasons["truncated.JPEG"] and reasons["empty.JPEG"] == "empty file"
+    assert summary["rejected"] == 6 and summary["converted"] == 2 * 7
+
+
+def test_workers_do_not_change_output_and_rerun_changes_nothing(synth_src, prepared, tmp_path):
+    out1 = str(tmp_path / "w1")
+    prepare(PrepareConfig(synth_src, out1, size=64, shard_size=5, seed=3, workers=1), **QUIET)
+    a, b = all_files(out1), all_files(prepared)
+    assert a == b  # byte-identical with 1 and 2 workers (the `prepared` fixture used 2)
+    before = {p: os.stat(os.path.join(out1, p)).st_mtime_ns for p in a}
+    logs = []
+    s = prepare(PrepareConfig(synth_src, out1, size=64, shard_size=5, seed=3, workers=2), progress=False, log=logs.append)
+    assert s["already_complete"] and "already complete" in logs[0]
+    assert {p: os.stat(os.path.join(out1, p)).st_mtime_ns for p in a} == before
+
+
+def test_other_settings_into_existing_out_refused(prepared, synth_src):
+    before = all_files(prepared)
+    with pytest.raises(ImgprepError, match="--seed was 3, now 4"):
+        prepare(PrepareConfig(synth_src, prepared, size=64, shard_size=5, seed=4), **QUIET)
+    assert all_files(prepared) == before
+
+
+class StopAfter(LocalExecutor):
+    """Runs units in-process and stops (like Ctrl-C) after `n` of them."""
+
+    def __init__(self, n):
+        super().__init__(1)
+        self.n = n
+
+    def run(self, jobs, on_done, on_progress):
+        from imgprep.prepare import run_unit
+
+        for i, job in enumerate(jobs):
+            if i == self.n:
+                raise KeyboardInterrupt
+            on_done(run_unit(*job))
+
+
+def test_resume_after_interruption_gives_identical_output(synth_src, prepared, tmp_path):
+    out = str(tmp_path / "r")
+    cfg = PrepareConfig(synth_src, out, size=64, shard_size=5, seed=3, workers=2)
+    with pytest.raises(ImgprepError, match="interrupted"):
+        prepare(cfg, executor=StopAfter(3), **QUIET)
+    assert not os.path.exists(os.path.join(out, "manifest.json"))
+    # a partial shard left behind, as after kill -9, is cleaned up
+    open(os.path.join(out, "train", ".train-000004.tar.partial"), "wb").write(b"junk")
+    logs = []
+    prepare(cfg, progress=False, log=logs.append)
+    assert any("resuming: 3 of" in line for line in logs)
+    assert all_files(out) == all_files(prepared)
+
+
+def test_resume_redoes_a_damaged_recorded_shard(synth_src, prepared, tmp_path):
+    out = str(tmp_path / "d")
+    cfg = PrepareConfig(synth_src, out, size=64, shard_size=5, seed=3, workers=1)
+    with pytest.raises(ImgprepError):
+        prepare(cfg, executor=StopAfter(2), **QUIET)
+    p = os.path.join(out, "train", "train-000000.tar")
+    data = bytearray(open(p, "rb").read())
+    data[700] ^= 0xFF
+    open(p, "wb").write(bytes(data))
+    prepare(cfg, **QUIET)
+    assert all_files(out) == all_files(prepared)
+
+
+def test_plain_class_folder_as_val_split(synth_src, tmp_path):
+    out = str(tmp_path / "v")
+    prepare(PrepareConfig(os.path.join(synth_src, "val"), out, split="val", size=32, workers=1), **QUIET)
+    m = manifest(out)
+    assert list(m["splits"]) == ["val"] and m["splits"]["val"]["count"] == 8 and m["stats"] is None
+    assert not os.path.exists(os.path.join(out, "stats"))
+
+
+def test_val_class_unknown_to_train_is_an_error(synth_src, tmp_path):
+    src = tmp_path / "s"
+    shutil.copytree(synth_src, src)
+    os.rename(src / "val" / sorted(os.listdir(src / "val"))[0], src / "val" / "zz_mystery")
+    with pytest.raises(ImgprepError, match="zz_mystery"):
+        prepare(PrepareConfig(str(src), str(tmp_path / "o")), **QUIET)
+    assert not os.path.exists(tmp_path / "o")
+
+
+@pytest.mark.parametrize("setup,match", [
+    ("missing", "no such folder"), ("empty", "empty"), ("no_classes", "no class folders"),
+    ("file", "not a folder"), ("no_files", "hold no files"),
+])
+def test_bad_sources(tmp_path, setup, match):
+    src = tmp_path / "src"
+    if setup == "empty":
+        src.mkdir()
+    elif setup == "no_classes":
+        src.mkdir()
+        (src / "a.jpg").write_bytes(b"x")
+    elif setup == "file":
+        src.write_text("x")
+    elif setup == "no_files":
+        (src / "train" / "cat").mkdir(parents=True)
+    with pytest.raises(ImgprepError, match=match):
+        prepare(PrepareConfig(str(src), str(tmp_path / "out")), **QUIET)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_foreign_non_empty_out_refused(synth_src, tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "thesis.tex").write_text("precious")
+    with pytest.raises(ImgprepError, match="not empty"):
+        prepare(PrepareConfig(synth_src, str(tmp_path / "o")), **QUIET)
+    assert os.listdir(tmp_path / "o") == ["thesis.tex"]

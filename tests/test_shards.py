@@ -1,0 +1,126 @@
+"""Shards round-trip through Python's tarfile, upstream webdataset, DALI's wds2idx and DALI's reader."""
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+
+from imgprep.shards import ShardWriter, dali_index_text, iter_samples, read_dali_index, sha256_file, split_key, tar_header
+
+SAMPLES = [(f"{i:08d}", {"cls": str(i * 7).encode(), "jpg": bytes([i]) * (300 + 517 * i), "json": b'{"i":%d}' % i})
+           for i in range(5)]
+
+
+def write(tmp_path, samples=SAMPLES):
+    w = ShardWriter(str(tmp_path / "s-000000.tar"))
+    for k, c in samples:
+        w.write(k, c)
+    return w.close()
+
+
+def test_tar_header_matches_tarfile():
+    for name, size in [("00000001.jpg", 0), ("a.cls", 1), ("x" * 96 + ".jpg", 123456789)]:
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0o444, 0, 0, "", ""
+        assert tar_header(name, size) == ti.tobuf(tarfile.USTAR_FORMAT)
+
+
+def test_shard_is_byte_identical_to_tarfile_and_complete(tmp_path):
+    info = write(tmp_path)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as t:
+        for k, c in SAMPLES:
+            for e, b in c.items():
+                ti = tarfile.TarInfo(f"{k}.{e}")
+                ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = len(b), 0, 0o444, 0, 0, "", ""
+                t.addfile(ti, io.BytesIO(b))
+    data = (tmp_path / "s-000000.tar").read_bytes()
+    assert data == buf.getvalue()
+    assert info.bytes == len(data) and info.count == 5 and info.sha256 == sha256_file(str(tmp_path / "s-000000.tar"))
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".partial")]
+    assert [(k, s) for k, s in iter_samples(str(tmp_path / "s-000000.tar"))] == SAMPLES
+
+
+def test_index_offsets_point_at_the_data(tmp_path):
+    write(tmp_path)
+    data = (tmp_path / "s-000000.tar").read_bytes()
+    index = read_dali_index(str(tmp_path / "s-000000.idx"))
+    assert len(index) == 5
+    for (key, comps), entry in zip(SAMPLES, index):
+        for ext, off, size, name in entry:
+            assert name == f"{key}.{ext}" and data[off:off + size] == comps[ext]
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="wds2idx needs GNU tar")
+def test_index_equals_dalis_wds2idx(tmp_path):
+    wds2idx = shutil.which("wds2idx") or os.path.join(os.path.dirname(sys.executable), "wds2idx")
+    if not os.path.exists(wds2idx):
+        pytest.skip("DALI's wds2idx not installed")
+    write(tmp_path)
+    subprocess.run([wds2idx, str(tmp_path / "s-000000.tar"), str(tmp_path / "ref.idx")], check=True,
+                   stdout=subprocess.DEVNULL)
+    assert (tmp_path / "ref.idx").read_text() == (tmp_path / "s-000000.idx").read_text()
+
+
+def test_split_key():
+    assert split_key("dir/00000001.jpg") == ("dir/00000001", "jpg")
+    assert split_key("a.b.c") == ("a", "b.c")
+
+
+def test_bad_key_rejected(tmp_path):
+    w = ShardWriter(str(tmp_path / "x.tar"))
+    with pytest.raises(ValueError):
+        w.write("a.b", {"cls": b"1"})
+    w.abort()
+    assert not os.listdir(tmp_path)
+
+
+def test_index_text_format():
+    assert dali_index_text([[("cls", 512, 1, "k.cls")]]) == "v1.2 1\ncls 512 1 k.cls\n"
+
+
+def test_prepared_shards_read_with_upstream_webdataset(prepared):
+    import json
+
+    import webdataset as wds
+
+    m = json.load(open(os.path.join(prepared, "manifest.json")))
+    urls = [os.path.join(prepared, s["path"]) for s in m["splits"]["train"]["shards"]]
+    n = 0
+    for sample in wds.WebDataset(urls, shardshuffle=False).decode("rgb8"):
+        n += 1
+        assert sample["jpg"].shape == (64, 64, 3)
+        assert sample["cls"] == sample["json"]["label"]
+        assert m["classes"][sample["cls"]]["name"] == sample["json"]["class"]
+    assert n == m["splits"]["train"]["count"]
+
+
+def test_prepared_shards_read_with_dali_cpu(prepared):
+    import json
+
+    from nvidia.dali import fn, pipeline_def, types
+
+    m = json.load(open(os.path.join(prepared, "manifest.json")))
+    tars = [os.path.join(prepared, s["path"]) for s in m["splits"]["train"]["shards"]]
+    total = m["splits"]["train"]["count"]
+
+    @pipeline_def(batch_size=total, num_threads=1, device_id=None)
+    def pipe():
+        jpg, cls, meta = fn.readers.webdataset(paths=tars, index_paths=[t[:-4] + ".idx" for t in tars],
+                                               ext=["jpg", "cls", "json"], missing_component_behavior="error",
+                                               random_shuffle=False, name="r")
+        return fn.decoders.image(jpg, device="cpu", output_type=types.RGB), cls, meta
+
+    p = pipe()
+    p.build()
+    assert p.epoch_size("r") == total
+    imgs, cls, meta = p.run()
+    for i in range(total):
+        assert np.array(imgs.at(i)).shape == (64, 64, 3)
+        label = int(bytes(np.array(cls.at(i))).decode())
+        assert label == json.loads(bytes(np.array(meta.at(i))))["label"]

@@ -1,0 +1,79 @@
+"""Statistics against a NumPy reference over the same pixels."""
+
+import numpy as np
+import pytest
+
+from imgprep.stats import StatsAccumulator, finalize, gram, pca
+
+
+def images(n, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (n, size, size, 3))
+    # correlated channels, like photos
+    base[..., 1] = (0.6 * base[..., 0] + 0.4 * base[..., 1]).astype(int)
+    return base.astype(np.uint8)
+
+
+def test_gram_exact():
+    for img in images(3):
+        x = img.reshape(-1, 3).astype(np.int64)
+        assert np.array_equal(gram(img), x.T @ x)
+    full = np.full((256, 256, 3), 255, np.uint8)  # the largest possible per-image entry
+    assert gram(full)[0, 0] == 255 * 255 * 256 * 256
+
+
+def test_finalize_matches_numpy_reference():
+    imgs = images(20)
+    acc = StatsAccumulator(16)
+    for im in imgs:
+        acc.add(im)
+    st = finalize(acc)
+    px = imgs.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(st.mean_image, imgs.mean(axis=0), rtol=0, atol=1e-4)
+    assert st.mean_image.dtype == np.float32 and st.mean_image.shape == (16, 16, 3)
+    np.testing.assert_allclose(st.mean, px.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(st.std, px.std(axis=0), rtol=1e-10)
+    cov = np.cov(px, rowvar=False, bias=True)
+    np.testing.assert_allclose(st.cov, cov, rtol=1e-10, atol=1e-8)
+    w, v = np.linalg.eigh(cov)
+    np.testing.assert_allclose(st.eigval, w[::-1], rtol=1e-10)
+    assert np.all(np.diff(st.eigval) <= 0)
+    for i in range(3):  # eigvec[i] is the eigenvector of eigval[i]
+        np.testing.assert_allclose(cov @ st.eigvec[i], st.eigval[i] * st.eigvec[i], atol=1e-8)
+    np.testing.assert_allclose(st.eigvec @ st.eigvec.T, np.eye(3), atol=1e-12)
+    assert st.pixels == 20 * 16 * 16 and st.images == 20
+
+
+def test_merge_is_exact_and_order_free():
+    imgs = images(30, seed=1)
+    whole = StatsAccumulator(16)
+    for im in imgs:
+        whole.add(im)
+    parts = [StatsAccumulator(16) for _ in range(3)]
+    for i, im in enumerate(imgs):
+        parts[i % 3].add(im)
+    merged = StatsAccumulator(16)
+    for p in reversed(parts):
+        merged.merge(StatsAccumulator.from_arrays(p.to_arrays()))
+    assert np.array_equal(merged.sum_image, whole.sum_image) and np.array_equal(merged.gram, whole.gram)
+    a, b = finalize(whole), finalize(merged)
+    assert a.to_json() == b.to_json() and np.array_equal(a.mean_image, b.mean_image)
+
+
+def test_merge_rejects_other_size():
+    with pytest.raises(ValueError):
+        StatsAccumulator(8).merge(StatsAccumulator(16))
+
+
+def test_pca_sign_convention_and_order():
+    cov = np.array([[4.0, 1.0, 0.0], [1.0, 3.0, 0.5], [0.0, 0.5, 1.0]])
+    val, vec = pca(cov)
+    assert np.all(np.diff(val) < 0)
+    for i in range(3):
+        assert vec[i, np.argmax(np.abs(vec[i]))] > 0
+        np.testing.assert_allclose(cov @ vec[i], val[i] * vec[i], atol=1e-12)
+
+
+def test_empty_accumulator_cannot_finalize():
+    with pytest.raises(ValueError):
+        finalize(StatsAccumulator(4))
