@@ -146,5 +146,20 @@ def stats(out, workers, as_json) -> None:
                + "; eigenvector angles (deg): " + " ".join(f"{a:.3f}" for a in r["eigvec_angle_deg"]))
 
 
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False), default="demo-out", show_default=True,
+              help="Working folder (replaced).")
+@click.option("--classes", type=click.IntRange(min=2), default=10, show_default=True)
+@click.option("--per-class", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@workers_option
+@user_errors
+def demo(out, classes, per_class, seed, workers) -> None:
+    """Run the whole recipe on a small synthesized dataset and print a short report."""
+    from imgprep.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out, classes, per_class, max(1, per_class // 5), seed, workers), log=click.echo)
+
+
 if __name__ == "__main__":
     main()
