@@ -88,6 +88,11 @@ def synth(out, classes, per_class, val_per_class, seed, workers) -> None:
 @click.argument("out", type=click.Path())
 @click.option("--split", type=click.Choice(["train", "val"]), default="train", show_default=True,
               help="Split of SRC when it is a plain folder of class folders.")
+@click.option("--layout", type=click.Choice(["auto", "folders", "ilsvrc", "kaggle"]), default="auto",
+              show_default=True, help="Source layout; auto detects ILSVRC2012 archives, Kaggle, class folders.")
+@click.option("--val-labels", type=click.Path(dir_okay=False), default=None,
+              help="Labels of a flat validation folder (or val tar): one WNID per line in file-name "
+                   "order, or CSV file,wnid.")
 @click.option("--size", type=click.IntRange(min=8), default=256, show_default=True,
               help="Shorter side after resizing, and side of the centre crop.")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, show_default=True, help="JPEG quality.")
@@ -97,12 +102,17 @@ def synth(out, classes, per_class, val_per_class, seed, workers) -> None:
 @workers_option
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
-def prepare(src, out, split, size, quality, shard_size, seed, workers, progress) -> None:
-    """Turn the images in SRC into shuffled WebDataset shards, statistics and a manifest in OUT."""
+def prepare(src, out, split, layout, val_labels, size, quality, shard_size, seed, workers, progress) -> None:
+    """Turn the images in SRC into shuffled WebDataset shards, statistics and a manifest in OUT.
+
+    SRC: class folders (train/<class>/, val/<class>/), the ILSVRC2012 archives with the devkit,
+    or the Kaggle download. Rerun the same command to resume after an interruption.
+    """
     from imgprep.prepare import PrepareConfig, prepare as run
 
-    run(PrepareConfig(src, out, split, size, quality, shard_size, seed, workers), progress=progress,
-        log=click.echo)
+    cfg = PrepareConfig(src=src, out=out, split=split, layout=layout, val_labels=val_labels, size=size,
+                        quality=quality, shard_size=shard_size, seed=seed, workers=workers)
+    run(cfg, progress=progress, log=click.echo)
 
 
 @main.command()

@@ -22,7 +22,7 @@ from . import constants as C
 from .codec import decode_rgb, encode_jpeg
 from .errors import DecodeError, ImgprepError, NotAnImage
 from .shards import ShardWriter, sha256_file
-from .sources import FolderSource, SourceIndex, discover
+from .sources import Item, Source, SourceIndex, discover
 from .stats import StatsAccumulator, finalize
 from .transforms import resize_center_crop
 
@@ -36,6 +36,8 @@ class PrepareConfig:
     src: str
     out: str
     split: str = "train"  # split name when SRC is a plain folder of class folders
+    layout: str = "auto"  # auto, folders, ilsvrc, kaggle
+    val_labels: str | None = None  # labels of a flat validation folder or val tar
     size: int = C.STORED_SIZE
     quality: int = C.JPEG_QUALITY
     shard_size: int = C.SHARD_SIZE
@@ -48,6 +50,8 @@ class PrepareConfig:
         d.pop("workers")
         d.pop("out")
         d["src"] = os.path.abspath(self.src)
+        if self.val_labels:
+            d["val_labels"] = os.path.abspath(self.val_labels)
         return d
 
     def validate(self) -> None:
@@ -66,11 +70,11 @@ class PrepareConfig:
 
 @dataclass
 class Unit:
-    """One output shard's worth of work: (key, source reference, label) per sample."""
+    """One output shard's worth of work: (key, source item) per sample."""
 
     split: str
     index: int
-    items: list[tuple[str, str, int]]
+    items: list[tuple[str, Item]]
 
     @property
     def name(self) -> str:
@@ -95,7 +99,7 @@ def plan_units(index: SourceIndex, shard_size: int, seed: int) -> list[Unit]:
             continue
         perm = np.random.default_rng([seed, split_no]).permutation(len(items))
         # Keys are the shuffled position: unique, dot-free, and sorted in shard order.
-        rows = [(f"{pos:08d}", items[i].ref, items[i].label) for pos, i in enumerate(perm)]
+        rows = [(f"{pos:08d}", items[i]) for pos, i in enumerate(perm)]
         for u, start in enumerate(range(0, len(rows), shard_size)):
             units.append(Unit(split, u, rows[start:start + shard_size]))
     return units
@@ -128,7 +132,7 @@ def _init_worker(counter) -> None:
         pass
 
 
-def run_unit(source: FolderSource, unit: Unit, classes: list[str], out: str, size: int,
+def run_unit(source: Source, unit: Unit, classes: list[dict], out: str, size: int,
              quality: int, with_stats: bool, progress: Callable[[int], None] | None = None) -> dict:
     """Process one unit and write its shard (and index) under `out`; return its record.
 
@@ -144,9 +148,10 @@ def run_unit(source: FolderSource, unit: Unit, classes: list[str], out: str, siz
     acc = StatsAccumulator(size) if with_stats else None
     rejects, skipped, converted, n_converted = [], 0, {}, 0
     try:
-        for key, ref, label in unit.items:
+        for key, item in unit.items:
+            ref, label = item.ref, item.label
             try:
-                data = source.read(ref)
+                data = source.read(item)
                 jpeg, pixels, img = process_image(data, ref, size, quality)
             except NotAnImage:
                 skipped += 1
@@ -154,8 +159,10 @@ def run_unit(source: FolderSource, unit: Unit, classes: list[str], out: str, siz
                 reason = str(exc) if isinstance(exc, DecodeError) else f"cannot read: {exc.strerror or exc}"
                 rejects.append({"split": unit.split, "path": ref, "reason": reason})
             else:
-                meta = {"source": ref, "class": classes[label], "label": label, "width": img.width,
+                meta = {"source": ref, "class": classes[label]["name"], "label": label, "width": img.width,
                         "height": img.height, "format": img.format}
+                if "wnid" in classes[label]:
+                    meta["wnid"] = classes[label]["wnid"]
                 if img.converted:
                     meta["converted"] = img.converted
                     n_converted += 1
@@ -389,7 +396,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
         ImgprepError: bad SRC, bad settings, or OUT holding something else.
     """
     cfg.validate()
-    index = discover(cfg.src, cfg.split)
+    index = discover(cfg.src, cfg.split, cfg.layout, cfg.val_labels)
     state_kind = _check_out(cfg)
     out = cfg.out
     if state_kind == "complete":
@@ -416,7 +423,8 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
     workers = min(_resolve_workers(cfg.workers), max(1, len(todo)))
     total = sum(len(u.items) for u in todo)
     bar = _progress_bar(total, progress)
-    jobs = [(index.source, u, index.classes, out, cfg.size, cfg.quality, u.split == "train") for u in todo]
+    classes = [c.to_json(i) for i, c in enumerate(index.classes)]
+    jobs = [(index.source, u, classes, out, cfg.size, cfg.quality, u.split == "train") for u in todo]
 
     def on_done(rec: dict) -> None:
         state.add(rec)
@@ -485,7 +493,7 @@ def _finish(cfg: PrepareConfig, index: SourceIndex, units: list[Unit], state: _S
         "format_version": C.FORMAT_VERSION,
         "config": cfg.dataset_settings(),
         "source_layout": index.layout,
-        "classes": [{"index": i, "name": n} for i, n in enumerate(index.classes)],
+        "classes": [c.to_json(i) for i, c in enumerate(index.classes)],
         "splits": splits,
         "sample": {"jpg": f"JPEG {cfg.size}x{cfg.size} RGB, quality {cfg.quality}",
                    "cls": "class index, ASCII decimal", "json": "source path, original size, class name"},

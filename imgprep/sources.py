@@ -1,48 +1,99 @@
-"""Where images come from: a source lists (reference, label) items per split and reads bytes.
+"""Where images come from: each layout lists (reference, label) items per split and reads bytes.
 
-Class index = position of the class name in sorted order (the torchvision/ImageNet convention),
-taken from the training split and shared by every split.
+Layouts, detected from what SRC holds (or forced with `layout=`):
+- `ilsvrc`: the original archives `ILSVRC2012_img_train.tar` (a tar of per-class tars),
+  `ILSVRC2012_img_val.tar` (flat) and `ILSVRC2012_devkit_t12.tar.gz` (class names, validation
+  labels). Read in place: the tar headers are scanned once, then every image is read at its byte
+  offset; nothing is extracted.
+- `kaggle`: `ILSVRC/Data/CLS-LOC/{train/<wnid>/, val/}` with `LOC_synset_mapping.txt` and
+  `LOC_val_solution.csv`.
+- `folders`: `train/<class>/...` and optionally `val/<class>/...` (or a flat `val/` with
+  `val_labels=FILE`), or a plain folder of class folders whose split is `split`.
+
+Class index = position of the class name (the WNID for ImageNet) in sorted order, the
+torchvision convention, taken from the training split and shared by every split.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+import re
+import tarfile
 from dataclasses import dataclass, field
 
 from .errors import ImgprepError
 
-__all__ = ["Item", "FolderSource", "SourceIndex", "discover"]
+__all__ = ["Item", "ClassInfo", "Source", "SourceIndex", "discover", "LAYOUTS", "scan_tar",
+           "parse_devkit", "devkit_val_wnids"]
+
+LAYOUTS = ("auto", "folders", "ilsvrc", "kaggle")
+TRAIN_TAR, VAL_TAR, DEVKIT = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
+KAGGLE_DATA = os.path.join("ILSVRC", "Data", "CLS-LOC")
+_WNID = re.compile(r"^n\d{8}$")
 
 
 @dataclass(frozen=True)
 class Item:
-    """One source file: a reference the source can read, and its class index."""
+    """One source image: a display reference, its class index, and where its bytes are."""
 
-    ref: str
+    ref: str  # path relative to SRC; inside archives "archive.tar/inner.tar/name"
     label: int
+    archive: int = -1  # index into Source.archives, or -1 for a plain file at SRC/ref
+    offset: int = 0  # byte offset of the data in that archive
+    size: int = 0
 
 
-class FolderSource:
-    """Files under a root folder, referenced by their POSIX path relative to it."""
+@dataclass(frozen=True)
+class ClassInfo:
+    """A class: its folder/WNID name, and human-readable words where the source has them."""
 
-    kind = "folders"
+    wnid: str
+    words: str = ""
 
-    def __init__(self, root: str):
+    def to_json(self, index: int) -> dict:
+        d = {"index": index, "name": self.words or self.wnid}
+        if self.words or _WNID.match(self.wnid):
+            d["wnid"] = self.wnid
+        return d
+
+
+class Source:
+    """Reads the bytes of items: plain files under `root`, or byte ranges of `archives`."""
+
+    def __init__(self, root: str, archives: list[str] | None = None):
         self.root = os.path.abspath(root)
+        self.archives = [os.path.abspath(a) for a in archives or []]
+        self._fds: dict[int, int] = {}
 
-    def read(self, ref: str) -> bytes:
-        """The bytes of one file."""
-        with open(os.path.join(self.root, ref), "rb") as f:
-            return f.read()
+    def __getstate__(self):  # file descriptors stay in the process that opened them
+        return {"root": self.root, "archives": self.archives}
+
+    def __setstate__(self, state):
+        self.__init__(state["root"], state["archives"])
+
+    def read(self, item: Item) -> bytes:
+        """The bytes of one item."""
+        if item.archive < 0:
+            with open(os.path.join(self.root, item.ref), "rb") as f:
+                return f.read()
+        fd = self._fds.get(item.archive)
+        if fd is None:
+            fd = self._fds[item.archive] = os.open(self.archives[item.archive], os.O_RDONLY)
+        data = os.pread(fd, item.size, item.offset)
+        if len(data) != item.size:
+            raise OSError(f"archive ends early ({len(data)} of {item.size} bytes)")
+        return data
 
 
 @dataclass
 class SourceIndex:
     """Everything `prepare` needs to plan: classes, items per split, what was skipped."""
 
-    source: FolderSource
+    source: Source
     layout: str
-    classes: list[str]
+    classes: list[ClassInfo]
     splits: dict[str, list[Item]]
     skipped: dict[str, int] = field(default_factory=dict)  # hidden/stray files per split
 
@@ -55,11 +106,10 @@ def _class_dirs(path: str) -> list[str]:
     return sorted(e.name for e in os.scandir(path) if e.is_dir() and _visible(e.name))
 
 
-def _walk_class(root: str, split_dir: str, cls: str) -> tuple[list[str], int]:
-    """Relative paths of the visible files under one class folder (recursively), and hidden count."""
+def _walk(root: str, rel: str) -> tuple[list[str], int]:
+    """Relative paths of the visible files under root/rel (recursively, sorted), and the hidden count."""
     refs, hidden = [], 0
-    base = os.path.join(root, split_dir, cls) if split_dir else os.path.join(root, cls)
-    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(os.path.join(root, rel), followlinks=True):
         hidden += sum(1 for d in dirnames if not _visible(d))
         dirnames[:] = sorted(d for d in dirnames if _visible(d))
         for name in sorted(filenames):
@@ -70,52 +120,309 @@ def _walk_class(root: str, split_dir: str, cls: str) -> tuple[list[str], int]:
     return refs, hidden
 
 
-def discover(src: str, split: str = "train") -> SourceIndex:
-    """Index a folder holding `train/<class>/...` (and optionally `val/<class>/...`), or a
-    folder of class folders whose split is `split`.
+def _flat_files(root: str, rel: str) -> tuple[list[str], int]:
+    """Visible files directly in root/rel (sorted by name), and the count of hidden ones."""
+    names = sorted(e.name for e in os.scandir(os.path.join(root, rel)) if e.is_file())
+    vis = [n for n in names if _visible(n)]
+    return [f"{rel}/{n}" if rel else n for n in vis], len(names) - len(vis)
+
+
+def _stem(name: str) -> str:
+    return os.path.splitext(os.path.basename(name))[0]
+
+
+# --- label files -------------------------------------------------------------------------------
+
+
+def read_val_labels(path: str, files: list[str]) -> list[str]:
+    """Class names (WNIDs) of `files` from a label file: one per line in sorted file-name order,
+    or CSV rows `file,wnid` (file with or without extension; a header row is allowed)."""
+    try:
+        with open(path, newline="") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ImgprepError(f"{path}: cannot read validation labels ({exc.strerror})") from None
+    rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    if rows and len(rows[0]) >= 2:  # CSV file,label: rows for other files (or a header) are ignored
+        by_stem = {_stem(r[0].strip()): (r[1].split() or [""])[0] for r in rows}
+        missing = [f for f in files if _stem(f) not in by_stem]
+        if missing:
+            raise ImgprepError(f"{path}: no label for {missing[0]} ({len(missing)} files unlabelled)")
+        return [by_stem[_stem(f)] for f in files]
+    labels = [r[0].split()[0] for r in rows]
+    if len(labels) != len(files):
+        raise ImgprepError(f"{path}: {len(labels)} labels for {len(files)} validation files; "
+                           "expected one label per line in sorted file-name order")
+    return labels
+
+
+def kaggle_val_labels(path: str) -> dict[str, str]:
+    """ImageId -> WNID from `LOC_val_solution.csv` (first token of PredictionString)."""
+    out = {}
+    try:
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                out[row["ImageId"].strip()] = row["PredictionString"].split()[0]
+    except (OSError, KeyError, IndexError) as exc:
+        raise ImgprepError(f"{path}: not a Kaggle LOC_val_solution.csv ({exc})") from None
+    return out
+
+
+def kaggle_words(path: str) -> dict[str, str]:
+    """WNID -> words from `LOC_synset_mapping.txt`."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            parts = line.strip().split(" ", 1)
+            if parts and parts[0]:
+                out[parts[0]] = parts[1] if len(parts) > 1 else ""
+    return out
+
+
+def parse_devkit(path: str) -> tuple[dict[int, tuple[str, str]], list[int]]:
+    """From the devkit tar.gz, read in memory: {ILSVRC2012_ID: (WNID, words)} of the leaf synsets
+    (num_children == 0) from data/meta.mat, and the validation ground truth (IDs in file order)."""
+    import numpy as np
+    import scipy.io
+
+    meta = truth = None
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for m in tar:
+                if m.isfile() and m.name.endswith("data/meta.mat"):
+                    meta = scipy.io.loadmat(io.BytesIO(tar.extractfile(m).read()), squeeze_me=True)
+                elif m.isfile() and m.name.endswith("ILSVRC2012_validation_ground_truth.txt"):
+                    truth = [int(x) for x in tar.extractfile(m).read().split()]
+    except (OSError, tarfile.TarError, ValueError) as exc:
+        raise ImgprepError(f"{path}: unreadable devkit ({exc})") from None
+    if meta is None or "synsets" not in meta:
+        raise ImgprepError(f"{path}: no data/meta.mat with 'synsets'; is this ILSVRC2012_devkit_t12.tar.gz?")
+    s = np.atleast_1d(meta["synsets"])
+    leaves = {}
+    for sid, wnid, words, nchild in zip(s["ILSVRC2012_ID"], s["WNID"], s["words"], s["num_children"]):
+        if int(nchild) == 0:
+            leaves[int(sid)] = (str(wnid), str(words))
+    return leaves, truth or []
+
+
+def devkit_val_wnids(path: str, n_files: int) -> tuple[list[str], dict[str, str]]:
+    """WNIDs of the validation files (in sorted name order) and WNID -> words, from the devkit."""
+    leaves, truth = parse_devkit(path)
+    if len(truth) != n_files:
+        raise ImgprepError(f"{path}: ground truth lists {len(truth)} labels for {n_files} validation images")
+    try:
+        wnids = [leaves[i][0] for i in truth]
+    except KeyError as exc:
+        raise ImgprepError(f"{path}: ground-truth ID {exc.args[0]} is not a leaf synset of meta.mat") from None
+    return wnids, {w: words for w, words in leaves.values()}
+
+
+# --- archives ------------------------------------------------------------------------------------
+
+
+def scan_tar(path: str) -> list[tuple[str, int, int]]:
+    """(name, data offset, size) of the regular members of an uncompressed tar, reading headers only."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            return [(m.name, m.offset_data, m.size) for m in tar if m.isreg()]
+    except (OSError, tarfile.TarError) as exc:
+        raise ImgprepError(f"{path}: not a readable uncompressed tar ({exc})") from None
+
+
+def _scan_nested(path: str) -> dict[str, list[tuple[str, int, int]]]:
+    """{inner tar name: [(member name, absolute data offset, size)]} of a tar of tars."""
+    out = {}
+    try:
+        with tarfile.open(path, "r:") as outer:
+            for m in outer:
+                if not m.isreg():
+                    continue
+                if not m.name.endswith(".tar"):
+                    out.setdefault("", []).append((m.name, m.offset_data, m.size))
+                    continue
+                with tarfile.open(fileobj=outer.extractfile(m), mode="r:") as inner:
+                    out[m.name] = [(i.name, m.offset_data + i.offset_data, i.size) for i in inner if i.isreg()]
+    except (OSError, tarfile.TarError) as exc:
+        raise ImgprepError(f"{path}: not a readable tar of per-class tars ({exc})") from None
+    return out
+
+
+# --- layouts ---------------------------------------------------------------------------------
+
+
+def _index_of(classes: list[ClassInfo]) -> dict[str, int]:
+    return {c.wnid: i for i, c in enumerate(classes)}
+
+
+def _label_all(wnids: list[str], index: dict[str, int], where: str) -> list[int]:
+    unknown = sorted({w for w in wnids if w not in index})
+    if unknown:
+        raise ImgprepError(f"{where}: validation class {unknown[0]!r} is not a training class "
+                           f"({len(unknown)} unknown); every split must use the training classes")
+    return [index[w] for w in wnids]
+
+
+def _discover_ilsvrc(src: str, devkit_required: bool = True) -> SourceIndex:
+    train_tar, val_tar, devkit = (os.path.join(src, n) for n in (TRAIN_TAR, VAL_TAR, DEVKIT))
+    has_train, has_val, has_devkit = map(os.path.isfile, (train_tar, val_tar, devkit))
+    archives, splits, skipped = [], {}, {}
+    words: dict[str, str] = {}
+    classes: list[ClassInfo] = []
+    per_class = {}
+    if has_train:
+        nested = _scan_nested(train_tar)
+        skipped["train"] = len(nested.pop("", []))
+        per_class = {os.path.splitext(os.path.basename(k))[0]: v for k, v in nested.items()}
+        if not per_class:
+            raise ImgprepError(f"{train_tar}: holds no per-class tars")
+    val_members, val_wnids = [], []
+    if has_val:
+        val_members = sorted((m for m in scan_tar(val_tar)), key=lambda m: os.path.basename(m[0]))
+        if has_devkit:
+            val_wnids, words = devkit_val_wnids(devkit, len(val_members))
+        elif devkit_required:
+            raise ImgprepError(f"{src}: {VAL_TAR} needs {DEVKIT} beside it for its labels (or pass --val-labels)")
+    elif has_devkit:
+        words = {w: t for w, t in parse_devkit(devkit)[0].values()}
+    if per_class:
+        classes = [ClassInfo(w, words.get(w, "")) for w in sorted(per_class)]
+    elif words:
+        classes = [ClassInfo(w, t) for w, t in sorted(words.items())]
+    if not classes:
+        raise ImgprepError(f"{src}: found neither {TRAIN_TAR} nor {DEVKIT}; cannot tell the classes")
+    index = _index_of(classes)
+    if has_train:
+        archives.append(train_tar)
+        items = []
+        for wnid in sorted(per_class):
+            for name, off, size in sorted(per_class[wnid], key=lambda m: m[0]):
+                items.append(Item(f"{TRAIN_TAR}/{wnid}.tar/{name}", index[wnid], len(archives) - 1, off, size))
+        splits["train"] = items
+    if has_val and val_wnids:
+        archives.append(val_tar)
+        labels = _label_all(val_wnids, index, devkit)
+        splits["val"] = [Item(f"{VAL_TAR}/{name}", lab, len(archives) - 1, off, size)
+                         for (name, off, size), lab in zip(val_members, labels)]
+        skipped.setdefault("val", 0)
+    return SourceIndex(Source(src, archives), "ilsvrc", classes, splits, skipped)
+
+
+def _discover_kaggle(src: str) -> SourceIndex:
+    data = os.path.join(src, KAGGLE_DATA)
+    mapping = os.path.join(src, "LOC_synset_mapping.txt")
+    words = kaggle_words(mapping) if os.path.isfile(mapping) else {}
+    train_rel = os.path.join(KAGGLE_DATA, "train")
+    if os.path.isdir(os.path.join(src, train_rel)):
+        wnids = _class_dirs(os.path.join(src, train_rel))
+    else:
+        wnids = sorted(words)
+    if not wnids:
+        raise ImgprepError(f"{data}: no train/<wnid>/ folders and no LOC_synset_mapping.txt; cannot tell the classes")
+    classes = [ClassInfo(w, words.get(w, "")) for w in wnids]
+    index = _index_of(classes)
+    splits, skipped = {}, {}
+    if os.path.isdir(os.path.join(src, train_rel)):
+        items, hidden = [], 0
+        for w in wnids:
+            refs, h = _walk(src, f"{train_rel}/{w}".replace(os.sep, "/"))
+            hidden += h
+            items += [Item(r, index[w]) for r in refs]
+        splits["train"], skipped["train"] = items, hidden
+    val_rel = os.path.join(KAGGLE_DATA, "val").replace(os.sep, "/")
+    if os.path.isdir(os.path.join(src, val_rel)):
+        sol = os.path.join(src, "LOC_val_solution.csv")
+        if not os.path.isfile(sol):
+            raise ImgprepError(f"{src}: {val_rel}/ needs LOC_val_solution.csv beside ILSVRC/ for its labels")
+        labels = kaggle_val_labels(sol)
+        refs, hidden = _flat_files(src, val_rel)
+        missing = [r for r in refs if _stem(r) not in labels]
+        if missing:
+            raise ImgprepError(f"{sol}: no label for {missing[0]} ({len(missing)} validation files unlabelled)")
+        labs = _label_all([labels[_stem(r)] for r in refs], index, sol)
+        splits["val"], skipped["val"] = [Item(r, lab) for r, lab in zip(refs, labs)], hidden
+    return SourceIndex(Source(src), "kaggle", classes, splits, skipped)
+
+
+def _discover_folders(src: str, split: str, val_labels: str | None) -> SourceIndex:
+    root = os.path.abspath(src)
+    has_splits = any(os.path.isdir(os.path.join(src, s)) for s in ("train", "val"))
+    split_dirs = {s: s for s in ("train", "val") if os.path.isdir(os.path.join(src, s))} if has_splits else {split: ""}
+    per_split = {s: _class_dirs(os.path.join(root, d)) for s, d in split_dirs.items()}
+    class_split = "train" if "train" in split_dirs else next(iter(split_dirs))
+    names = per_split[class_split]
+    flat_val = "val" in split_dirs and not per_split["val"]
+    if not names and not (flat_val and class_split == "val"):
+        where = os.path.join(src, split_dirs[class_split])
+        raise ImgprepError(f"{where.rstrip(os.sep)}: no class folders found; expected one sub-folder of images per class")
+    classes = [ClassInfo(n) for n in names]
+    index = _index_of(classes)
+    splits, skipped = {}, {}
+    for s, d in split_dirs.items():
+        split_root = os.path.join(root, d) if d else root
+        if s == "val" and flat_val:
+            refs, hidden = _flat_files(root, d)
+            if not refs:
+                continue
+            if not val_labels:
+                raise ImgprepError(f"{os.path.join(src, d)}: flat validation folder needs --val-labels FILE "
+                                   "(one WNID per line in file-name order, or CSV file,wnid)")
+            labs = _label_all(read_val_labels(val_labels, refs), index, val_labels)
+            splits[s], skipped[s] = [Item(r, lab) for r, lab in zip(refs, labs)], hidden
+            continue
+        unknown = [c for c in per_split[s] if c not in index]
+        if unknown:
+            raise ImgprepError(
+                f"{os.path.join(src, d)}: class folder {unknown[0]!r} is not a class of the {class_split} split "
+                f"({len(unknown)} unknown); every split must use the {class_split} classes")
+        hidden = sum(1 for e in os.scandir(split_root) if not e.is_dir() or not _visible(e.name))
+        items = []
+        for c in per_split[s]:
+            refs, h = _walk(root, f"{d}/{c}" if d else c)
+            hidden += h
+            items += [Item(r, index[c]) for r in refs]
+        splits[s], skipped[s] = items, hidden
+    return SourceIndex(Source(root), "split-folders" if has_splits else "class-folders", classes, splits, skipped)
+
+
+def detect_layout(src: str) -> str:
+    """The layout SRC looks like: ilsvrc, kaggle or folders."""
+    if any(os.path.isfile(os.path.join(src, n)) for n in (TRAIN_TAR, VAL_TAR)):
+        return "ilsvrc"
+    if os.path.isdir(os.path.join(src, KAGGLE_DATA)):
+        return "kaggle"
+    return "folders"
+
+
+def discover(src: str, split: str = "train", layout: str = "auto", val_labels: str | None = None) -> SourceIndex:
+    """Index SRC in the given (or detected) layout.
 
     Raises:
-        ImgprepError: SRC missing, not a folder, empty, or without class folders or files.
+        ImgprepError: SRC missing, not a folder, empty, without classes or images, or labels
+            that do not fit.
     """
     if not os.path.exists(src):
         raise ImgprepError(f"{src}: no such folder; give the folder that holds your images")
     if not os.path.isdir(src):
         raise ImgprepError(f"{src}: not a folder; give the folder that holds train/<class>/ or <class>/ folders")
-    entries = [e for e in os.listdir(src) if _visible(e)]
-    if not entries:
+    if not any(_visible(e) for e in os.listdir(src)):
         raise ImgprepError(f"{src}: folder is empty; it should hold train/<class>/ or <class>/ folders of images")
-    has_splits = any(os.path.isdir(os.path.join(src, s)) for s in ("train", "val"))
-    root = os.path.abspath(src)
-    if has_splits:
-        split_dirs = {s: s for s in ("train", "val") if os.path.isdir(os.path.join(src, s))}
-        layout = "split-folders"
+    if layout not in LAYOUTS:
+        raise ImgprepError(f"--layout {layout!r}: must be one of {', '.join(LAYOUTS)}")
+    if val_labels and not os.path.isfile(val_labels):
+        raise ImgprepError(f"--val-labels {val_labels}: no such file")
+    kind = detect_layout(src) if layout == "auto" else layout
+    if kind == "ilsvrc":
+        index = _discover_ilsvrc(src, devkit_required=not val_labels)
+        if val_labels and os.path.isfile(os.path.join(src, VAL_TAR)) and "val" not in index.splits:
+            members = sorted(scan_tar(os.path.join(src, VAL_TAR)), key=lambda m: os.path.basename(m[0]))
+            labs = _label_all(read_val_labels(val_labels, [m[0] for m in members]), _index_of(index.classes), val_labels)
+            index.source.archives.append(os.path.abspath(os.path.join(src, VAL_TAR)))
+            a = len(index.source.archives) - 1
+            index.splits["val"] = [Item(f"{VAL_TAR}/{n}", lab, a, o, s) for (n, o, s), lab in zip(members, labs)]
+    elif kind == "kaggle":
+        index = _discover_kaggle(src)
     else:
-        split_dirs = {split: ""}
-        layout = "class-folders"
-    per_split_classes = {s: _class_dirs(os.path.join(root, d)) for s, d in split_dirs.items()}
-    class_split = "train" if "train" in split_dirs else next(iter(split_dirs))
-    classes = per_split_classes[class_split]
-    if not classes:
-        where = os.path.join(src, split_dirs[class_split]) if split_dirs[class_split] else src
-        raise ImgprepError(f"{where}: no class folders found; expected one sub-folder of images per class")
-    index = {c: i for i, c in enumerate(classes)}
-    splits, skipped = {}, {}
-    for s, d in split_dirs.items():
-        unknown = [c for c in per_split_classes[s] if c not in index]
-        if unknown:
-            raise ImgprepError(
-                f"{os.path.join(src, d)}: class folder {unknown[0]!r} is not a class of the {class_split} split "
-                f"({len(unknown)} unknown); every split must use the {class_split} classes"
-            )
-        split_root = os.path.join(root, d) if d else root
-        stray = sum(1 for e in os.scandir(split_root) if not e.is_dir() or not _visible(e.name))
-        items, hidden = [], stray
-        for c in per_split_classes[s]:
-            refs, h = _walk_class(root, d, c)
-            hidden += h
-            items += [Item(r, index[c]) for r in refs]
-        splits[s] = items
-        skipped[s] = hidden
-    if not any(splits.values()):
+        index = _discover_folders(src, split, val_labels)
+    if not any(index.splits.values()):
         raise ImgprepError(f"{src}: the class folders hold no files")
-    return SourceIndex(FolderSource(root), layout, classes, splits, skipped)
+    return index
