@@ -1,0 +1,159 @@
+"""Reading ImageNet as users hold it: the ILSVRC2012 archives, the Kaggle layout, flat val folders."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from imagenet_fixtures import IDS, WNIDS, WORDS, build_ilsvrc, build_kaggle, images, val_set
+from imgprep.errors import ImgprepError
+from imgprep.prepare import PrepareConfig, prepare
+from imgprep.shards import iter_samples
+from imgprep.sources import Source, detect_layout, discover, parse_devkit, read_val_labels
+
+QUIET = dict(progress=False, log=lambda s: None)
+N_TRAIN, N_VAL = 3, 10
+
+
+@pytest.fixture(scope="module")
+def data():
+    return images(N_TRAIN), val_set(N_VAL)
+
+
+@pytest.fixture(scope="module")
+def ilsvrc(tmp_path_factory, data):
+    root = str(tmp_path_factory.mktemp("ilsvrc"))
+    build_ilsvrc(root, *data)
+    return root
+
+
+@pytest.fixture(scope="module")
+def kaggle(tmp_path_factory, data):
+    root = str(tmp_path_factory.mktemp("kaggle"))
+    build_kaggle(root, *data)
+    return root
+
+
+def samples(out, split):
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    for sh in m["splits"][split]["shards"]:
+        for _, comp in iter_samples(os.path.join(out, sh["path"])):
+            yield int(comp["cls"].decode()), json.loads(comp["json"]), comp
+
+
+def check_val_labels(out, val):
+    seen = 0
+    for label, meta, _ in samples(out, "val"):
+        i = int(meta["source"].rsplit("_", 1)[1].split(".")[0]) - 1  # ILSVRC2012_val_0000000i
+        assert label == WNIDS.index(val[i][0]) == meta["label"], meta  # sorted-WNID index
+        assert meta["wnid"] == val[i][0]
+        seen += 1
+    assert seen == len(val)
+
+
+def test_devkit_parsing(ilsvrc):
+    leaves, truth = parse_devkit(os.path.join(ilsvrc, "ILSVRC2012_devkit_t12.tar.gz"))
+    assert {i: w for i, (w, _) in leaves.items()} == {v: k for k, v in IDS.items()}  # internal synsets dropped
+    assert len(truth) == N_VAL
+
+
+def test_ilsvrc_archives_detected_and_indexed_in_place(ilsvrc, data):
+    assert detect_layout(ilsvrc) == "ilsvrc"
+    idx = discover(ilsvrc)
+    assert [c.wnid for c in idx.classes] == WNIDS and idx.classes[0].words == WORDS[WNIDS[0]]
+    assert len(idx.splits["train"]) == 4 * N_TRAIN and len(idx.splits["val"]) == N_VAL
+    train, _ = data
+    for item in idx.splits["train"]:
+        wnid = item.ref.split("/")[1][:-4]
+        n = int(item.ref.rsplit("_", 1)[1].split(".")[0]) - 10
+        assert item.label == WNIDS.index(wnid)
+        assert idx.source.read(item) == train[wnid][n]  # the exact bytes, read at their offset
+    assert not [f for f in os.listdir(ilsvrc) if not f.startswith("ILSVRC2012_")]  # nothing extracted
+
+
+def test_prepare_from_ilsvrc_archives(ilsvrc, data, tmp_path):
+    out = str(tmp_path / "out")
+    prepare(PrepareConfig(ilsvrc, out, size=32, shard_size=4, workers=2), **QUIET)
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    assert m["source_layout"] == "ilsvrc"
+    assert m["classes"] == [{"index": i, "name": WORDS[w], "wnid": w} for i, w in enumerate(WNIDS)]
+    assert m["splits"]["train"]["count"] == 4 * N_TRAIN and m["splits"]["val"]["count"] == N_VAL
+    for label, meta, _ in samples(out, "train"):
+        assert WNIDS[label] == meta["wnid"] and meta["source"].startswith(f"ILSVRC2012_img_train.tar/{meta['wnid']}.tar/")
+    check_val_labels(out, data[1])
+
+
+def test_prepare_from_kaggle(kaggle, data, tmp_path):
+    assert detect_layout(kaggle) == "kaggle"
+    out = str(tmp_path / "out")
+    prepare(PrepareConfig(kaggle, out, size=32, shard_size=4, workers=1), **QUIET)
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    assert m["source_layout"] == "kaggle" and m["classes"][1] == {"index": 1, "name": WORDS[WNIDS[1]], "wnid": WNIDS[1]}
+    check_val_labels(out, data[1])
+
+
+def test_archives_and_folders_give_the_same_pixels(ilsvrc, kaggle, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    prepare(PrepareConfig(ilsvrc, a, size=32, workers=1), **QUIET)
+    prepare(PrepareConfig(kaggle, b, size=32, workers=1), **QUIET)
+    assert json.load(open(os.path.join(a, "stats", "stats.json"))) == json.load(open(os.path.join(b, "stats", "stats.json")))
+    assert np.array_equal(np.load(os.path.join(a, "stats", "mean.npy")), np.load(os.path.join(b, "stats", "mean.npy")))
+
+
+@pytest.mark.parametrize("fmt", ["lines", "csv"])
+def test_flat_val_folder_with_label_file(kaggle, data, tmp_path, fmt):
+    src = tmp_path / "src"
+    shutil.copytree(os.path.join(kaggle, "ILSVRC", "Data", "CLS-LOC"), src)
+    val = data[1]
+    labels = tmp_path / "labels.txt"
+    if fmt == "lines":
+        labels.write_text("".join(f"{w}\n" for w, _ in val))
+    else:
+        labels.write_text("file,wnid\n" + "".join(f"ILSVRC2012_val_{i + 1:08d}.JPEG,{w}\n" for i, (w, _) in enumerate(val)))
+    out = str(tmp_path / "out")
+    prepare(PrepareConfig(str(src), out, size=32, val_labels=str(labels), workers=1), **QUIET)
+    check_val_labels(out, val)
+
+
+def test_flat_val_without_labels_is_an_error(kaggle, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(os.path.join(kaggle, "ILSVRC", "Data", "CLS-LOC"), src)
+    with pytest.raises(ImgprepError, match="--val-labels"):
+        discover(str(src))
+
+
+def test_unknown_val_class_is_named(kaggle, tmp_path):
+    src = tmp_path / "k"
+    shutil.copytree(kaggle, src)
+    sol = src / "LOC_val_solution.csv"
+    sol.write_text(sol.read_text().replace(WNIDS[2], "n09999999"))
+    with pytest.raises(ImgprepError, match="n09999999"):
+        discover(str(src))
+
+
+def test_val_tar_without_devkit_is_an_error(ilsvrc, tmp_path):
+    src = tmp_path / "s"
+    src.mkdir()
+    shutil.copy(os.path.join(ilsvrc, "ILSVRC2012_img_val.tar"), src)
+    shutil.copy(os.path.join(ilsvrc, "ILSVRC2012_img_train.tar"), src)
+    with pytest.raises(ImgprepError, match="devkit"):
+        discover(str(src))
+
+
+def test_read_val_labels_mismatch(tmp_path):
+    p = tmp_path / "l.txt"
+    p.write_text("n01440764\n")
+    with pytest.raises(ImgprepError, match="1 labels for 2"):
+        read_val_labels(str(p), ["a.JPEG", "b.JPEG"])
+
+
+def test_source_pickles_without_open_files(ilsvrc):
+    import pickle
+
+    idx = discover(ilsvrc)
+    src = idx.source
+    src.read(idx.splits["train"][0])
+    clone = pickle.loads(pickle.dumps(src))
+    assert isinstance(clone, Source) and clone.read(idx.splits["val"][0]) == src.read(idx.splits["val"][0])
