@@ -315,20 +315,6 @@ def _resolve_workers(n: int) -> int:
         return os.cpu_count() or 1
 
 
-def _pool_context():
-    """forkserver where available: workers fork from a clean single-threaded server that has
-    imported the decoding libraries once (plain fork after the driver has used OpenCV's or
-    torch's thread pools can deadlock the children); spawn elsewhere."""
-    import multiprocessing as mp
-
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["imgprep.prepare", "imgprep.codec", "imgprep.transforms", "cv2", "PIL.Image",
-                                "PIL.JpegImagePlugin", "simplejpeg"])
-    return ctx
-
-
 class LocalExecutor:
     """Runs units in a pool of processes on this machine; a dead worker's units are redone."""
 
@@ -355,7 +341,9 @@ class LocalExecutor:
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         from concurrent.futures.process import BrokenProcessPool
 
-        ctx = _pool_context()
+        from ._mp import pool_context
+
+        ctx = pool_context()
         counter = ctx.Value("q", 0)
         attempts = [0] * len(jobs)
         pending = set(range(len(jobs)))

@@ -140,9 +140,9 @@ def synthesize(cfg: SynthConfig, workers: int = 1, progress: bool = False) -> di
             for i in range(n):
                 jobs.append((os.path.join(d, f"{name}_{i:05d}.jpg"), [cfg.seed, split_no, c, i], c, cfg))
     if workers > 1:
-        import multiprocessing as mp
+        from ._mp import pool_context
 
-        with mp.get_context("forkserver").Pool(workers) as pool:
+        with pool_context().Pool(workers) as pool:
             for _ in pool.imap_unordered(_write_one, jobs, chunksize=8):
                 pass
     else:

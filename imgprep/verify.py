@@ -88,9 +88,9 @@ def _check_shard(args) -> tuple[list[str], StatsAccumulator | None]:
 def _map(fn, jobs, workers: int):
     if workers <= 1 or len(jobs) <= 1:
         return map(fn, jobs)
-    import multiprocessing as mp
+    from ._mp import pool_context
 
-    pool = mp.get_context("forkserver").Pool(min(workers, len(jobs)))
+    pool = pool_context().Pool(min(workers, len(jobs)))
     try:
         return pool.map(fn, jobs)
     finally:

@@ -1,0 +1,126 @@
+"""The PyTorch fallback: webdataset reading, DataLoader worker processes, NumPy augmentation
+(`augment.reference_view`), the same epoch plan and semantics as the DALI backend."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import numpy as np
+import torch
+
+from ._mp import pool_context
+from .augment import lighting_shift, normalization, reference_view, ten_crop_offsets
+from .loaders import BaseLoader, DatasetInfo, EpochPlan, LoaderConfig
+
+__all__ = ["TorchLoader", "SampleStream"]
+
+
+def _split(segments: list[tuple[int, int, int]], parts: int, part: int) -> list[tuple[int, int, int]]:
+    """The part-th of `parts` contiguous pieces of a list of (shard, first, count) segments."""
+    total = sum(c for _, _, c in segments)
+    a, z = total * part // parts, total * (part + 1) // parts
+    out, pos = [], 0
+    for s, first, count in segments:
+        lo, hi = max(a, pos), min(z, pos + count)
+        if lo < hi:
+            out.append((s, first + lo - pos, hi - lo))
+        pos += count
+    return out
+
+
+class SampleStream(torch.utils.data.IterableDataset):
+    """Iterable of (view, label) for one rank and epoch; split over DataLoader workers."""
+
+    def __init__(self, cfg: LoaderConfig, info: DatasetInfo, plan: EpochPlan, epoch: int):
+        super().__init__()
+        self.cfg, self.info, self.plan, self.epoch = cfg, info, plan, epoch
+        self.segments = plan.segments(info.counts)
+
+    def __iter__(self):
+        import simplejpeg
+        import webdataset as wds
+
+        wi = torch.utils.data.get_worker_info()
+        n_workers, worker = (wi.num_workers, wi.id) if wi else (1, 0)
+        cfg, info = self.cfg, self.info
+        rng = np.random.default_rng([cfg.seed, self.epoch, cfg.rank, worker])
+        sub_mean, ch_mean, ch_std = normalization(cfg.normalize, info.stats or {"mean": [0] * 3, "std": [1] * 3})
+        mean_img = info.mean_image if sub_mean else None
+        train = cfg.mode == "train"
+
+        def samples():
+            for s, first, count in _split(self.segments, n_workers, worker):
+                # the split over ranks and workers is ours (sample ranges), not webdataset's (whole shards)
+                ds = wds.WebDataset(info.shards[s], shardshuffle=False, empty_check=False, nodesplitter=None,
+                                    workersplitter=None)
+                for sample in itertools.islice(ds, first, first + count):
+                    yield sample["jpg"], int(sample["cls"].decode())
+
+        stream = samples()
+        if train:
+            stream = _buffer_shuffle(stream, max(1, cfg.shuffle_buffer // n_workers), rng)
+        size, crop = info.size, cfg.crop
+        zero = np.zeros(3)
+        for jpg, label in stream:
+            img = simplejpeg.decode_jpeg(jpg, "RGB")
+            if cfg.mode == "ten_crop":
+                views = [reference_view(img, mean_img, t, l, crop, f, zero, ch_mean, ch_std)
+                         for f in (False, True) for t, l in ten_crop_offsets(size, crop)]
+                yield torch.from_numpy(np.stack(views)), label
+                continue
+            if train and cfg.fixed_window is None:
+                top, left = int(rng.integers(0, size - crop + 1)), int(rng.integers(0, size - crop + 1))
+            else:
+                top, left = cfg.fixed_window if cfg.fixed_window is not None else ((size - crop) // 2,) * 2
+            flip = cfg.fixed_flip if cfg.fixed_flip is not None else (train and bool(rng.random() < 0.5))
+            shift = zero
+            if train and cfg.lighting_std > 0:
+                shift = lighting_shift(rng.normal(0, cfg.lighting_std, 3), info.stats["eigval"],
+                                       info.stats["eigvec"], cfg.lighting_scale)
+            yield torch.from_numpy(reference_view(img, mean_img, top, left, crop, flip, shift, ch_mean, ch_std)), label
+
+
+def _buffer_shuffle(it, size: int, rng: np.random.Generator):
+    """Shuffle a stream through a buffer of `size` samples."""
+    buf = []
+    for x in it:
+        if len(buf) < size:
+            buf.append(x)
+            continue
+        i = int(rng.integers(0, size))
+        buf[i], x = x, buf[i]
+        yield x
+    rng.shuffle(buf)
+    yield from buf
+
+
+class TorchLoader(BaseLoader):
+    """`make_loader(backend="torch")`."""
+
+    def __init__(self, cfg: LoaderConfig, info: DatasetInfo):
+        super().__init__(cfg, info)
+        self.workers = cfg.workers or len(os.sched_getaffinity(0))
+
+    def _batches(self, plan: EpochPlan):
+        stream = SampleStream(self.cfg, self.info, plan, self.epoch)
+        n_workers = min(self.workers, max(1, plan.stop - plan.start))
+        dl = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=n_workers,
+                                         prefetch_factor=4 if n_workers else None,
+                                         pin_memory=self.device == "gpu", persistent_workers=False,
+                                         multiprocessing_context=pool_context() if n_workers else None)
+        b = self.cfg.batch_size
+        dev = torch.device("cuda" if self.device == "gpu" else "cpu")
+        imgs, labels = [], []
+        for x, y in dl:
+            imgs.append(x)
+            labels.append(y)
+            if len(imgs) == b:
+                yield torch.stack(imgs).to(dev, non_blocking=True), torch.tensor(labels, dtype=torch.int64, device=dev), b
+                imgs, labels = [], []
+        if imgs:
+            valid = len(imgs)
+            pad = b - valid
+            x = torch.stack(imgs + [torch.zeros_like(imgs[0])] * pad).to(dev, non_blocking=True)
+            y = torch.tensor(labels + [-1] * pad, dtype=torch.int64, device=dev)
+            yield x, y, valid
