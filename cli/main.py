@@ -157,6 +157,39 @@ def stats(out, workers, as_json) -> None:
 
 
 @main.command()
+@click.argument("data", type=click.Path())
+@click.option("--split", type=click.Choice(["train", "val"]), default="train", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--mode", type=click.Choice(["train", "eval", "ten_crop"]), default="train", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Stop after N batches (overrides --epochs).")
+@click.option("--backend", type=click.Choice(["dali", "torch"]), default="dali", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
+@workers_option
+@click.option("--lighting-std", type=click.FloatRange(min=0), default=0.1, show_default=True)
+@click.option("--normalize", type=click.Choice(["mean_image", "mean_image_std", "channel", "none"]),
+              default="mean_image", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def load(data, split, batch_size, mode, epochs, steps, backend, device, workers, lighting_std, normalize, seed,
+         as_json) -> None:
+    """Iterate the loader over DATA and report images/s and batch latency."""
+    from imgprep.loaders import make_loader, measure
+
+    loader = make_loader(data, split, batch_size, mode, backend=backend, device=device, workers=workers,
+                         lighting_std=lighting_std, normalize=normalize, seed=seed)
+    r = measure(loader, epochs=epochs, steps=steps)
+    if as_json:
+        click.echo(json.dumps(r))
+        return
+    lat = r["batch_latency_ms"] or {}
+    click.echo(f"{r['backend']} on {r['device']}: {r['batches']} batches, {r['images']:,} images, "
+               f"{r['images_per_second'] or 0:,.0f} img/s, batch latency median {lat.get('median', 0):.1f} ms "
+               f"(p90 {lat.get('p90', 0):.1f} ms)")
+
+
+@main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="demo-out", show_default=True,
               help="Working folder (replaced).")
 @click.option("--classes", type=click.IntRange(min=2), default=10, show_default=True)

@@ -15,6 +15,7 @@ _LAZY = {
     "SynthConfig": "synth", "synthesize": "synth",
     "verify": "verify", "recompute_stats": "verify", "load_manifest": "verify", "load_stats": "verify",
     "ImgprepError": "errors",
+    "make_loader": "loaders", "LoaderConfig": "loaders",
 }
 __all__ = sorted(_LAZY)
 

@@ -3,10 +3,9 @@
 Graph (train mode), per sample; every step a DALI operator, no Python callback:
   webdataset reader (index files, shard_id/num_shards, shuffle buffer)
     jpg -> decoders.image_crop (only the 224 window is decoded; "mixed" on a GPU, "cpu" without)
-        -> float - crop(mean image, same window)                   # (224, 224, 3)
-        -> crop_mirror_normalize(mean = channel_mean - lighting_shift, std, mirror = coin flip)
-                                                                    # (3, 224, 224)
-    cls -> ASCII digits parsed with arithmetic                      # int32 label
+        -> crop_mirror_normalize(mean = channel_mean - lighting_shift, std, mirror)  # (3, 224, 224)
+        -  crop_mirror_normalize(mean image; same window, same mirror, std)          # (3, 224, 224)
+    cls -> ASCII digits parsed with arithmetic                                       # int32 label
 Lighting shift = sum_i (a_i * s_i) * eigvec[i], a ~ N(0, sigma) drawn per image.
 """
 
@@ -65,7 +64,8 @@ def build_pipeline(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], gpu: 
         dec = "mixed" if gpu else "cpu"
         mean_img = None
         if sub_mean:
-            mean_img = types.Constant(info.mean_image.astype(np.float32), layout="HWC")
+            # (measured: as fast as feeding it through external_source without copies, and simpler)
+            mean_img = types.Constant(np.ascontiguousarray(info.mean_image, np.float32), layout="HWC")
             mean_img = mean_img.gpu() if gpu else mean_img
         shift_mean = ch_mean.astype(np.float32).tolist()
         if lighting:
@@ -94,15 +94,18 @@ def build_pipeline(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], gpu: 
             px, py = (left / span, top / span) if span else (0.5, 0.5)
         img = fn.decoders.image_crop(jpg, device=dec, output_type=types.RGB, crop=(crop, crop),
                                      crop_pos_x=px, crop_pos_y=py)
-        img = fn.cast(img, dtype=types.FLOAT)
-        if mean_img is not None:
-            img = img - fn.crop(mean_img, crop=(crop, crop), crop_pos_x=px, crop_pos_y=py)
         if cfg.fixed_flip is not None:
             mirror = int(cfg.fixed_flip)
         else:
             mirror = fn.random.coin_flip(probability=0.5) if train else 0
+        # (x + shift - M[window]) / std = CMN(x; mean=-shift) - CMN(M; window): each term one pass
+        # that also mirrors and transposes to CHW; no separate cast or crop of the mean image.
         out = fn.crop_mirror_normalize(img, mirror=mirror, mean=shift_mean, std=std, output_layout="CHW",
                                        dtype=types.FLOAT)
+        if mean_img is not None:
+            out = out - fn.crop_mirror_normalize(mean_img, crop=(crop, crop), crop_pos_x=px, crop_pos_y=py,
+                                                 mirror=mirror, mean=[0.0, 0.0, 0.0], std=std,
+                                                 output_layout="CHW", dtype=types.FLOAT)
         return out, label
 
     p = pipe()

@@ -258,3 +258,45 @@ class BaseLoader:
         c = self.cfg
         shape = (c.batch_size, 10, 3, c.crop, c.crop) if c.mode == "ten_crop" else (c.batch_size, 3, c.crop, c.crop)
         return torch.zeros(shape, device="cuda" if self.device == "gpu" else "cpu")
+
+
+def measure(loader, epochs: int = 1, steps: int | None = None, warmup: int = 1) -> dict:
+    """Iterate a loader and time it: images/s (real samples), batches, batch latency.
+
+    `warmup` batches at the start (pipeline build, worker start-up) are not timed.
+    """
+    import time
+
+    lat, images, batches, timed_images = [], 0, 0, 0
+    t_start = None
+    done = False
+    for _ in range(epochs if steps is None else 10**9):
+        t = time.perf_counter()
+        for _x, y in loader:
+            now = time.perf_counter()
+            n = int((y >= 0).sum())
+            batches += 1
+            images += n
+            if batches > warmup:
+                lat.append(now - t)
+                timed_images += n
+            elif batches == warmup:
+                t_start = now
+            t = now
+            if steps is not None and batches >= steps:
+                done = True
+                break
+        if done or steps is None:
+            break
+    seconds = (time.perf_counter() - t_start) if t_start is not None and lat else 0.0
+    return {
+        "images": images,
+        "batches": batches,
+        "images_per_second": round(timed_images / seconds, 1) if seconds > 0 else None,
+        "batch_latency_ms": {"median": round(1000 * float(np.median(lat)), 2),
+                             "p90": round(1000 * float(np.percentile(lat, 90)), 2)} if lat else None,
+        "backend": loader.cfg.backend,
+        "device": loader.device,
+        "mode": loader.cfg.mode,
+        "batch_size": loader.cfg.batch_size,
+    }

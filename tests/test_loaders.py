@@ -1,0 +1,219 @@
+"""Both loader backends against a NumPy reference of the paper's augmentation."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgprep.augment import lighting_scales, reference_view, ten_crop_offsets
+from imgprep.errors import ImgprepError
+from imgprep.loaders import DatasetInfo, make_loader
+from imgprep.shards import ShardWriter, iter_samples
+
+BACKENDS = ["dali", "torch"]
+S, CROP = 64, 56  # the `prepared` fixture stores 64x64; crops are 64*224/256
+
+
+def decoded(prepared, split):
+    """[(label, uint8 (S, S, 3))] of a split, decoded with Pillow (independent of both backends)."""
+    m = json.load(open(os.path.join(prepared, "manifest.json")))
+    out = []
+    for sh in m["splits"][split]["shards"]:
+        for _, c in iter_samples(os.path.join(prepared, sh["path"])):
+            out.append((int(c["cls"].decode()), np.asarray(Image.open(io.BytesIO(c["jpg"])).convert("RGB"))))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ref(prepared):
+    info = DatasetInfo.load(prepared, "train")
+    return {"train": decoded(prepared, "train"), "val": decoded(prepared, "val"), "mean": info.mean_image,
+            "stats": info.stats}
+
+
+def collect(loader):
+    xs, ys = [], []
+    for x, y in loader:
+        assert x.dtype == torch.float32 and y.dtype == torch.int64 and x.shape[0] == y.shape[0]
+        xs.append(x.cpu().numpy())
+        ys.append(y.cpu().numpy())
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def match(views, labels, refs, make_ref, tol):
+    """Index of the reference sample each view equals (within tol); checks the label too."""
+    cands = [make_ref(img) for _, img in refs]
+    found = []
+    for v, y in zip(views, labels):
+        if y < 0:
+            continue
+        d = [np.abs(v - c).mean() for c in cands]
+        i = int(np.argmin(d))
+        assert d[i] < tol, f"no reference view within {tol} (best {d[i]:.2f})"
+        assert refs[i][0] == y, "label differs from the sample's class"
+        found.append(i)
+    return found
+
+
+def centre(img, mean):
+    o = (S - CROP) // 2
+    return reference_view(img, mean, o, o, CROP, False, np.zeros(3), np.zeros(3), np.ones(3))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eval_every_sample_once_with_its_label(prepared, ref, backend):
+    loader = make_loader(prepared, "val", 3, "eval", backend=backend, workers=2)
+    x, y = collect(loader)
+    assert x.shape == (len(loader) * 3, 3, CROP, CROP) and len(loader) == 3  # 8 samples, batches of 3
+    assert (y == -1).sum() == 1  # the last batch padded
+    found = match(x, y, ref["val"], lambda im: centre(im, ref["mean"]), tol=1.5)
+    assert sorted(found) == list(range(8))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ranks_disjoint_complete_and_equal_length(prepared, ref, backend):
+    seen, lengths = [], set()
+    for rank in range(3):
+        loader = make_loader(prepared, "train", 4, "eval", backend=backend, rank=rank, world_size=3, workers=1)
+        lengths.add(len(loader))
+        x, y = collect(loader)
+        assert len(y) == len(loader) * 4
+        seen += match(x, y, ref["train"], lambda im: centre(im, ref["mean"]), tol=1.5)
+    assert len(lengths) == 1
+    assert sorted(seen) == list(range(24))  # disjoint and together complete
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_drop_last_batch(prepared, backend):
+    loader = make_loader(prepared, "train", 5, "train", backend=backend, last_batch="drop", workers=1)
+    x, y = collect(loader)
+    assert len(loader) == 4 and len(y) == 20 and (y >= 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("flip", [False, True])
+def test_known_window_and_flip_equal_reference(prepared, ref, backend, flip):
+    top, left = 3, 5
+    loader = make_loader(prepared, "train", 8, "train", backend=backend, lighting_std=0.0, fixed_window=(top, left),
+                         fixed_flip=flip, workers=1)
+    x, y = collect(loader)
+
+    def make(im):
+        return reference_view(im, ref["mean"], top, left, CROP, flip, np.zeros(3), np.zeros(3), np.ones(3))
+
+    found = match(x, y, ref["train"], make, tol=1.0)
+    assert sorted(found) == list(range(24))
+    for v, i in zip(x[y >= 0], found):  # up to a small decode tolerance, pixel by pixel
+        assert np.abs(v - make(ref["train"][i][1])).max() <= 12
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_normalize_options(prepared, ref, backend):
+    loader = make_loader(prepared, "val", 8, "eval", backend=backend, normalize="mean_image_std", workers=1)
+    x, y = collect(loader)
+    std = np.asarray(ref["stats"]["std"], np.float32)
+    found = match(x * std[:, None, None], y, ref["val"], lambda im: centre(im, ref["mean"]), tol=1.5)
+    assert sorted(found) == list(range(8))
+    loader = make_loader(prepared, "val", 8, "eval", backend=backend, normalize="channel", workers=1)
+    x, y = collect(loader)
+    mean = np.asarray(ref["stats"]["mean"], np.float32)
+    x = x * std[:, None, None] + mean[:, None, None]
+    found = match(x, y, ref["val"], lambda im: centre(im, None), tol=1.5)
+    assert sorted(found) == list(range(8))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lighting_shift_lies_on_the_pca_axes_with_the_right_spread(prepared, ref, backend):
+    sigma = 0.1
+    vec, scales = np.asarray(ref["stats"]["eigvec"]), lighting_scales(ref["stats"]["eigval"])
+    coefs = []
+    for epoch in range(8):
+        loader = make_loader(prepared, "train", 8, "train", backend=backend, lighting_std=sigma, fixed_window=(4, 4),
+                             fixed_flip=False, workers=1, seed=11)
+        loader.set_epoch(epoch)
+        x, y = collect(loader)
+
+        def make(im):
+            return reference_view(im, ref["mean"], 4, 4, CROP, False, np.zeros(3), np.zeros(3), np.ones(3))
+
+        found = match(x, y, ref["train"], make, tol=3 * sigma * scales[0] + 1.0)
+        for v, i in zip(x[y >= 0], found):
+            diff = (v - make(ref["train"][i][1])).reshape(3, -1)  # (3, pixels)
+            shift = np.median(diff, axis=1)
+            assert np.abs(diff - shift[:, None]).mean() < 1.0  # one RGB vector added to every pixel
+            a = vec @ shift / scales  # coefficients along eigvec[i], in units of the axis' scale
+            np.testing.assert_allclose(a @ np.diag(scales) @ vec, shift, atol=1e-6)
+            coefs.append(a)
+    coefs = np.array(coefs)  # (192, 3)
+    assert len(coefs) == 8 * 24
+    assert np.all(np.abs(coefs.mean(0)) < 0.04) and np.all((0.07 < coefs.std(0)) & (coefs.std(0) < 0.13))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ten_views_equal_reference_crops(prepared, ref, backend):
+    loader = make_loader(prepared, "val", 4, "ten_crop", backend=backend, workers=1)
+    x, y = collect(loader)
+    assert x.shape == (8, 10, 3, CROP, CROP)
+    offs = ten_crop_offsets(S, CROP)
+
+    def make(im):
+        return np.stack([reference_view(im, ref["mean"], t, l, CROP, f, np.zeros(3), np.zeros(3), np.ones(3))
+                         for f in (False, True) for t, l in offs])
+
+    found = match(x, y, ref["val"], make, tol=1.5)
+    assert sorted(found) == list(range(8))
+    for v, i in zip(x, found):
+        r = make(ref["val"][i][1])
+        for k in range(10):
+            assert np.abs(v[k] - r[k]).mean() < 1.5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_order_changes_per_epoch_and_repeats_with_the_seed(prepared, backend):
+    def labels(seed, epoch):
+        lo = make_loader(prepared, "train", 6, "train", backend=backend, seed=seed, workers=1)
+        lo.set_epoch(epoch)
+        return collect(lo)
+
+    x0, y0 = labels(1, 0)
+    x0b, y0b = labels(1, 0)
+    x1, y1 = labels(1, 1)
+    assert np.array_equal(y0, y0b) and np.allclose(x0, x0b)
+    assert not np.array_equal(y0, y1) and sorted(y0) == sorted(y1)
+
+
+def test_dali_parses_every_label_0_to_999(tmp_path):
+    from nvidia.dali import fn, pipeline_def
+
+    from imgprep.dali_loader import _parse_label
+
+    w = ShardWriter(str(tmp_path / "l-000000.tar"))
+    for i in range(1000):
+        w.write(f"{i:06d}", {"cls": str(i).encode()})
+    w.close()
+
+    @pipeline_def(batch_size=1000, num_threads=1, device_id=None)
+    def pipe():
+        cls = fn.readers.webdataset(paths=[str(tmp_path / "l-000000.tar")], index_paths=[str(tmp_path / "l-000000.idx")],
+                                    ext=["cls"])
+        return _parse_label(cls)
+
+    p = pipe()
+    p.build()
+    (out,) = p.run()
+    assert [int(np.array(out.at(i))) for i in range(1000)] == list(range(1000))
+
+
+def test_bad_loader_arguments(prepared, tmp_path):
+    with pytest.raises(ImgprepError, match="mode"):
+        make_loader(prepared, mode="nope")
+    with pytest.raises(ImgprepError, match="rank"):
+        make_loader(prepared, rank=2, world_size=2)
+    with pytest.raises(ImgprepError, match="no 'test' split"):
+        make_loader(prepared, "test")
+    with pytest.raises(ImgprepError, match="no manifest"):
+        make_loader(str(tmp_path))
