@@ -190,18 +190,85 @@ def load(data, split, batch_size, mode, epochs, steps, backend, device, workers,
 
 
 @main.command()
+@click.argument("data", type=click.Path())
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run folder (checkpoints, metrics).")
+@click.option("--epochs", type=click.IntRange(min=1), default=90, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Global batch size.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True)
+@click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=5e-4, show_default=True)
+@click.option("--lr-patience", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Epochs without a better validation error before the lr is divided by 10.")
+@click.option("--init", type=click.Choice(["paper", "kaiming"]), default="paper", show_default=True)
+@click.option("--width-mult", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.5, show_default=True)
+@click.option("--activation", type=click.Choice(["relu", "tanh"]), default="relu", show_default=True)
+@click.option("--remove", type=click.Choice(["conv1", "conv2", "conv3", "conv4", "conv5"]), multiple=True,
+              help="Leave out a conv layer (repeatable).")
+@click.option("--backend", type=click.Choice(["dali", "torch"]), default="dali", show_default=True)
+@click.option("--devices", default="auto", show_default=True,
+              help="auto, cpu, cuda:0, or cuda:0,cuda:1 (tower A, tower B: the paper's two-GPU split).")
+@workers_option
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--lighting-std", type=click.FloatRange(min=0), default=0.1, show_default=True)
+@click.option("--steps-per-epoch", type=click.IntRange(min=0), default=0, help="Cap batches per epoch (0: all).")
+@click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its last checkpoint.")
+@click.option("--progress/--no-progress", default=True)
+@user_errors
+def train(data, run_dir, epochs, batch_size, lr, momentum, weight_decay, lr_patience, init, width_mult, dropout,
+          activation, remove, backend, devices, workers, seed, lighting_std, steps_per_epoch, resume, progress) -> None:
+    """Train the two-tower AlexNet on prepared DATA (section 5 of the paper by default).
+
+    Data-parallel over GPUs and machines: torchrun --nproc-per-node G -m cli.main train ...
+    """
+    from trainer.train import TrainConfig, train as run
+
+    cfg = TrainConfig(data=data, run_dir=run_dir, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                      weight_decay=weight_decay, lr_patience=lr_patience, init=init, width_mult=width_mult,
+                      dropout=dropout, activation=activation, remove=tuple(remove), backend=backend, devices=devices,
+                      workers=workers, seed=seed, lighting_std=lighting_std, steps_per_epoch=steps_per_epoch)
+    run(cfg, resume=resume, progress=progress, log=click.echo)
+
+
+@main.command("eval")
+@click.argument("run_dir", type=click.Path())
+@click.option("--data", type=click.Path(), required=True, help="Prepared dataset with a val split.")
+@click.option("--ten-crop", is_flag=True, help="Average the softmax over the paper's ten views.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--backend", type=click.Choice(["dali", "torch"]), default="dali", show_default=True)
+@click.option("--devices", default="auto", show_default=True)
+@workers_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def eval_(run_dir, data, ten_crop, batch_size, backend, devices, workers, as_json) -> None:
+    """Top-1 and top-5 error of the model in RUN_DIR on the validation split of DATA."""
+    from trainer.evaluate import evaluate_run
+
+    r = evaluate_run(run_dir, data, ten_crop, backend, devices, batch_size, workers)
+    if as_json:
+        click.echo(json.dumps(r))
+        return
+    view = "10-view" if ten_crop else "centre-crop"
+    click.echo(f"{view} top-1 error {r['top1_error']:.2%}, top-5 error {r['top5_error']:.2%} "
+               f"on {r['images']:,} images (epoch {r['epoch']})")
+
+
+@main.command()
 @click.option("--out", type=click.Path(file_okay=False), default="demo-out", show_default=True,
               help="Working folder (replaced).")
 @click.option("--classes", type=click.IntRange(min=2), default=10, show_default=True)
 @click.option("--per-class", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--backend", type=click.Choice(["dali", "torch"]), default="dali", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @workers_option
 @user_errors
-def demo(out, classes, per_class, seed, workers) -> None:
-    """Run the whole recipe on a small synthesized dataset and print a short report."""
-    from imgprep.demo import DemoConfig, run_demo
+def demo(out, classes, per_class, epochs, backend, seed, workers) -> None:
+    """Synthesize a small dataset, prepare it, train a reduced AlexNet on it, evaluate, report."""
+    from trainer.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out, classes, per_class, max(1, per_class // 5), seed, workers), log=click.echo)
+    run_demo(DemoConfig(out=out, classes=classes, per_class=per_class, val_per_class=max(1, per_class // 5),
+                        epochs=epochs, seed=seed, workers=workers, backend=backend), log=click.echo)
 
 
 if __name__ == "__main__":
