@@ -11,7 +11,8 @@ def topk_correct(logits_or_probs: torch.Tensor, labels: torch.Tensor, ks=(1, 5))
     """Number of samples whose label is among the top-k outputs, for each k; label -1 (padding)
     never counts."""
     valid = labels >= 0
-    top = logits_or_probs.topk(max(ks), dim=1).indices  # (N, kmax)
+    kmax = min(max(ks), logits_or_probs.shape[1])  # fewer than 5 classes: top-5 is every class
+    top = logits_or_probs.topk(kmax, dim=1).indices  # (N, kmax)
     hit = top == labels[:, None]
     return [int((hit[:, :k].any(1) & valid).sum()) for k in ks]
 

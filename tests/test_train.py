@@ -1,0 +1,101 @@
+"""The training loop, checkpoints, exact resume, evaluation and the trainer's one-line errors."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from imgprep.errors import ImgprepError
+from imgprep.prepare import PrepareConfig, prepare
+from trainer.evaluate import evaluate_run, predict, topk_correct
+from trainer.model import AlexNetConfig, TwoTowerAlexNet
+from trainer.train import CHECKPOINT, TrainConfig, train
+
+QUIET = dict(progress=False, log=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def data(synth_src, tmp_path_factory):
+    """The synthetic set stored at 128 px (crops of 112): small enough to train on in a test."""
+    out = str(tmp_path_factory.mktemp("train") / "data")
+    prepare(PrepareConfig(synth_src, out, size=128, shard_size=8, seed=1, workers=2), **QUIET)
+    return out
+
+
+def cfg(data, run, **kw):
+    base = dict(epochs=2, batch_size=8, init="kaiming", width_mult=0.25, workers=2, seed=4, log_every=1, lr=0.01)
+    return TrainConfig(data, str(run), **{**base, **kw})
+
+
+def test_training_reduces_the_loss_and_writes_the_run(data, tmp_path):
+    last = train(cfg(data, tmp_path / "r", epochs=4), **QUIET)
+    lines = [json.loads(x) for x in open(tmp_path / "r" / "metrics.jsonl")]
+    epochs = [x for x in lines if x["type"] == "epoch"]
+    steps = [x for x in lines if x["type"] == "step"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4] and len(steps) == 4 * 3  # 24 samples / 8
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert {"loss", "top1_error", "top5_error", "lr", "images_per_second"} <= set(steps[0])
+    assert "val_top1_error" in last and last["val_images"] == 8
+    conf = json.load(open(tmp_path / "r" / "config.json"))
+    assert conf["normalize"] == "mean_image_std" and conf["num_classes"] == 4
+    ck = torch.load(tmp_path / "r" / CHECKPOINT, weights_only=False)
+    assert ck["epoch"] == 4 and ck["step"] == 12 and {"model", "optimizer", "scheduler", "loader", "rng"} <= set(ck)
+
+
+def test_resume_is_exact(data, tmp_path):
+    train(cfg(data, tmp_path / "straight"), **QUIET)
+    train(cfg(data, tmp_path / "resumed", epochs=1), **QUIET)
+    train(cfg(data, tmp_path / "resumed"), resume=True, **QUIET)
+    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=False)
+    b = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)
+    assert a["epoch"] == b["epoch"] == 2
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
+
+
+def test_torch_backend_trains_too(data, tmp_path):
+    last = train(cfg(data, tmp_path / "t", epochs=1, backend="torch", workers=1), **QUIET)
+    assert last["epoch"] == 1 and last["val_images"] == 8
+
+
+def test_ten_crop_is_the_mean_of_the_ten_softmaxes():
+    torch.manual_seed(0)
+    m = TwoTowerAlexNet(AlexNetConfig(num_classes=6, width_mult=0.125)).eval()
+    views = torch.randn(3, 10, 3, 112, 112)
+    with torch.no_grad():
+        got = predict(m, views)
+        want = torch.stack([torch.softmax(m(views[:, k]), 1) for k in range(10)]).mean(0)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_evaluate_run_centre_and_ten_crop(data, tmp_path):
+    train(cfg(data, tmp_path / "e", epochs=1), **QUIET)
+    c = evaluate_run(str(tmp_path / "e"), data, ten_crop=False, workers=1)
+    t = evaluate_run(str(tmp_path / "e"), data, ten_crop=True, workers=1)
+    assert c["images"] == t["images"] == 8 and 0 <= c["top1_error"] <= 1 and 0 <= t["top5_error"] <= t["top1_error"]
+
+
+def test_topk_ignores_padding():
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.1], [0.2, 0.3, 0.5]])
+    assert topk_correct(logits, torch.tensor([1, 2, -1]), ks=(1, 2)) == [1, 1]
+
+
+def test_trainer_errors(data, synth_src, tmp_path):
+    with pytest.raises(ImgprepError, match="no such folder"):
+        train(cfg(str(tmp_path / "none"), tmp_path / "r"), **QUIET)
+    val_only = str(tmp_path / "valonly")
+    prepare(PrepareConfig(os.path.join(synth_src, "val"), val_only, split="val", size=32, workers=1), **QUIET)
+    with pytest.raises(ImgprepError, match="no 'train' split"):
+        train(cfg(val_only, tmp_path / "r"), **QUIET)
+    with pytest.raises(ImgprepError, match="CUDA GPU"):
+        train(cfg(data, tmp_path / "r", devices="cuda:0,cuda:1"), **QUIET)
+    train(cfg(data, tmp_path / "r", epochs=1), **QUIET)
+    with pytest.raises(ImgprepError, match="another architecture"):
+        train(cfg(data, tmp_path / "r", width_mult=0.5), resume=True, **QUIET)
+    with pytest.raises(ImgprepError, match="already holds a run"):
+        train(cfg(data, tmp_path / "r"), **QUIET)
+    with pytest.raises(ImgprepError, match="no checkpoint"):
+        train(cfg(data, tmp_path / "fresh"), resume=True, **QUIET)
