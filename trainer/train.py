@@ -122,8 +122,15 @@ def load_checkpoint(run_dir: str) -> dict:
         raise ImgprepError(f"{p}: unreadable checkpoint ({exc})") from None
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Train (or resume) a run; returns the last epoch's metrics."""
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+          on_step: Callable | None = None) -> dict:
+    """Train (or resume) a run; returns the last epoch's metrics.
+
+    Under torchrun (WORLD_SIZE > 1) each process is one data-parallel rank: it reads its own part
+    of every epoch, gradients are all-reduced (DDP), and only rank 0 writes the run folder.
+    `on_step(step, model, images, labels)` is called after every optimizer step (for tools and
+    tests).
+    """
     from imgprep.loaders import DatasetInfo, make_loader
 
     if cfg.init not in INITS:
@@ -216,6 +223,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log: Ca
                 loss.backward()
                 opt.step()
                 step += 1
+                if on_step is not None:
+                    on_step(step, model, images, labels)
                 c1, c5 = topk_correct(logits.detach(), labels)
                 sums += torch.tensor([loss.item() * valid, c1, c5, valid], dtype=torch.float64)
                 seen_log += valid

@@ -1,0 +1,24 @@
+"""Run by torchrun in tests/test_distributed.py: `train()` as one DDP rank, recording every step's
+batch and a checksum of the weights."""
+
+import os
+import sys
+
+import torch
+
+from trainer.train import TrainConfig, train
+
+data, run, record = sys.argv[1:4]
+rank = int(os.environ["RANK"])
+steps = []
+
+
+def on_step(step, model, images, labels):
+    params = torch.cat([p.detach().flatten() for p in model.parameters()])
+    steps.append({"images": images.cpu(), "labels": labels.cpu(), "checksum": params.double().sum().item()})
+
+
+cfg = TrainConfig(data, run, epochs=1, batch_size=8, init="kaiming", width_mult=0.125, dropout=0.0, workers=1,
+                  seed=5, lighting_std=0.1, log_every=1, steps_per_epoch=3)
+train(cfg, progress=False, log=lambda s: None, on_step=on_step)
+torch.save(steps, os.path.join(record, f"rank{rank}.pt"))
