@@ -100,9 +100,14 @@ def synth(out, classes, per_class, val_per_class, seed, workers) -> None:
               help="Samples per shard.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the global shuffle.")
 @workers_option
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run the units (one per shard) in a local process pool or as Ray tasks.")
+@click.option("--ray-address", default=None, help="Ray cluster to use (e.g. auto, ray://head:10001); "
+                                                  "default: start a local Ray instance with --workers CPUs.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @user_errors
-def prepare(src, out, split, layout, val_labels, size, quality, shard_size, seed, workers, progress) -> None:
+def prepare(src, out, split, layout, val_labels, size, quality, shard_size, seed, workers, executor, ray_address,
+            progress) -> None:
     """Turn the images in SRC into shuffled WebDataset shards, statistics and a manifest in OUT.
 
     SRC: class folders (train/<class>/, val/<class>/), the ILSVRC2012 archives with the devkit,
@@ -111,7 +116,8 @@ def prepare(src, out, split, layout, val_labels, size, quality, shard_size, seed
     from imgprep.prepare import PrepareConfig, prepare as run
 
     cfg = PrepareConfig(src=src, out=out, split=split, layout=layout, val_labels=val_labels, size=size,
-                        quality=quality, shard_size=shard_size, seed=seed, workers=workers)
+                        quality=quality, shard_size=shard_size, seed=seed, workers=workers, executor=executor,
+                        ray_address=ray_address)
     run(cfg, progress=progress, log=click.echo)
 
 

@@ -26,7 +26,7 @@ from .sources import Item, Source, SourceIndex, discover
 from .stats import StatsAccumulator, finalize
 from .transforms import resize_center_crop
 
-__all__ = ["PrepareConfig", "Unit", "plan_units", "process_image", "run_unit", "prepare"]
+__all__ = ["PrepareConfig", "Unit", "plan_units", "process_image", "run_unit", "prepare", "LocalExecutor"]
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,15 @@ class PrepareConfig:
     quality: int = C.JPEG_QUALITY
     shard_size: int = C.SHARD_SIZE
     seed: int = 0
-    workers: int = 0  # 0: all available cores
+    workers: int = 0  # 0: all available cores (local executor) or CPUs of the local Ray instance
+    executor: str = "local"  # local (process pool) or ray
+    ray_address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001"); None: start one
 
     def dataset_settings(self) -> dict:
-        """The settings that determine the output bytes (compared on rerun)."""
+        """The settings that determine the output bytes (compared on rerun); not how they are run."""
         d = asdict(self)
-        d.pop("workers")
-        d.pop("out")
+        for k in ("workers", "out", "executor", "ray_address"):
+            d.pop(k)
         d["src"] = os.path.abspath(self.src)
         if self.val_labels:
             d["val_labels"] = os.path.abspath(self.val_labels)
@@ -64,6 +66,8 @@ class PrepareConfig:
             raise ImgprepError(f"--shard-size {self.shard_size}: must be at least 1")
         if self.workers < 0:
             raise ImgprepError(f"--workers {self.workers}: must be 0 (all cores) or more")
+        if self.executor not in ("local", "ray"):
+            raise ImgprepError(f"--executor {self.executor!r}: local or ray")
         if self.split not in C.SPLITS:
             raise ImgprepError(f"--split {self.split!r}: must be one of {', '.join(C.SPLITS)}")
 
@@ -121,7 +125,7 @@ def process_image(data: bytes, name: str, size: int, quality: int):
 _progress_counter = None  # multiprocessing.Value in pool workers, set by _init_worker
 
 
-def _init_worker(counter) -> None:
+def _init_worker(counter=None) -> None:
     global _progress_counter
     _progress_counter = counter
     try:
@@ -186,6 +190,14 @@ def run_unit(source: Source, unit: Unit, classes: list[dict], out: str, size: in
     return {"unit": unit.name, "split": unit.split, "shard": shard, "rejects": rejects, "skipped": skipped,
             "converted": converted, "converted_images": n_converted,
             "stats": acc.to_arrays() if acc is not None else None}
+
+
+def __getattr__(name):  # LocalExecutor lives in .executors; kept importable from here
+    if name == "LocalExecutor":
+        from .executors import LocalExecutor
+
+        return LocalExecutor
+    raise AttributeError(name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,67 +327,6 @@ def _resolve_workers(n: int) -> int:
         return os.cpu_count() or 1
 
 
-class LocalExecutor:
-    """Runs units in a pool of processes on this machine; a dead worker's units are redone."""
-
-    max_attempts = 3
-
-    def __init__(self, workers: int):
-        self.workers = workers
-
-    def run(self, jobs: list[tuple], on_done: Callable[[dict], None], on_progress: Callable[[int], None]) -> None:
-        """Run `run_unit(*job)` for every job; call on_done(record) in the driver as each finishes."""
-        import multiprocessing as mp
-
-        if self.workers == 1:  # in this process, on one core (OpenCV's own threads off meanwhile)
-            import cv2
-
-            threads = cv2.getNumThreads()
-            cv2.setNumThreads(1)
-            try:
-                for job in jobs:
-                    on_done(run_unit(*job, progress=on_progress))
-            finally:
-                cv2.setNumThreads(threads)
-            return
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-        from concurrent.futures.process import BrokenProcessPool
-
-        from ._mp import pool_context
-
-        ctx = pool_context()
-        counter = ctx.Value("q", 0)
-        attempts = [0] * len(jobs)
-        pending = set(range(len(jobs)))
-        seen = 0
-        while pending:
-            pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,))
-            futures = {pool.submit(run_unit, *jobs[i]): i for i in sorted(pending)}
-            broken = False
-            try:
-                while futures and not broken:
-                    done, _ = wait(futures, timeout=0.2, return_when=FIRST_COMPLETED)
-                    now = counter.value
-                    on_progress(now - seen)
-                    seen = now
-                    for fut in done:
-                        i = futures.pop(fut)
-                        try:
-                            rec = fut.result()
-                        except BrokenProcessPool:
-                            broken = True
-                            attempts[i] += 1
-                            if attempts[i] >= self.max_attempts:
-                                raise ImgprepError(
-                                    f"unit {jobs[i][1].name} lost its worker process {self.max_attempts} times "
-                                    "(out of memory? killed?); run the command again to resume") from None
-                            continue
-                        pending.discard(i)
-                        on_done(rec)
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-
-
 def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None] = print,
             executor=None) -> dict:
     """Run `prepare` end to end (or resume it). Returns a summary dict.
@@ -418,8 +369,12 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
         state.add(rec)
         state.save(min_interval=2.0)
 
+    if executor is None:
+        from .executors import make_executor
+
+        executor = make_executor(cfg.executor, workers, cfg.ray_address)
     try:
-        (executor or LocalExecutor(workers)).run(jobs, on_done, bar.update)
+        executor.run(jobs, on_done, bar.update)
     except BaseException as exc:
         bar.close()
         state.save()  # keep every finished unit for the rerun
