@@ -64,8 +64,12 @@ class TrainConfig:
         return AlexNetConfig(num_classes, self.width_mult, self.dropout, self.activation, tuple(self.remove))
 
 
-def parse_devices(spec: str, local_rank: int = 0) -> tuple[torch.device, torch.device]:
-    """(tower A device, tower B device) from auto, cpu, cuda:0 or cuda:0,cuda:1."""
+def parse_devices(spec: str, local_rank: int = 0, shift: bool = False) -> tuple[torch.device, torch.device]:
+    """(tower A device, tower B device) from auto, cpu, cuda:0 or cuda:0,cuda:1.
+
+    With `shift` (several torchrun ranks on a machine) CUDA indices are offset by
+    local_rank * (devices named): rank k of a node with "cuda:0,cuda:1" uses cuda:2k, cuda:2k+1.
+    """
     n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if spec == "auto":
         d = torch.device(f"cuda:{local_rank % n_gpu}") if n_gpu else torch.device("cpu")
@@ -80,9 +84,10 @@ def parse_devices(spec: str, local_rank: int = 0) -> tuple[torch.device, torch.d
         except RuntimeError:
             raise ImgprepError(f"--devices: {p!r} is not a device name (cpu, cuda:0, ...)") from None
         if d.type == "cuda":
-            idx = d.index or 0
+            idx = (d.index or 0) + (local_rank * len(parts) if shift else 0)
             if idx >= n_gpu:
-                raise ImgprepError(f"--devices: {p} named but {n_gpu} CUDA GPU{'s' * (n_gpu != 1)} visible")
+                raise ImgprepError(f"--devices: {p} named (cuda:{idx} for this rank) but {n_gpu} CUDA "
+                                   f"GPU{'s' * (n_gpu != 1)} visible")
             d = torch.device("cuda", idx)
         elif d.type != "cpu":
             raise ImgprepError(f"--devices: {p!r}: only cpu and cuda devices are supported")
@@ -138,7 +143,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log: Ca
     rank, world, local_rank = _dist_env()
     info = DatasetInfo.load(cfg.data, "train")  # errors on a missing dataset or statistics
     has_val = "val" in json.load(open(os.path.join(cfg.data, "manifest.json")))["splits"]
-    devices = parse_devices(cfg.devices, local_rank)
+    devices = parse_devices(cfg.devices, local_rank, shift=world > 1)
     gpu = devices[0].type == "cuda"
     if cfg.batch_size % world:
         raise ImgprepError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
