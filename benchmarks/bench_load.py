@@ -27,39 +27,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class BaselineTransform:
-    """PIL decode, random 224 crop, horizontal flip, per-channel normalize, CHW tensor."""
-
-    def __init__(self, mean, std):
-        self.mean, self.std = np.array(mean, np.float32) / 255, np.array(std, np.float32) / 255
-
-    def __call__(self, sample):
-        import torch
-        from PIL import Image
-
-        img = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
-        t, l = np.random.randint(0, img.height - 224 + 1), np.random.randint(0, img.width - 224 + 1)
-        img = img.crop((l, t, l + 224, t + 224))
-        if np.random.rand() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        x = (np.asarray(img, np.float32) / 255 - self.mean) / self.std
-        return torch.from_numpy(x.transpose(2, 0, 1).copy()), int(sample["cls"])
-
-
-def baseline_loader(data: str, batch_size: int, workers: int):
-    """The hand-written torchvision-style pipeline."""
-    import torch
-    import webdataset as wds
-
-    from imgprep._mp import pool_context
-    from imgprep.loaders import DatasetInfo
-
-    info = DatasetInfo.load(data, "train")
-    ds = (wds.WebDataset(info.shards, shardshuffle=False, empty_check=False, nodesplitter=None)
-          .shuffle(1000).map(BaselineTransform(info.stats["mean"], info.stats["std"])).batched(batch_size))
-    return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, multiprocessing_context=pool_context())
-
-
 def time_iter(it, steps: int) -> float:
     """Images/s over `steps` batches after one warm-up batch."""
     n, t0 = 0, None
@@ -83,6 +50,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json-out", default=None)
     a = ap.parse_args()
+    from imgprep.bench import baseline_loader
     from imgprep.loaders import make_loader
     from imgprep.prepare import PrepareConfig, prepare
     from imgprep.synth import SynthConfig, synthesize

@@ -277,5 +277,148 @@ def demo(out, classes, per_class, epochs, backend, seed, workers) -> None:
                         epochs=epochs, seed=seed, workers=workers, backend=backend), log=click.echo)
 
 
+def _int_list(ctx, param, value):
+    if value is None:
+        return ()
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give comma-separated whole numbers, e.g. 1,2,4") from None
+
+
+def _float_list(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give comma-separated numbers, e.g. 0,0.5,0.9") from None
+
+
+def bench_outputs(fn):
+    fn = click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+                      help="Runs per figure (median and spread reported).")(fn)
+    fn = click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON.")(fn)
+    fn = click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG chart.")(fn)
+    return fn
+
+
+def _report(result: dict, columns: list[str], label: str, series: dict[str, tuple[str, str, str]], title: str,
+            json_out, plot) -> None:
+    from imgprep.report import bar_chart, text_table, write_json
+
+    rows = result["results"]
+    click.echo(text_table(rows, columns))
+    if json_out:
+        write_json(json_out, result)
+        click.echo(f"results -> {json_out}")
+    if plot:
+        labels = [" ".join(str(r[k]) for k in label.split("+")) for r in rows]
+        bar_chart(plot, labels, {name: [r[m] for r in rows] for name, (m, _, _) in series.items()}, "images/s", title,
+                  errors={name: ([r[lo] for r in rows], [r[hi] for r in rows]) for name, (_, lo, hi) in series.items()})
+        click.echo(f"chart -> {plot}")
+
+
+@main.group()
+def bench() -> None:
+    """Throughput benchmarks against the baselines (median and spread, JSON, PNG, table)."""
+
+
+@bench.command("prepare")
+@click.argument("src", type=click.Path())
+@click.option("--images", type=click.IntRange(min=1), default=1000, show_default=True, help="Images taken from SRC.")
+@click.option("--workers", callback=_int_list, default=None, help="Worker counts, e.g. 1,2,4 [default: 1, 2, 4 ... cores].")
+@bench_outputs
+@user_errors
+def bench_prepare(src, images, workers, repeats, json_out, plot) -> None:
+    """Images/s of `prepare` for each worker count against the naive Pillow script."""
+    from imgprep.bench import PrepareBenchConfig, bench_prepare as run
+
+    r = run(PrepareBenchConfig(src, images, workers, repeats), log=click.echo)
+    _report(r, ["variant", "images_per_second", "min", "max", "vs_naive"], "variant",
+            {"images/s": ("images_per_second", "min", "max")}, f"prepare, {r['images']} images", json_out, plot)
+
+
+@bench.command("load")
+@click.argument("data", type=click.Path())
+@click.option("--batch-sizes", callback=_int_list, default="64,256", show_default=True)
+@click.option("--workers", callback=_int_list, default=None, help="Worker counts [default: 1 and all cores].")
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
+@bench_outputs
+@user_errors
+def bench_load(data, batch_sizes, workers, steps, device, repeats, json_out, plot) -> None:
+    """Images/s of the DALI pipeline and the torch fallback against a torchvision-style baseline."""
+    from imgprep.bench import LoadBenchConfig, bench_load as run
+
+    r = run(LoadBenchConfig(data, batch_sizes, workers, steps, repeats, device), log=click.echo)
+    _report(r, ["loader", "batch_size", "workers", "images_per_second", "min", "max", "vs_baseline"],
+            "loader+batch_size+workers", {"images/s": ("images_per_second", "min", "max")}, "loaders, train mode",
+            json_out, plot)
+
+
+@bench.command("train")
+@click.argument("data", type=click.Path())
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--width-mult", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--backend", type=click.Choice(["dali", "torch"]), default="dali", show_default=True)
+@click.option("--placements", default=None, help="Comma-free list with ';', e.g. 'cpu;cuda:0;cuda:0,cuda:1' "
+                                                 "[default: every available].")
+@workers_option
+@bench_outputs
+@user_errors
+def bench_train(data, batch_size, steps, width_mult, backend, placements, workers, repeats, json_out, plot) -> None:
+    """Training images/s of AlexNet per placement, beside the loader's own rate."""
+    from trainer.bench import TrainBenchConfig, bench_train as run
+
+    pl = tuple(p.strip() for p in placements.split(";") if p.strip()) if placements else ()
+    r = run(TrainBenchConfig(data, batch_size, steps, repeats, width_mult, backend, workers, pl), log=click.echo)
+    _report(r, ["placement", "model_synthetic", "training_with_loader", "loader_only", "limited_by"], "placement",
+            {"model (synthetic input)": ("model_synthetic", "model_synthetic_min", "model_synthetic_max"),
+             "training with loader": ("training_with_loader", "training_with_loader_min", "training_with_loader_max"),
+             "loader alone": ("loader_only", "loader_only_min", "loader_only_max")},
+            f"AlexNet x{width_mult}, batch {batch_size}", json_out, plot)
+
+
+@main.command()
+@click.argument("name", type=click.Choice(["ablate-conv", "dropout", "batch-momentum", "activation"]))
+@click.argument("data", type=click.Path())
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Results folder (runs are kept there).")
+@click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--width-mult", type=click.FloatRange(min=0, min_open=True), default=0.25, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True)
+@click.option("--full", is_flag=True, help="The paper's recipe: width 1, 90 epochs, batch 128, paper init.")
+@click.option("--dropouts", callback=_float_list, default=None, help="dropout: rates [default: 0,0.25,0.5,0.75].")
+@click.option("--batch-sizes", callback=_int_list, default=None, help="batch-momentum: batch sizes [default: 32,64,128].")
+@click.option("--momenta", callback=_float_list, default=None, help="batch-momentum: momenta [default: 0,0.5,0.9].")
+@click.option("--target-error", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="activation: training top-1 error to reach.")
+@click.option("--steps-per-epoch", type=click.IntRange(min=0), default=0, help="Cap batches per epoch (0: all).")
+@click.option("--backend", type=click.Choice(["dali", "torch"]), default="dali", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@workers_option
+@user_errors
+def experiment(name, data, out, epochs, width_mult, batch_size, lr, full, dropouts, batch_sizes, momenta, target_error,
+               steps_per_epoch, backend, seed, workers) -> None:
+    """Run one of the reviewer's questions as a series of trainings: results.csv/.md and chart.png in OUT.
+
+    \b
+    ablate-conv     remove each conv layer in turn
+    dropout         a sweep of dropout rates
+    batch-momentum  batch size x momentum (lr = lr * batch / 128, the linear scaling rule)
+    activation      ReLU vs tanh: epochs and wall time to a target training error
+    """
+    from trainer.experiments import ExperimentConfig, run_experiment
+
+    kw = {k: v for k, v in dict(dropouts=dropouts, batch_sizes=batch_sizes or None, momenta=momenta).items() if v}
+    cfg = ExperimentConfig(data, out, epochs=epochs, width_mult=width_mult, batch_size=batch_size, lr=lr, seed=seed,
+                           backend=backend, workers=workers, steps_per_epoch=steps_per_epoch, full=full,
+                           target_error=target_error, **kw)
+    run_experiment(name, cfg, log=click.echo)
+    click.echo(f"results -> {out}/results.csv, results.md, chart.png")
+
+
 if __name__ == "__main__":
     main()

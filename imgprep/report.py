@@ -1,0 +1,110 @@
+"""Result files of benchmarks and experiments: JSON with the machine and versions, CSV, Markdown
+tables and PNG charts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import statistics
+
+__all__ = ["environment", "summarize", "write_json", "markdown_table", "write_csv", "bar_chart"]
+
+
+def environment() -> dict:
+    """Machine and library versions, saved beside every figure."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("imgprep", "torch", "nvidia-dali-cuda120", "numpy", "pillow", "opencv-python-headless", "simplejpeg",
+                "webdataset"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    return {"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(), "gpus": gpu,
+            "versions": versions}
+
+
+def summarize(values: list[float]) -> dict:
+    """Median and spread of repeated measurements."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "runs": [round(v, 2) for v in values]}
+
+
+def write_json(path: str, obj: dict) -> None:
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1 else f"{v:,.1f}"
+    return str(v)
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    """A GitHub Markdown table of `rows` (dicts) with `columns`."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def text_table(rows: list[dict], columns: list[str]) -> str:
+    """A plain aligned table for the terminal."""
+    cells = [columns] + [[_fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(v.rjust(w) if j else v.ljust(w) for j, (v, w) in enumerate(zip(row, widths)))
+                     for row in cells)
+
+
+def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def bar_chart(path: str, labels: list[str], series: dict[str, list[float]], ylabel: str, title: str,
+              errors: dict[str, tuple[list[float], list[float]]] | None = None) -> None:
+    """Grouped bar chart (one group per label, one bar per series), PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(labels))
+    n = max(1, len(series))
+    w = 0.8 / n
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labels) + 2), 4))
+    for i, (name, vals) in enumerate(series.items()):
+        err = None
+        if errors and name in errors:
+            lo, hi = errors[name]
+            err = [np.subtract(vals, lo), np.subtract(hi, vals)]
+        ax.bar(x + (i - (n - 1) / 2) * w, vals, w, label=name, yerr=err, capsize=3)
+    ax.set_xticks(x, labels, rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if n > 1:
+        ax.legend()
+    fig.tight_layout()
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,92 @@
+"""`imgprep bench ...` and `imgprep experiment ...` end to end at minimal sizes."""
+
+import csv
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import main
+from imgprep.prepare import PrepareConfig, prepare
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run(*args):
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+@pytest.fixture(scope="module")
+def data(synth_src, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("bench") / "data")
+    prepare(PrepareConfig(synth_src, out, size=128, shard_size=8, seed=1, workers=2), progress=False, log=lambda s: None)
+    return out
+
+
+def check_outputs(tmp_path, name):
+    res = json.load(open(tmp_path / f"{name}.json"))
+    assert res["results"] and "environment" in res and "config" in res
+    assert res["environment"]["versions"]["torch"]
+    assert (tmp_path / f"{name}.png").read_bytes().startswith(PNG)
+    return res
+
+
+def test_bench_prepare(synth_src, tmp_path):
+    out = run("bench", "prepare", synth_src, "--images", 12, "--workers", "1,2", "--repeats", 2,
+              "--json-out", tmp_path / "p.json", "--plot", tmp_path / "p.png")
+    res = check_outputs(tmp_path, "p")
+    assert [r["variant"] for r in res["results"]] == ["naive Pillow", "imgprep w=1", "imgprep w=2"]
+    for r in res["results"]:
+        assert r["min"] <= r["images_per_second"] <= r["max"] and len(r["runs"]) == 2
+    assert "imgprep w=2" in out
+
+
+def test_bench_load(data, tmp_path):
+    run("bench", "load", data, "--batch-sizes", 4, "--workers", 1, "--steps", 2, "--repeats", 1,
+        "--json-out", tmp_path / "l.json", "--plot", tmp_path / "l.png")
+    res = check_outputs(tmp_path, "l")
+    assert {r["loader"] for r in res["results"]} == {"dali (cpu)", "torch", "baseline"}
+    assert all(r["images_per_second"] > 0 for r in res["results"])
+
+
+def test_bench_train(data, tmp_path):
+    run("bench", "train", data, "--batch-size", 4, "--steps", 2, "--repeats", 1, "--width-mult", 0.125,
+              "--workers", 1, "--json-out", tmp_path / "t.json", "--plot", tmp_path / "t.png")
+    res = check_outputs(tmp_path, "t")
+    row = res["results"][0]
+    assert row["placement"] == "cpu" and row["limited_by"] in ("model", "data")
+    assert row["model_synthetic"] > 0 and row["training_with_loader"] > 0 and row["loader_only"] > 0
+
+
+EXP_ARGS = ["--epochs", 1, "--steps-per-epoch", 1, "--width-mult", 0.125, "--batch-size", 4, "--workers", 1]
+
+
+@pytest.mark.parametrize("name,extra,n_rows", [
+    ("ablate-conv", [], 6), ("dropout", ["--dropouts", "0,0.5"], 2),
+    ("batch-momentum", ["--batch-sizes", "4,8", "--momenta", "0.9"], 2), ("activation", ["--target-error", "1.0"], 2),
+])
+def test_experiments(data, tmp_path, name, extra, n_rows):
+    out = tmp_path / name
+    run("experiment", name, data, "--out", out, *EXP_ARGS, *extra)
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == n_rows
+    assert (out / "results.md").read_text().startswith(f"# {name}")
+    assert (out / "chart.png").read_bytes().startswith(PNG)
+    assert len(os.listdir(out / "runs")) == n_rows
+    if name == "batch-momentum":
+        assert [float(r["lr"]) for r in rows] == [0.01 * 4 / 128, 0.01 * 8 / 128]  # linear scaling rule
+    if name == "activation":
+        assert [r["epochs_to_target"] for r in rows] == ["1", "1"] and (out / "timing.csv").exists()
+    # resumable: a second call repeats no run; and the same seed gives the same table
+    again = run("experiment", name, data, "--out", out, *EXP_ARGS, *extra)
+    assert again.count("finished earlier, kept") == n_rows
+    assert list(csv.DictReader(open(out / "results.csv"))) == rows
+
+
+def test_same_seed_same_table(data, tmp_path):
+    for d in ("a", "b"):
+        run("experiment", "dropout", data, "--out", tmp_path / d, *EXP_ARGS, "--dropouts", "0,0.5", "--seed", 3)
+    assert (tmp_path / "a" / "results.csv").read_text() == (tmp_path / "b" / "results.csv").read_text()
