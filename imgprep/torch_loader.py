@@ -30,7 +30,9 @@ def _split(segments: list[tuple[int, int, int]], parts: int, part: int) -> list[
 
 
 class SampleStream(torch.utils.data.IterableDataset):
-    """Iterable of (view, label) for one rank and epoch; split over DataLoader workers."""
+    """Iterable of (views, labels) batches of up to batch_size for one rank and epoch, split over
+    DataLoader workers; each worker stacks its own batches (one shared-memory tensor per batch
+    instead of one per sample), the last one of each worker possibly partial."""
 
     def __init__(self, cfg: LoaderConfig, info: DatasetInfo, plan: EpochPlan, epoch: int):
         super().__init__()
@@ -38,6 +40,17 @@ class SampleStream(torch.utils.data.IterableDataset):
         self.segments = plan.segments(info.counts)
 
     def __iter__(self):
+        views, labels = [], []
+        for v, y in self._samples():
+            views.append(v)
+            labels.append(y)
+            if len(views) == self.cfg.batch_size:
+                yield torch.from_numpy(np.stack(views)), torch.tensor(labels, dtype=torch.int64)
+                views, labels = [], []
+        if views:
+            yield torch.from_numpy(np.stack(views)), torch.tensor(labels, dtype=torch.int64)
+
+    def _samples(self):
         import simplejpeg
         import webdataset as wds
 
@@ -67,7 +80,7 @@ class SampleStream(torch.utils.data.IterableDataset):
             if cfg.mode == "ten_crop":
                 views = [reference_view(img, mean_img, t, l, crop, f, zero, ch_mean, ch_std)
                          for f in (False, True) for t, l in ten_crop_offsets(size, crop)]
-                yield torch.from_numpy(np.stack(views)), label
+                yield np.stack(views), label
                 continue
             if train and cfg.fixed_window is None:
                 top, left = int(rng.integers(0, size - crop + 1)), int(rng.integers(0, size - crop + 1))
@@ -78,7 +91,7 @@ class SampleStream(torch.utils.data.IterableDataset):
             if train and cfg.lighting_std > 0:
                 shift = lighting_shift(rng.normal(0, cfg.lighting_std, 3), info.stats["eigval"],
                                        info.stats["eigvec"], cfg.lighting_scale)
-            yield torch.from_numpy(reference_view(img, mean_img, top, left, crop, flip, shift, ch_mean, ch_std)), label
+            yield reference_view(img, mean_img, top, left, crop, flip, shift, ch_mean, ch_std), label
 
 
 def _buffer_shuffle(it, size: int, rng: np.random.Generator):
@@ -111,16 +124,19 @@ class TorchLoader(BaseLoader):
                                          multiprocessing_context=pool_context() if n_workers else None)
         b = self.cfg.batch_size
         dev = torch.device("cuda" if self.device == "gpu" else "cpu")
-        imgs, labels = [], []
+        rest_x, rest_y = [], []  # partial batches (one per worker at most), merged at the end
         for x, y in dl:
-            imgs.append(x)
-            labels.append(y)
-            if len(imgs) == b:
-                yield torch.stack(imgs).to(dev, non_blocking=True), torch.tensor(labels, dtype=torch.int64, device=dev), b
-                imgs, labels = [], []
-        if imgs:
-            valid = len(imgs)
-            pad = b - valid
-            x = torch.stack(imgs + [torch.zeros_like(imgs[0])] * pad).to(dev, non_blocking=True)
-            y = torch.tensor(labels + [-1] * pad, dtype=torch.int64, device=dev)
-            yield x, y, valid
+            if len(y) == b:
+                yield x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), b
+                continue
+            rest_x.append(x)
+            rest_y.append(y)
+        if rest_x:
+            x, y = torch.cat(rest_x), torch.cat(rest_y)
+            for i in range(0, len(y), b):
+                xi, yi = x[i:i + b], y[i:i + b]
+                valid = len(yi)
+                if valid < b:
+                    xi = torch.cat([xi, xi.new_zeros((b - valid,) + tuple(xi.shape[1:]))])
+                    yi = torch.cat([yi, yi.new_full((b - valid,), -1)])
+                yield xi.to(dev, non_blocking=True), yi.to(dev, non_blocking=True), valid
