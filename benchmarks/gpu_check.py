@@ -1,0 +1,71 @@
+"""One short script for a GPU machine: the GPU paths and their throughput, in one run.
+
+  1. DALI "mixed" (nvJPEG) decode: the train pipeline's images/s on the GPU
+  2. both towers on cuda:0: forward + backward at batch 128, bf16 autocast, channels_last,
+     fed by synthetic tensors and by the DALI GPU pipeline (training images/s)
+  3. with two GPUs: the model-parallel placement cuda:0,cuda:1
+  4. a few steps of `imgprep train` end to end on the GPU
+
+Usage: python benchmarks/gpu_check.py [--images 2000] [--out gpu_check.json]
+It synthesizes and prepares its own data (no download), and prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    import torch
+
+    from imgprep.bench import _rate
+    from imgprep.loaders import make_loader
+    from imgprep.prepare import PrepareConfig, prepare
+    from imgprep.synth import SynthConfig, synthesize
+    from trainer.bench import TrainBenchConfig, bench_train
+    from trainer.train import TrainConfig, train
+
+    assert torch.cuda.is_available(), "no CUDA GPU visible"
+    work = tempfile.mkdtemp(prefix="gpu-check-")
+    data = a.data
+    if data is None:
+        t = time.perf_counter()
+        synthesize(SynthConfig(os.path.join(work, "src"), classes=10, per_class=a.images // 10, val_per_class=10),
+                   workers=os.cpu_count())
+        data = os.path.join(work, "data")
+        s = prepare(PrepareConfig(os.path.join(work, "src"), data, shard_size=250), progress=False, log=lambda x: None)
+        print(f"prepared {s['images']} images at {s['images_per_second']} img/s in {time.perf_counter() - t:.0f} s",
+              file=sys.stderr)
+    report = {"gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    for b in (128, 256):
+        lo = make_loader(data, "train", b, device="gpu")
+        x, y = next(iter(lo))
+        assert x.is_cuda and x.shape == (b, 3, 224, 224)
+        report[f"dali_mixed_train_b{b}_images_per_second"] = round(_rate(lo, 15), 1)
+    placements = ("cuda:0",) + (("cuda:0,cuda:1",) if torch.cuda.device_count() > 1 else ())
+    r = bench_train(TrainBenchConfig(data, batch_size=128, steps=10, repeats=2, placements=placements),
+                    log=lambda s: print(s, file=sys.stderr))
+    report["train"] = r["results"]
+    last = train(TrainConfig(data, os.path.join(work, "run"), epochs=1, steps_per_epoch=20, init="kaiming"),
+                 progress=False, log=lambda s: print(s, file=sys.stderr))
+    report["train_smoke"] = {k: last.get(k) for k in ("train_loss", "images_per_second", "val_top1_error")}
+    print(json.dumps(report, indent=2))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
