@@ -137,12 +137,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log: Ca
     tests).
     """
     from imgprep.loaders import DatasetInfo, make_loader
+    from imgprep.verify import load_manifest
 
     if cfg.init not in INITS:
         raise ImgprepError(f"--init {cfg.init!r}: one of {', '.join(INITS)}")
     rank, world, local_rank = _dist_env()
     info = DatasetInfo.load(cfg.data, "train")  # errors on a missing dataset or statistics
-    has_val = "val" in json.load(open(os.path.join(cfg.data, "manifest.json")))["splits"]
+    has_val = "val" in load_manifest(cfg.data)["splits"]
     devices = parse_devices(cfg.devices, local_rank, shift=world > 1)
     gpu = devices[0].type == "cuda"
     if cfg.batch_size % world:
