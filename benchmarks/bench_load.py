@@ -14,7 +14,6 @@ Usage: python benchmarks/bench_load.py [--data DIR] [--images 2000] [--batch-siz
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
@@ -22,7 +21,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

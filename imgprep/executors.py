@@ -26,7 +26,6 @@ class LocalExecutor:
 
     def run(self, jobs: list[tuple], on_done: Callable[[dict], None], on_progress: Callable[[int], None]) -> None:
         """Run `run_unit(*job)` for every job; call on_done(record) in the driver as each finishes."""
-        import multiprocessing as mp
 
         if self.workers == 1:  # in this process, on one core (OpenCV's own threads off meanwhile)
             import cv2

@@ -18,10 +18,9 @@ Epoch plan, identical for both backends and all ranks:
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 

@@ -13,8 +13,8 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from .sources import Item, Source, SourceIndex, discover
 from .stats import StatsAccumulator, finalize
 from .transforms import resize_center_crop
 
-__all__ = ["PrepareConfig", "Unit", "plan_units", "process_image", "run_unit", "prepare", "LocalExecutor"]
+__all__ = ["PrepareConfig", "Unit", "plan_units", "process_image", "run_unit", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -190,14 +190,6 @@ def run_unit(source: Source, unit: Unit, classes: list[dict], out: str, size: in
     return {"unit": unit.name, "split": unit.split, "shard": shard, "rejects": rejects, "skipped": skipped,
             "converted": converted, "converted_images": n_converted,
             "stats": acc.to_arrays() if acc is not None else None}
-
-
-def __getattr__(name):  # LocalExecutor lives in .executors; kept importable from here
-    if name == "LocalExecutor":
-        from .executors import LocalExecutor
-
-        return LocalExecutor
-    raise AttributeError(name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ filtered and interpolated.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import write_odd_files
 from imgprep.errors import ImgprepError
-from imgprep.prepare import LocalExecutor, PrepareConfig, prepare, process_image
+from imgprep.executors import LocalExecutor
+from imgprep.prepare import PrepareConfig, prepare, process_image
 from imgprep.shards import iter_samples, sha256_file
 
 QUIET = dict(progress=False, log=lambda s: None)

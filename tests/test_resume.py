@@ -7,7 +7,8 @@ import sys
 import time
 
 from crashing import CrashingSource
-from imgprep.prepare import LocalExecutor, PrepareConfig, prepare
+from imgprep.executors import LocalExecutor
+from imgprep.prepare import PrepareConfig, prepare
 
 QUIET = dict(progress=False, log=lambda s: None)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,10 +9,9 @@ and machines. A checkpoint after every epoch makes `--resume` exact.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
