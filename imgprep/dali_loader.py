@@ -145,10 +145,10 @@ class DaliLoader(BaseLoader):
     def _batches(self, plan: EpochPlan):
         import torch
 
+        left = plan.stop - plan.start
         paths = [self.info.shards[i] for i in plan.order]
         seed = int(np.random.default_rng([self.cfg.seed, self.epoch, self.cfg.rank]).integers(0, 2**31 - 1))
         pipe = build_pipeline(self.cfg, self.info, paths, self.gpu, self.device_id, seed, self.threads)
-        left = plan.stop - plan.start
         try:
             for _ in range(math.ceil(left / self.cfg.batch_size)):
                 images, labels = pipe.run()

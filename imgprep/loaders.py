@@ -183,6 +183,8 @@ def make_loader(root: str, split: str = "train", batch_size: int = 256, mode: st
     info = DatasetInfo.load(root, split, need_stats=cfg.normalize != "none" or (mode == "train" and cfg.lighting_std > 0))
     if cfg.crop == 0:
         cfg = replace(cfg, crop=info.size * C.CROP_SIZE // C.STORED_SIZE)
+    if info.total < cfg.world_size:
+        raise ImgprepError(f"{root}: the {split} split has {info.total} samples, fewer than the {cfg.world_size} ranks")
     if not 0 < cfg.crop <= info.size:
         raise ImgprepError(f"crop {cfg.crop}: must be between 1 and the stored size {info.size}")
     if cfg.backend == "dali":
