@@ -363,7 +363,7 @@ def bench_load(data, batch_sizes, workers, steps, device, repeats, json_out, plo
 @click.option("--steps", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--width-mult", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--backend", type=click.Choice(["dali", "torch"]), default="dali", show_default=True)
-@click.option("--placements", default=None, help="Comma-free list with ';', e.g. 'cpu;cuda:0;cuda:0,cuda:1' "
+@click.option("--placements", default=None, help="Placements separated by ';', e.g. 'cpu;cuda:0;cuda:0,cuda:1' "
                                                  "[default: every available].")
 @workers_option
 @bench_outputs
