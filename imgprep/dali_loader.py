@@ -114,7 +114,7 @@ def build_pipeline(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], gpu: 
 
 
 def _to_torch(tl, gpu: bool):
-    """A DALI TensorList (dense) as a torch tensor on its device."""
+    """A dense float32 DALI TensorList as a torch tensor on its device (one copy)."""
     import torch
 
     t = tl.as_tensor()
@@ -122,8 +122,7 @@ def _to_torch(tl, gpu: bool):
         return torch.from_numpy(np.array(t))
     from nvidia.dali.plugin.pytorch import feed_ndarray
 
-    out = torch.empty(t.shape(), dtype=torch.float32 if t.dtype == __import__("nvidia.dali.types").dali.types.FLOAT
-                      else torch.int32, device="cuda")
+    out = torch.empty(t.shape(), dtype=torch.float32, device="cuda")
     feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream())
     return out
 
