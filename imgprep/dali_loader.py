@@ -113,7 +113,7 @@ def build_pipeline(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], gpu: 
     return p
 
 
-def _to_torch(tl, gpu: bool):
+def _to_torch(tl, gpu: bool, device_id: int | None = None):
     """A dense float32 DALI TensorList as a torch tensor on its device (one copy)."""
     import torch
 
@@ -122,8 +122,9 @@ def _to_torch(tl, gpu: bool):
         return torch.from_numpy(np.array(t))
     from nvidia.dali.plugin.pytorch import feed_ndarray
 
-    out = torch.empty(t.shape(), dtype=torch.float32, device="cuda")
-    feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream())
+    dev = torch.device("cuda", device_id if device_id is not None else torch.cuda.current_device())
+    out = torch.empty(t.shape(), dtype=torch.float32, device=dev)
+    feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(dev))
     return out
 
 
@@ -151,7 +152,7 @@ class DaliLoader(BaseLoader):
         try:
             for _ in range(math.ceil(left / self.cfg.batch_size)):
                 images, labels = pipe.run()
-                images = _to_torch(images, self.gpu)
+                images = _to_torch(images, self.gpu, self.device_id)
                 labels = torch.from_numpy(np.array(labels.as_tensor())).to(torch.int64)
                 if self.gpu:
                     labels = labels.to(images.device, non_blocking=True)
