@@ -79,6 +79,22 @@ def synth_src(tmp_path_factory):
     return root
 
 
+def tree(root: str) -> dict[str, bytes]:
+    """{relative path: bytes} of every file under root: for byte-for-byte output comparisons."""
+    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+            for d, _, fs in os.walk(root) for f in fs}
+
+
+@pytest.fixture(scope="session")
+def prepared128(synth_src, tmp_path_factory):
+    """`synth_src` stored at 128 px (crops of 112), shards of 8: small enough to train on in a test."""
+    from imgprep.prepare import PrepareConfig, prepare
+
+    out = str(tmp_path_factory.mktemp("prepared128") / "out")
+    prepare(PrepareConfig(synth_src, out, size=128, shard_size=8, seed=1, workers=2), progress=False, log=lambda s: None)
+    return out
+
+
 @pytest.fixture(scope="session")
 def prepared(synth_src, tmp_path_factory):
     """`synth_src` prepared at size 64, shards of 5, 2 workers."""

@@ -8,7 +8,6 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import main
-from imgprep.prepare import PrepareConfig, prepare
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -20,10 +19,8 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def data(synth_src, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("bench") / "data")
-    prepare(PrepareConfig(synth_src, out, size=128, shard_size=8, seed=1, workers=2), progress=False, log=lambda s: None)
-    return out
+def data(prepared128):
+    return prepared128
 
 
 def check_outputs(tmp_path, name):

@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 
-from imgprep.prepare import PrepareConfig, prepare
 from trainer.model import AlexNetConfig, TwoTowerAlexNet, init_kaiming
 from trainer.train import CHECKPOINT, TrainConfig, train
 
@@ -17,10 +16,8 @@ TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executab
 
 
 @pytest.fixture(scope="module")
-def data(synth_src, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("ddp") / "data")
-    prepare(PrepareConfig(synth_src, out, size=128, shard_size=8, seed=2, workers=2), progress=False, log=lambda s: None)
-    return out
+def data(prepared128):
+    return prepared128
 
 
 def test_two_ranks_equal_one_process_at_the_same_global_batch(data, tmp_path):

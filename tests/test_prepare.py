@@ -12,6 +12,7 @@ from imgprep.errors import ImgprepError
 from imgprep.executors import LocalExecutor
 from imgprep.prepare import PrepareConfig, prepare, process_image
 from imgprep.shards import iter_samples, sha256_file
+from conftest import tree
 
 QUIET = dict(progress=False, log=lambda s: None)
 
@@ -20,10 +21,6 @@ def manifest(out):
     with open(os.path.join(out, "manifest.json")) as f:
         return json.load(f)
 
-
-def all_files(root):
-    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
-            for d, _, fs in os.walk(root) for f in fs}
 
 
 def test_manifest_shards_and_labels(prepared, synth_src):
@@ -106,7 +103,7 @@ def test_odd_files_converted_rejected_skipped(tmp_path):
 def test_workers_do_not_change_output_and_rerun_changes_nothing(synth_src, prepared, tmp_path):
     out1 = str(tmp_path / "w1")
     prepare(PrepareConfig(synth_src, out1, size=64, shard_size=5, seed=3, workers=1), **QUIET)
-    a, b = all_files(out1), all_files(prepared)
+    a, b = tree(out1), tree(prepared)
     assert a == b  # byte-identical with 1 and 2 workers (the `prepared` fixture used 2)
     before = {p: os.stat(os.path.join(out1, p)).st_mtime_ns for p in a}
     logs = []
@@ -116,10 +113,10 @@ def test_workers_do_not_change_output_and_rerun_changes_nothing(synth_src, prepa
 
 
 def test_other_settings_into_existing_out_refused(prepared, synth_src):
-    before = all_files(prepared)
+    before = tree(prepared)
     with pytest.raises(ImgprepError, match="--seed was 3, now 4"):
         prepare(PrepareConfig(synth_src, prepared, size=64, shard_size=5, seed=4), **QUIET)
-    assert all_files(prepared) == before
+    assert tree(prepared) == before
 
 
 class StopAfter(LocalExecutor):
@@ -149,7 +146,7 @@ def test_resume_after_interruption_gives_identical_output(synth_src, prepared, t
     logs = []
     prepare(cfg, progress=False, log=logs.append)
     assert any("resuming: 3 of" in line for line in logs)
-    assert all_files(out) == all_files(prepared)
+    assert tree(out) == tree(prepared)
 
 
 def test_resume_redoes_a_damaged_recorded_shard(synth_src, prepared, tmp_path):
@@ -162,7 +159,7 @@ def test_resume_redoes_a_damaged_recorded_shard(synth_src, prepared, tmp_path):
     data[700] ^= 0xFF
     open(p, "wb").write(bytes(data))
     prepare(cfg, **QUIET)
-    assert all_files(out) == all_files(prepared)
+    assert tree(out) == tree(prepared)
 
 
 def test_plain_class_folder_as_val_split(synth_src, tmp_path):

@@ -10,16 +10,13 @@ ray = pytest.importorskip("ray")
 from ray import cloudpickle  # noqa: E402
 
 import crashing  # noqa: E402
+from conftest import tree  # noqa: E402
 from imgprep.executors import RayExecutor  # noqa: E402
 from imgprep.prepare import PrepareConfig, prepare  # noqa: E402
 
 cloudpickle.register_pickle_by_value(crashing)  # Ray workers do not see tests/ on their path
 QUIET = dict(progress=False, log=lambda s: None)
 
-
-def tree(root):
-    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
-            for d, _, fs in os.walk(root) for f in fs}
 
 
 @pytest.fixture(scope="module")

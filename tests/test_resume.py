@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+from conftest import tree
 from crashing import CrashingSource
 from imgprep.executors import LocalExecutor
 from imgprep.prepare import PrepareConfig, prepare
@@ -26,10 +27,6 @@ from cli.main import main
 main(sys.argv[1:])
 """
 
-
-def tree(root):
-    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
-            for d, _, fs in os.walk(root) for f in fs}
 
 
 def test_kill_9_then_rerun_is_byte_identical(synth_src, tmp_path):

@@ -16,11 +16,8 @@ QUIET = dict(progress=False, log=lambda s: None)
 
 
 @pytest.fixture(scope="module")
-def data(synth_src, tmp_path_factory):
-    """The synthetic set stored at 128 px (crops of 112): small enough to train on in a test."""
-    out = str(tmp_path_factory.mktemp("train") / "data")
-    prepare(PrepareConfig(synth_src, out, size=128, shard_size=8, seed=1, workers=2), **QUIET)
-    return out
+def data(prepared128):
+    return prepared128
 
 
 def cfg(data, run, **kw):
