@@ -19,23 +19,9 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def time_iter(it, steps: int) -> float:
-    """Images/s over `steps` batches after one warm-up batch."""
-    n, t0 = 0, None
-    for i, (x, y) in enumerate(it):
-        if i == 0:
-            t0 = time.perf_counter()
-            continue
-        n += len(y)
-        if i == steps:
-            break
-    return n / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -43,25 +29,27 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="a prepared dataset (default: synthesize and prepare one)")
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--workers", type=int, default=0, help="0: all cores")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json-out", default=None)
     a = ap.parse_args()
-    from imgprep.bench import baseline_loader
+    from imgprep._mp import resolve_workers
+    from imgprep.bench import _rate, baseline_loader
     from imgprep.loaders import make_loader
     from imgprep.prepare import PrepareConfig, prepare
     from imgprep.synth import SynthConfig, synthesize
 
+    w = resolve_workers(a.workers)
     data = a.data
     if data is None:
         work = tempfile.mkdtemp(prefix="imgprep-bench-")
         synthesize(SynthConfig(os.path.join(work, "src"), classes=10, per_class=a.images // 10, val_per_class=0),
-                   workers=a.workers)
+                   workers=w)
         data = os.path.join(work, "data")
-        prepare(PrepareConfig(os.path.join(work, "src"), data, shard_size=250, workers=a.workers), progress=False,
+        prepare(PrepareConfig(os.path.join(work, "src"), data, shard_size=250, workers=w), progress=False,
                 log=lambda s: None)
-    b, w = a.batch_size, a.workers
+    b = a.batch_size
     steps = max(2, (a.images // b) - 1)
     variants = {
         "dali full": lambda: make_loader(data, "train", b, backend="dali", device=a.device, workers=w),
@@ -76,7 +64,7 @@ def main() -> None:
         for _ in range(a.repeats):
             loader = make()
             device = getattr(loader, "device", device) if name == "dali full" else device
-            rates.append(time_iter(iter(loader), steps))
+            rates.append(_rate(loader, steps))
         results[name] = {"median_images_per_second": statistics.median(rates), "min": min(rates), "max": max(rates)}
     base = results["baseline"]["median_images_per_second"]
     print(f"train mode, batch {b}, {w} workers, {steps} timed batches, {a.repeats} runs; DALI on {device}")

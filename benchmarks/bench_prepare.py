@@ -20,10 +20,8 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 NAIVE = r"""
 import sys, os, glob
@@ -63,15 +61,9 @@ def make_images(root: str, n: int) -> None:
         Image.fromarray(img).resize((500, 375), Image.LANCZOS).save(os.path.join(d, f"{i:06d}.jpg"), quality=90)
 
 
-def timed(cmd: list[str], cleanup: str | None) -> float:
-    if cleanup:
-        shutil.rmtree(cleanup, ignore_errors=True)
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t
-
-
 def main() -> None:
+    from imgprep.bench import _time
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=6000)
     ap.add_argument("--repeats", type=int, default=3)
@@ -96,7 +88,7 @@ def main() -> None:
     }
     results = {}
     for name, (cmd, clean) in variants.items():
-        times = [timed(cmd, clean) for _ in range(a.repeats)]
+        times = [_time(cmd, clean) for _ in range(a.repeats)]
         rates = [a.images / t for t in times]
         results[name] = {"median_images_per_second": statistics.median(rates), "min": min(rates), "max": max(rates)}
     base = results["naive (bicubic)"]["median_images_per_second"]

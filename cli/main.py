@@ -75,11 +75,11 @@ def main() -> None:
 @user_errors
 def synth(out, classes, per_class, val_per_class, seed, workers) -> None:
     """Write a small synthetic class-folder dataset to OUT (train/ and val/)."""
-    from imgprep.prepare import _resolve_workers
+    from imgprep._mp import resolve_workers
     from imgprep.synth import SynthConfig, synthesize
 
     vpc = max(1, per_class // 5) if val_per_class is None else val_per_class
-    r = synthesize(SynthConfig(out, classes, per_class, vpc, seed), workers=_resolve_workers(workers))
+    r = synthesize(SynthConfig(out, classes, per_class, vpc, seed), workers=resolve_workers(workers))
     click.echo(f"wrote {r['train']} train and {r['val']} val images of {r['classes']} classes to {out}")
 
 
@@ -127,10 +127,10 @@ def prepare(src, out, split, layout, val_labels, size, quality, shard_size, seed
 @user_errors
 def verify(out, workers) -> None:
     """Check every shard of OUT against its manifest; exit 1 on any mismatch."""
-    from imgprep.prepare import _resolve_workers
+    from imgprep._mp import resolve_workers
     from imgprep.verify import verify as run
 
-    r = run(out, _resolve_workers(workers))
+    r = run(out, resolve_workers(workers))
     for p in r["problems"][:50]:
         click.echo(p, err=True)
     if r["problems"]:
@@ -146,10 +146,10 @@ def verify(out, workers) -> None:
 @user_errors
 def stats(out, workers, as_json) -> None:
     """Recompute the training statistics of OUT from its shards and compare with the stored ones."""
-    from imgprep.prepare import _resolve_workers
+    from imgprep._mp import resolve_workers
     from imgprep.verify import recompute_stats
 
-    r = recompute_stats(out, _resolve_workers(workers))
+    r = recompute_stats(out, resolve_workers(workers))
     if as_json:
         click.echo(json.dumps(r))
         return

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sys
 
 _PRELOAD = ["imgprep.prepare", "imgprep.codec", "imgprep.transforms", "cv2", "PIL.Image", "PIL.JpegImagePlugin",
             "simplejpeg", "numpy"]
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (its CPU affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def resolve_workers(n: int) -> int:
+    """A --workers value: n itself, or every available core for 0."""
+    return n if n > 0 else cpu_count()
 
 
 def pool_context():

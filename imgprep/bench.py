@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ._mp import cpu_count
 from .errors import ImgprepError
 from .report import environment, summarize
 
@@ -85,7 +86,7 @@ def _time(cmd: list[str], clean: str | None) -> float:
 
 def bench_prepare(cfg: PrepareBenchConfig, log=print) -> dict:
     """Images/s of `imgprep prepare` (whole process) per worker count, and of the naive script."""
-    cores = len(os.sched_getaffinity(0))
+    cores = cpu_count()
     workers = list(cfg.workers) or sorted({1, *[w for w in (2, 4, 8, 16, 32, 64) if w <= cores], cores})
     work = tempfile.mkdtemp(prefix="imgprep-bench-")
     try:
@@ -182,7 +183,7 @@ def bench_load(cfg: LoadBenchConfig, log=print) -> dict:
     """Images/s of the DALI pipeline, the torch fallback and the torchvision-style baseline."""
     from .loaders import make_loader
 
-    cores = len(os.sched_getaffinity(0))
+    cores = cpu_count()
     workers = list(cfg.workers) or sorted({1, cores})
     rows, device = [], None
     for b in cfg.batch_sizes:

@@ -12,10 +12,10 @@ Lighting shift = sum_i (a_i * s_i) * eigvec[i], a ~ N(0, sigma) drawn per image.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
+from ._mp import resolve_workers
 from .augment import lighting_scales, normalization, ten_crop_offsets
 from .loaders import BaseLoader, DatasetInfo, EpochPlan, LoaderConfig
 
@@ -140,7 +140,7 @@ class DaliLoader(BaseLoader):
             self.device_id = cfg.device_id if cfg.device_id is not None else cfg.rank % torch.cuda.device_count()
         else:
             self.device_id = None
-        self.threads = cfg.workers or len(os.sched_getaffinity(0))
+        self.threads = resolve_workers(cfg.workers)
 
     def _batches(self, plan: EpochPlan):
         import torch

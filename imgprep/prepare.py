@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from . import constants as C
+from ._mp import resolve_workers
 from .codec import decode_rgb, encode_jpeg
 from .errors import DecodeError, ImgprepError, NotAnImage
 from .shards import ShardWriter, sha256_file
@@ -310,15 +311,6 @@ def _remove_partials(out: str) -> None:
                     os.remove(os.path.join(d, name))
 
 
-def _resolve_workers(n: int) -> int:
-    if n > 0:
-        return n
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None] = print,
             executor=None) -> dict:
     """Run `prepare` end to end (or resume it). Returns a summary dict.
@@ -351,7 +343,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
     todo = [u for u in units if u.name not in state.records]
     if state_kind == "resume":
         log(f"resuming: {len(units) - len(todo)} of {len(units)} shards already done")
-    workers = min(_resolve_workers(cfg.workers), max(1, len(todo)))
+    workers = min(resolve_workers(cfg.workers), max(1, len(todo)))
     total = sum(len(u.items) for u in todo)
     bar = _progress_bar(total, progress)
     classes = [c.to_json(i) for i, c in enumerate(index.classes)]

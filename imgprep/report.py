@@ -9,6 +9,8 @@ import os
 import platform
 import statistics
 
+from ._mp import cpu_count
+
 __all__ = ["environment", "summarize", "write_json", "markdown_table", "write_csv", "bar_chart"]
 
 
@@ -32,7 +34,7 @@ def environment() -> dict:
     except ImportError:
         pass
     return {"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(), "gpus": gpu,
+            "cores": cpu_count(), "python": platform.python_version(), "gpus": gpu,
             "versions": versions}
 
 

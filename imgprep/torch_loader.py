@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 import itertools
-import os
 
 import numpy as np
 import torch
 
-from ._mp import pool_context
+from ._mp import pool_context, resolve_workers
 from .augment import lighting_shift, normalization, reference_view, ten_crop_offsets
 from .loaders import BaseLoader, DatasetInfo, EpochPlan, LoaderConfig
 
@@ -113,7 +112,7 @@ class TorchLoader(BaseLoader):
 
     def __init__(self, cfg: LoaderConfig, info: DatasetInfo):
         super().__init__(cfg, info)
-        self.workers = cfg.workers or len(os.sched_getaffinity(0))
+        self.workers = resolve_workers(cfg.workers)
 
     def _batches(self, plan: EpochPlan):
         stream = SampleStream(self.cfg, self.info, plan, self.epoch)

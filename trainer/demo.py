@@ -31,7 +31,8 @@ class DemoConfig:
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     """Run every stage; returns a report dict. Re-running starts from scratch in `out`."""
-    from imgprep.prepare import PrepareConfig, _resolve_workers, prepare
+    from imgprep._mp import resolve_workers
+    from imgprep.prepare import PrepareConfig, prepare
     from imgprep.synth import SynthConfig, synthesize
     from imgprep.verify import verify
 
@@ -40,7 +41,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
 
     if os.path.exists(cfg.out):
         shutil.rmtree(cfg.out)
-    workers = _resolve_workers(cfg.workers)
+    workers = resolve_workers(cfg.workers)
     t_all = t = time.perf_counter()
     src, data, run = (os.path.join(cfg.out, d) for d in ("images", "data", "run"))
     synthesize(SynthConfig(src, cfg.classes, cfg.per_class, cfg.val_per_class, cfg.seed), workers=workers)
