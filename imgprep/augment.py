@@ -54,17 +54,21 @@ def lighting_shift(alpha: np.ndarray, eigval: np.ndarray, eigvec: np.ndarray, sc
     return (np.asarray(alpha, np.float64) * lighting_scales(eigval, scale)) @ np.asarray(eigvec, np.float64)
 
 
-def normalization(mode: str, stats: dict) -> tuple[bool, np.ndarray, np.ndarray]:
-    """(subtract the mean image?, per-channel mean, per-channel std) for a normalize mode."""
+def normalization(mode: str, stats: dict | None) -> tuple[bool, np.ndarray, np.ndarray]:
+    """(subtract the mean image?, per-channel mean, per-channel std) for a normalize mode.
+
+    `stats` (stats.json) may be None for "none", which needs no statistics.
+    """
     if mode not in NORMALIZE:
         raise ValueError(f"normalize {mode!r}: one of {', '.join(NORMALIZE)}")
     zero, one = np.zeros(3), np.ones(3)
+    if mode == "none":
+        return False, zero, one
     std = np.asarray(stats["std"], np.float64)
     return {
         "mean_image": (True, zero, one),
         "mean_image_std": (True, zero, std),
         "channel": (False, np.asarray(stats["mean"], np.float64), std),
-        "none": (False, zero, one),
     }[mode]
 
 

@@ -47,7 +47,7 @@ def build_pipeline(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], gpu: 
     from nvidia.dali import fn, pipeline_def, types
 
     size, crop = info.size, cfg.crop
-    sub_mean, ch_mean, ch_std = normalization(cfg.normalize, info.stats or {"mean": [0] * 3, "std": [1] * 3})
+    sub_mean, ch_mean, ch_std = normalization(cfg.normalize, info.stats)
     train = cfg.mode == "train"
     lighting = train and cfg.lighting_std > 0
     span = size - crop

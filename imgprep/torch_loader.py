@@ -57,7 +57,7 @@ class SampleStream(torch.utils.data.IterableDataset):
         n_workers, worker = (wi.num_workers, wi.id) if wi else (1, 0)
         cfg, info = self.cfg, self.info
         rng = np.random.default_rng([cfg.seed, self.epoch, cfg.rank, worker])
-        sub_mean, ch_mean, ch_std = normalization(cfg.normalize, info.stats or {"mean": [0] * 3, "std": [1] * 3})
+        sub_mean, ch_mean, ch_std = normalization(cfg.normalize, info.stats)
         mean_img = info.mean_image if sub_mean else None
         train = cfg.mode == "train"
 
