@@ -11,11 +11,22 @@ from PIL import Image
 
 from imgprep.augment import lighting_scales, reference_view, ten_crop_offsets
 from imgprep.errors import ImgprepError
-from imgprep.loaders import DatasetInfo, make_loader
+from imgprep.loaders import DatasetInfo
+from imgprep.loaders import make_loader as _make_loader
 from imgprep.shards import ShardWriter, iter_samples
 
-BACKENDS = ["dali", "torch"]
+# "dali": the CPU default (one fused numba operator); "dali-ops": the operator chain the GPU runs,
+# here on the CPU; "torch": the fallback
+BACKENDS = ["dali", "dali-ops", "torch"]
 S, CROP = 64, 56  # the `prepared` fixture stores 64x64; crops are 64*224/256
+
+
+def make_loader(root, *args, backend="dali", **kw):
+    """`imgprep.loaders.make_loader`, with the "dali-ops" variant."""
+    lo = _make_loader(root, *args, backend="torch" if backend == "torch" else "dali", **kw)
+    if backend.startswith("dali"):
+        lo.fused = backend == "dali"
+    return lo
 
 
 def decoded(prepared, split):
@@ -184,6 +195,45 @@ def test_order_changes_per_epoch_and_repeats_with_the_seed(prepared, backend):
     x1, y1 = labels(1, 1)
     assert np.array_equal(y0, y0b) and np.allclose(x0, x0b)
     assert not np.array_equal(y0, y1) and sorted(y0) == sorted(y1)
+
+
+@pytest.fixture(scope="module")
+def identical(tmp_path_factory):
+    """12 copies of one finely striped 64x64 image: the mean image equals every image, so a view
+    minus its mean-image window is ~0 exactly when both use the same window and the same flip."""
+    from imgprep.prepare import PrepareConfig, prepare
+
+    y, x = np.mgrid[0:S, 0:S].astype(np.float64)
+    gray = 128 + 60 * np.sin(2 * np.pi * x / 7) + 40 * np.sin(2 * np.pi * (x + 2 * y) / 11)  # no colour: 4:2:0 safe
+    img = np.repeat(gray[..., None], 3, -1).astype(np.uint8)
+    src = tmp_path_factory.mktemp("identical")
+    for i in range(12):
+        d = src / "train" / f"c{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"{i}.png")
+    out = str(src / "out")
+    prepare(PrepareConfig(str(src), out, size=S, shard_size=4, workers=1), progress=False, log=lambda s: None)
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_random_windows_and_flips_take_the_mean_image_with_them(identical, backend):
+    views = []
+    for epoch in range(4):
+        loader = make_loader(identical, "train", 6, "train", backend=backend, lighting_std=0.0, workers=1, seed=5)
+        loader.set_epoch(epoch)
+        views.append(collect(loader)[0])
+    x = np.concatenate(views)  # (48, 3, CROP, CROP): random windows and flips of one image, minus the mean
+    assert np.abs(x).max() < 12  # JPEG error only; one pixel off or a missed flip gives ~50
+    raw = make_loader(identical, "train", 48, "train", backend=backend, lighting_std=0.0, normalize="none", workers=1)
+    r = collect(raw)[0].reshape(48, -1)
+    assert len({tuple(np.round(v[:40] / 20)) for v in r}) > 10  # ...and the windows and flips do vary
+
+
+def test_cpu_default_is_the_fused_operator():
+    from imgprep.dali_loader import fused_operator
+
+    assert fused_operator() is not None  # numba is a dependency: the fast path is what CI tests
 
 
 def test_dali_parses_every_label_0_to_999(tmp_path):
