@@ -1,12 +1,15 @@
 """One short script for a GPU machine: the GPU paths and their throughput, in one run.
 
-  1. DALI "mixed" (nvJPEG) decode: the train pipeline's images/s on the GPU
-  2. both towers on cuda:0: forward + backward at batch 128, bf16 autocast, channels_last,
-     fed by synthetic tensors and by the DALI GPU pipeline (training images/s)
-  3. with two GPUs: the model-parallel placement cuda:0,cuda:1
+  1. DALI "mixed" (nvJPEG) decode: the train pipeline's images/s on the GPU, full augmentation and
+     crop+flip+normalize alone; beside it, on the same machine's CPU cores, the DALI CPU pipeline
+     (fused operator and operator chain), the torch fallback and the torchvision-style baseline
+  2. the GPU pipeline's eval views against the CPU pipeline's (same samples, same windows)
+  3. both towers on cuda:0: forward + backward at batch 128, bf16 autocast, channels_last,
+     fed by synthetic tensors and by the DALI GPU pipeline (training images/s); the model-parallel
+     placement cuda:0,cuda:1 with two GPUs
   4. a few steps of `imgprep train` end to end on the GPU
 
-Usage: python benchmarks/gpu_check.py [--images 2000] [--out gpu_check.json]
+Usage: python benchmarks/gpu_check.py [--images 6000] [--out gpu_check.json]
 It synthesizes and prepares its own data (no download), and prints one JSON object.
 """
 
@@ -24,13 +27,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--images", type=int, default=6000)
     ap.add_argument("--data", default=None)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     import torch
 
-    from imgprep.bench import _rate
+    from imgprep.bench import _rate, baseline_loader
     from imgprep.loaders import make_loader
     from imgprep.prepare import PrepareConfig, prepare
     from imgprep.synth import SynthConfig, synthesize
@@ -48,12 +51,40 @@ def main() -> None:
         s = prepare(PrepareConfig(os.path.join(work, "src"), data, shard_size=250), progress=False, log=lambda x: None)
         print(f"prepared {s['images']} images at {s['images_per_second']} img/s in {time.perf_counter() - t:.0f} s",
               file=sys.stderr)
-    report = {"gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
+    report = {"gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+              "cpu_cores": os.cpu_count()}
+
+    def rate(name, lo, steps=20):
+        t = time.perf_counter()
+        r = round(_rate(lo, steps), 1)
+        report[name] = r
+        print(f"{name}: {r} img/s ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
+
     for b in (128, 256):
         lo = make_loader(data, "train", b, device="gpu")
         x, y = next(iter(lo))
-        assert x.is_cuda and x.shape == (b, 3, 224, 224)
-        report[f"dali_mixed_train_b{b}_images_per_second"] = round(_rate(lo, 15), 1)
+        assert x.is_cuda and x.shape == (b, 3, 224, 224) and x.dtype == torch.float32
+        rate(f"dali_mixed_train_b{b}_images_per_second", lo)
+    rate("dali_mixed_basic_b128_images_per_second",
+         make_loader(data, "train", 128, device="gpu", lighting_std=0.0, normalize="channel"))
+    lo = make_loader(data, "train", 128, device="cpu")
+    rate("dali_cpu_fused_train_b128_images_per_second", lo)
+    lo = make_loader(data, "train", 128, device="cpu")
+    lo.fused = False
+    rate("dali_cpu_operator_chain_train_b128_images_per_second", lo)
+    rate("torch_fallback_train_b128_images_per_second", make_loader(data, "train", 128, backend="torch", device="cpu"))
+    rate("baseline_torchvision_style_b128_images_per_second", baseline_loader(data, 128, os.cpu_count()))
+    # the GPU pipeline's eval views equal the CPU pipeline's up to the two JPEG decoders' rounding
+    xs = {}
+    for dev in ("gpu", "cpu"):
+        lo = make_loader(data, "val", 50, "eval", device=dev)
+        xs[dev] = [(x.float().cpu(), y.cpu()) for x, y in lo]
+    d = torch.cat([(a - b).abs().flatten() for (a, _), (b, _) in zip(xs["gpu"], xs["cpu"])])
+    report["gpu_vs_cpu_eval_views"] = {"labels_equal": all(torch.equal(ya, yb) for (_, ya), (_, yb) in
+                                                           zip(xs["gpu"], xs["cpu"])),
+                                       "mean_abs_diff": round(float(d.mean()), 4), "max_abs_diff": round(float(d.max()), 3),
+                                       "p999_abs_diff": round(float(d.kthvalue(int(0.999 * len(d))).values), 3)}
+    print(f"gpu vs cpu eval views: {report['gpu_vs_cpu_eval_views']}", file=sys.stderr)
     placements = ("cuda:0",) + (("cuda:0,cuda:1",) if torch.cuda.device_count() > 1 else ())
     r = bench_train(TrainBenchConfig(data, batch_size=128, steps=10, repeats=2, placements=placements),
                     log=lambda s: print(s, file=sys.stderr))
