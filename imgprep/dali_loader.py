@@ -27,6 +27,7 @@ import numpy as np
 
 from ._mp import resolve_workers
 from .augment import lighting_scales, normalization, ten_crop_offsets
+from .errors import ImgprepError
 from .loaders import BaseLoader, DatasetInfo, EpochPlan, LoaderConfig
 
 __all__ = ["DaliLoader", "build_pipeline"]
@@ -120,7 +121,8 @@ def build_pipeline(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], gpu: 
                    num_threads: int, fused: bool | None = None):
     """The DALI pipeline for one epoch over `paths` (in reading order), this rank's shard.
 
-    fused: use the one-pass CPU operator (default: on the CPU whenever numba is installed).
+    fused: use the one-pass CPU operator (None: on the CPU whenever numba is installed; ignored on
+    the GPU, which always runs the operator chain).
     """
     from nvidia.dali import fn, pipeline_def, types
 
@@ -130,8 +132,8 @@ def build_pipeline(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], gpu: 
     lighting = train and cfg.lighting_std > 0
     span = size - crop
     op = None if gpu or fused is False else fused_operator()
-    if fused and op is None:
-        raise ImportError("the fused CPU operator needs numba: pip install numba")
+    if fused and op is None and not gpu:
+        raise ImgprepError("the loader's fused CPU operator needs numba: pip install numba")
 
     @pipeline_def(batch_size=cfg.batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
                   prefetch_queue_depth=2, exec_dynamic=True)
@@ -218,7 +220,8 @@ def _to_torch(tl, gpu: bool, device_id: int | None = None):
 
 
 class DaliLoader(BaseLoader):
-    """`make_loader(backend="dali")`."""
+    """`make_loader(backend="dali")`. Set `fused = False` to run the GPU's operator chain on the
+    CPU too (for comparison; slower)."""
 
     def __init__(self, cfg: LoaderConfig, info: DatasetInfo):
         super().__init__(cfg, info)
