@@ -1,0 +1,79 @@
+"""Where DALI on the CPU stops scaling: pipe.run() images/s per thread count, for the reader
+alone, reader + window decode, and the whole train pipeline (fused operator).
+
+Usage: python benchmarks/dali_threads.py [--data DIR] [--threads 2,4,8,16] [--images 6000]
+It synthesizes and prepares its own data unless --data is given, and prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _rate(pipe, batch: int, seconds: float = 2.0) -> float:
+    for _ in range(3):
+        pipe.run()
+    t, n = time.perf_counter(), 0
+    while time.perf_counter() - t < seconds:
+        pipe.run()
+        n += batch
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--threads", default="2,4,8,16")
+    ap.add_argument("--images", type=int, default=6000)
+    ap.add_argument("--batch-size", type=int, default=128)
+    a = ap.parse_args()
+    from nvidia.dali import fn, pipeline_def, types
+
+    from imgprep._mp import cpu_count
+    from imgprep.dali_loader import build_pipeline
+    from imgprep.loaders import make_loader
+    from imgprep.prepare import PrepareConfig, prepare
+    from imgprep.synth import SynthConfig, synthesize
+
+    data = a.data
+    if data is None:
+        work = tempfile.mkdtemp(prefix="dali-threads-")
+        synthesize(SynthConfig(os.path.join(work, "src"), classes=10, per_class=a.images // 10, val_per_class=0),
+                   workers=cpu_count())
+        data = os.path.join(work, "data")
+        prepare(PrepareConfig(os.path.join(work, "src"), data, shard_size=250), progress=False, log=lambda s: None)
+    b = a.batch_size
+    report = {"cpu_cores": cpu_count(), "batch_size": b}
+    for threads in [int(t) for t in a.threads.split(",")]:
+        lo = make_loader(data, "train", b, device="cpu", workers=threads)
+        paths = lo.info.shards
+        for kind in ("reader", "decode", "full"):
+            if kind == "full":
+                pipe = build_pipeline(lo.cfg, lo.info, paths, False, None, 1, threads)
+            else:
+                @pipeline_def(batch_size=b, num_threads=threads, device_id=None, seed=1, exec_dynamic=True)
+                def p():
+                    jpg, cls = fn.readers.webdataset(paths=paths, index_paths=[s[:-4] + ".idx" for s in paths],
+                                                     ext=["jpg", "cls"], random_shuffle=True, initial_fill=4096)
+                    cls = fn.pad(cls, axes=[0], shape=[7])
+                    if kind == "reader":
+                        return jpg.shape(), cls
+                    return fn.decoders.image_crop(jpg, crop=(lo.cfg.crop, lo.cfg.crop), output_type=types.RGB), cls
+
+                pipe = p()
+                pipe.build()
+            report[f"{kind}_threads{threads}"] = round(_rate(pipe, b))
+            print(f"{kind} threads {threads}: {report[f'{kind}_threads{threads}']} img/s", file=sys.stderr, flush=True)
+            del pipe
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
