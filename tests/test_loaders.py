@@ -9,11 +9,32 @@ import pytest
 import torch
 from PIL import Image
 
-from imgprep.augment import lighting_scales, reference_view, ten_crop_offsets
 from imgprep.errors import ImgprepError
 from imgprep.loaders import DatasetInfo
 from imgprep.loaders import make_loader as _make_loader
 from imgprep.shards import ShardWriter, iter_samples
+
+def reference_view(image, mean_image, top, left, crop, flip, shift, channel_mean, channel_std):
+    """The paper's view in plain NumPy, written here independently of imgprep.augment (which the
+    torch fallback runs): window, + lighting shift, - mean-image window, per-channel normalize,
+    mirror, HWC -> CHW. image, mean_image: (S, S, 3); returns float32 (3, crop, crop)."""
+    x = image[top:top + crop, left:left + crop].astype(np.float64) + np.asarray(shift, np.float64)
+    if mean_image is not None:
+        x -= mean_image[top:top + crop, left:left + crop]
+    x = (x - np.asarray(channel_mean, np.float64)) / np.asarray(channel_std, np.float64)
+    if flip:
+        x = x[:, ::-1]
+    return x.transpose(2, 0, 1).astype(np.float32)
+
+
+def lighting_scales(eigval):
+    return np.sqrt(np.asarray(eigval, np.float64))  # the default scale: the std along each axis
+
+
+def ten_crop_offsets(size, crop):
+    c, e = (size - crop) // 2, size - crop
+    return [(c, c), (0, 0), (0, e), (e, 0), (e, e)]  # centre, then the corners; the loader's order
+
 
 # "dali": the CPU default (one fused numba operator); "dali-ops": the operator chain the GPU runs,
 # here on the CPU; "torch": the fallback
