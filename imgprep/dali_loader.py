@@ -187,9 +187,10 @@ def build_pipeline(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], gpu: 
             offset = types.Constant((-ch_mean * inv).astype(np.float32))
             if shift is not None:
                 offset = offset + shift * types.Constant(inv)
-            params = fn.cat(*(fn.reshape(fn.cast(types.Constant(v) if isinstance(v, int) else v, dtype=types.FLOAT),
-                                         shape=[1]) for v in (top, left, mirror)),
-                            types.Constant(inv), offset)  # (9,) per image
+            def one(v):  # an int or a per-sample scalar -> float32 (1,)
+                return fn.reshape(fn.cast(types.Constant(v) if isinstance(v, int) else v, dtype=types.FLOAT), shape=[1])
+
+            params = fn.cat(one(top), one(left), one(mirror), types.Constant(inv), offset)  # (9,) per image
             plane = (info.mean_image * inv).transpose(2, 0, 1) if sub_mean else np.zeros((3, 1, 1))
             plane = np.stack([plane, plane[:, :, ::-1]])  # (2, 3, S, S): as is, mirrored
             return op(img, types.Constant(np.ascontiguousarray(plane, np.float32)), params), label
