@@ -11,9 +11,9 @@ Graph (train and eval modes), per sample; every step a DALI operator, no Python 
     cls -> ASCII digits parsed with arithmetic                                         # int32 label
 Lighting shift = sum_i (a_i * s_i) * eigvec[i], a ~ N(0, sigma) drawn per image.
 
-Why the CPU operator: on a CPU the per-pixel mean image costs three float passes over the batch
-with stock operators (crop+mirror of the mean, then a subtraction; measured 27-31% of the
-loader's time on 2 cores), and crop_mirror_normalize itself is slower than one fused loop.
+Why the CPU operator: with stock operators the per-pixel mean image needs two more float passes
+over the batch (crop+mirror of the mean, then a subtraction): 27-31% more time on 2 cores, where
+the fused loop costs 3-15%; and crop_mirror_normalize alone is slower than the whole fused loop.
 The fused loop reads the mean image window in place (it stays in cache: one image for all
 samples). Without numba the CPU runs the GPU's operator chain; tests check both against the
 NumPy reference. Outputs are handed to torch without a copy (dynamic executor + DLPack).
