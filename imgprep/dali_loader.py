@@ -135,6 +135,10 @@ def build_pipeline(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], gpu: 
     if fused and op is None and not gpu:
         raise ImgprepError("the loader's fused CPU operator needs numba: pip install numba")
 
+    def mean_image():  # (S, S, 3) float32, on the pipeline's device
+        m = types.Constant(np.ascontiguousarray(info.mean_image, np.float32), layout="HWC")
+        return m.gpu() if gpu else m
+
     @pipeline_def(batch_size=cfg.batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
                   prefetch_queue_depth=2, exec_dynamic=True)
     def pipe():
@@ -158,8 +162,7 @@ def build_pipeline(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], gpu: 
         if cfg.mode == "ten_crop":
             img = fn.cast(fn.decoders.image(jpg, device=dec, output_type=types.RGB, **decode_args), dtype=types.FLOAT)
             if sub_mean:
-                mean_img = types.Constant(np.ascontiguousarray(info.mean_image, np.float32), layout="HWC")
-                img = img - (mean_img.gpu() if gpu else mean_img)
+                img = img - mean_image()
             views = []
             for mirror in (0, 1):
                 for top, left in ten_crop_offsets(size, crop):
@@ -200,8 +203,7 @@ def build_pipeline(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], gpu: 
         out = fn.crop_mirror_normalize(img, mirror=mirror, mean=mean, std=std, output_layout="CHW",
                                        dtype=types.FLOAT)
         if sub_mean:
-            mean_img = types.Constant(np.ascontiguousarray(info.mean_image, np.float32), layout="HWC")
-            out = out - fn.crop_mirror_normalize(mean_img.gpu() if gpu else mean_img, crop=(crop, crop),
+            out = out - fn.crop_mirror_normalize(mean_image(), crop=(crop, crop),
                                                  crop_pos_x=pos_x, crop_pos_y=pos_y, mirror=mirror,
                                                  mean=[0.0, 0.0, 0.0], std=std, output_layout="CHW",
                                                  dtype=types.FLOAT)

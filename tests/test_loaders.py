@@ -14,6 +14,7 @@ from imgprep.loaders import DatasetInfo
 from imgprep.loaders import make_loader as _make_loader
 from imgprep.shards import ShardWriter, iter_samples
 
+
 def reference_view(image, mean_image, top, left, crop, flip, shift, channel_mean, channel_std):
     """The paper's view in plain NumPy, written here independently of imgprep.augment (which the
     torch fallback runs): window, + lighting shift, - mean-image window, per-channel normalize,
