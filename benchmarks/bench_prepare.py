@@ -78,7 +78,7 @@ def main() -> None:
     out = os.path.join(work, "out")
     py = sys.executable
     # Small shards so that both workers stay busy to the end (ImageNet has 1282 shards of 1000).
-    imgprep = [py, "-m", "cli.main", "prepare", src, out, "--no-progress", "--shard-size", str(a.shard_size)]
+    imgprep = [py, "-m", "imgprep.cli.main", "prepare", src, out, "--no-progress", "--shard-size", str(a.shard_size)]
     variants = {
         "naive (bicubic)": ([py, "-c", NAIVE, src, out, "default"], out),
         "naive (bilinear)": ([py, "-c", NAIVE, src, out, "bilinear"], out),

@@ -60,7 +60,7 @@ def main() -> None:
     results = {}
     for name, src in (("folders", folders), ("archive", archive)):
         for w in (1, 2):
-            cmd = [sys.executable, "-m", "cli.main", "prepare", src, out, "--no-progress", "--shard-size", "100",
+            cmd = [sys.executable, "-m", "imgprep.cli.main", "prepare", src, out, "--no-progress", "--shard-size", "100",
                    "--workers", str(w)]
             timed(cmd, out)  # warm the page cache
             rates = [a.images / timed(cmd, out) for _ in range(a.repeats)]

@@ -37,8 +37,8 @@ def main() -> None:
     from imgprep.loaders import make_loader
     from imgprep.prepare import PrepareConfig, prepare
     from imgprep.synth import SynthConfig, synthesize
-    from trainer.bench import TrainBenchConfig, bench_train
-    from trainer.train import TrainConfig, train
+    from imgprep.trainer.bench import TrainBenchConfig, bench_train
+    from imgprep.trainer.train import TrainConfig, train
 
     assert torch.cuda.is_available(), "no CUDA GPU visible"
     work = tempfile.mkdtemp(prefix="gpu-check-")

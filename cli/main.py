@@ -225,9 +225,9 @@ def train(data, run_dir, epochs, batch_size, lr, momentum, weight_decay, lr_pati
           activation, remove, backend, devices, workers, seed, lighting_std, steps_per_epoch, resume, progress) -> None:
     """Train the two-tower AlexNet on prepared DATA (section 5 of the paper by default).
 
-    Data-parallel over GPUs and machines: torchrun --nproc-per-node G -m cli.main train ...
+    Data-parallel over GPUs and machines: torchrun --nproc-per-node G -m imgprep.cli.main train ...
     """
-    from trainer.train import TrainConfig, train as run
+    from imgprep.trainer.train import TrainConfig, train as run
 
     cfg = TrainConfig(data=data, run_dir=run_dir, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                       weight_decay=weight_decay, lr_patience=lr_patience, init=init, width_mult=width_mult,
@@ -248,7 +248,7 @@ def train(data, run_dir, epochs, batch_size, lr, momentum, weight_decay, lr_pati
 @user_errors
 def eval_(run_dir, data, ten_crop, batch_size, backend, devices, workers, as_json) -> None:
     """Top-1 and top-5 error of the model in RUN_DIR on the validation split of DATA."""
-    from trainer.evaluate import evaluate_run
+    from imgprep.trainer.evaluate import evaluate_run
 
     r = evaluate_run(run_dir, data, ten_crop, backend, devices, batch_size, workers)
     if as_json:
@@ -271,7 +271,7 @@ def eval_(run_dir, data, ten_crop, batch_size, backend, devices, workers, as_jso
 @user_errors
 def demo(out, classes, per_class, epochs, backend, seed, workers) -> None:
     """Synthesize a small dataset, prepare it, train a reduced AlexNet on it, evaluate, report."""
-    from trainer.demo import DemoConfig, run_demo
+    from imgprep.trainer.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(out=out, classes=classes, per_class=per_class, val_per_class=max(1, per_class // 5),
                         epochs=epochs, seed=seed, workers=workers, backend=backend), log=click.echo)
@@ -370,7 +370,7 @@ def bench_load(data, batch_sizes, workers, steps, device, repeats, json_out, plo
 @user_errors
 def bench_train(data, batch_size, steps, width_mult, backend, placements, workers, repeats, json_out, plot) -> None:
     """Training images/s of AlexNet per placement, beside the loader's own rate."""
-    from trainer.bench import TrainBenchConfig, bench_train as run
+    from imgprep.trainer.bench import TrainBenchConfig, bench_train as run
 
     pl = tuple(p.strip() for p in placements.split(";") if p.strip()) if placements else ()
     r = run(TrainBenchConfig(data, batch_size, steps, repeats, width_mult, backend, workers, pl), log=click.echo)
@@ -410,7 +410,7 @@ def experiment(name, data, out, epochs, width_mult, batch_size, lr, full, dropou
     batch-momentum  batch size x momentum (lr = lr * batch / 128, the linear scaling rule)
     activation      ReLU vs tanh: epochs and wall time to a target training error
     """
-    from trainer.experiments import ExperimentConfig, run_experiment
+    from imgprep.trainer.experiments import ExperimentConfig, run_experiment
 
     kw = {k: v for k, v in dict(dropouts=dropouts, batch_sizes=batch_sizes or None, momenta=momenta).items() if v}
     cfg = ExperimentConfig(data, out, epochs=epochs, width_mult=width_mult, batch_size=batch_size, lr=lr, seed=seed,

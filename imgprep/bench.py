@@ -98,7 +98,7 @@ def bench_prepare(cfg: PrepareBenchConfig, log=print) -> dict:
         out = os.path.join(work, "out")
         runs = {"naive Pillow": ([sys.executable, "-c", NAIVE_PILLOW, lst, out], out)}
         for w in workers:
-            runs[f"imgprep w={w}"] = ([sys.executable, "-m", "cli.main", "prepare", os.path.join(work, "src"), out,
+            runs[f"imgprep w={w}"] = ([sys.executable, "-m", "imgprep.cli.main", "prepare", os.path.join(work, "src"), out,
                                        "--no-progress", "--shard-size", str(cfg.shard_size), "--workers", str(w)], out)
         rows = []
         for name, (cmd, clean) in runs.items():

@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from trainer.train import TrainConfig, train
+from imgprep.trainer.train import TrainConfig, train
 
 data, run, record = sys.argv[1:4]
 rank = int(os.environ["RANK"])

@@ -7,7 +7,7 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
+from imgprep.cli.main import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -5,7 +5,7 @@ import os
 
 from click.testing import CliRunner
 
-from cli.main import main
+from imgprep.cli.main import main
 
 
 def run(*args):

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from trainer.model import AlexNetConfig, TwoTowerAlexNet, init_kaiming
-from trainer.train import CHECKPOINT, TrainConfig, train
+from imgprep.trainer.model import AlexNetConfig, TwoTowerAlexNet, init_kaiming
+from imgprep.trainer.train import CHECKPOINT, TrainConfig, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")

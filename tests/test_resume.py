@@ -23,7 +23,7 @@ def slow(self, item):
     time.sleep(0.02)
     return _read(self, item)
 sources.Source.read = slow
-from cli.main import main
+from imgprep.cli.main import main
 main(sys.argv[1:])
 """
 
@@ -45,7 +45,7 @@ def test_kill_9_then_rerun_is_byte_identical(synth_src, tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not os.path.exists(os.path.join(out, "manifest.json"))  # really interrupted mid-run
-    r = subprocess.run([sys.executable, "-m", "cli.main", *args[:2], out, *args[2:]], env=env,
+    r = subprocess.run([sys.executable, "-m", "imgprep.cli.main", *args[:2], out, *args[2:]], env=env,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stdout

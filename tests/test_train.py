@@ -8,9 +8,9 @@ import torch
 
 from imgprep.errors import ImgprepError
 from imgprep.prepare import PrepareConfig, prepare
-from trainer.evaluate import evaluate_run, predict, topk_correct
-from trainer.model import AlexNetConfig, TwoTowerAlexNet
-from trainer.train import CHECKPOINT, TrainConfig, train
+from imgprep.trainer.evaluate import evaluate_run, predict, topk_correct
+from imgprep.trainer.model import AlexNetConfig, TwoTowerAlexNet
+from imgprep.trainer.train import CHECKPOINT, TrainConfig, train
 
 QUIET = dict(progress=False, log=lambda s: None)
 
