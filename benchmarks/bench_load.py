@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--json-out", default=None)
     a = ap.parse_args()
     from imgprep._mp import resolve_workers
-    from imgprep.bench import _rate, baseline_loader
+    from imgprep.bench import baseline_loader, loader_rate
     from imgprep.loaders import make_loader
     from imgprep.prepare import PrepareConfig, prepare
     from imgprep.synth import SynthConfig, synthesize
@@ -72,7 +72,7 @@ def main() -> None:
         for _ in range(a.repeats):
             loader = make()
             device = getattr(loader, "device", device) if name == "dali full" else device
-            rates.append(_rate(loader, steps))
+            rates.append(loader_rate(loader, steps))
         results[name] = {"median_images_per_second": statistics.median(rates), "min": min(rates), "max": max(rates)}
     base = results["baseline"]["median_images_per_second"]
     print(f"train mode, batch {b}, {w} workers, {steps} timed batches, {a.repeats} runs; DALI on {device}")

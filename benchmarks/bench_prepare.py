@@ -62,7 +62,7 @@ def make_images(root: str, n: int) -> None:
 
 
 def main() -> None:
-    from imgprep.bench import _time
+    from imgprep.bench import time_command
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=6000)
@@ -88,7 +88,7 @@ def main() -> None:
     }
     results = {}
     for name, (cmd, clean) in variants.items():
-        times = [_time(cmd, clean) for _ in range(a.repeats)]
+        times = [time_command(cmd, clean) for _ in range(a.repeats)]
         rates = [a.images / t for t in times]
         results[name] = {"median_images_per_second": statistics.median(rates), "min": min(rates), "max": max(rates)}
     base = results["naive (bicubic)"]["median_images_per_second"]

@@ -22,7 +22,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_prepare import make_images  # noqa: E402
 
-from imgprep.bench import _time as timed  # noqa: E402
+from imgprep.bench import time_command as timed  # noqa: E402
 
 
 def build_archive(folders: str, root: str) -> None:

@@ -33,7 +33,7 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    from imgprep.bench import _rate, baseline_loader
+    from imgprep.bench import baseline_loader, loader_rate
     from imgprep.loaders import make_loader
     from imgprep.prepare import PrepareConfig, prepare
     from imgprep.synth import SynthConfig, synthesize
@@ -56,7 +56,7 @@ def main() -> None:
 
     def rate(name, lo, steps=20):
         t = time.perf_counter()
-        r = round(_rate(lo, steps), 1)
+        r = round(loader_rate(lo, steps), 1)
         report[name] = r
         print(f"{name}: {r} img/s ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
 

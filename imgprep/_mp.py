@@ -6,7 +6,7 @@ import multiprocessing as mp
 import os
 import sys
 
-_PRELOAD = ["imgprep.prepare", "imgprep.codec", "imgprep.transforms", "cv2", "PIL.Image", "PIL.JpegImagePlugin",
+_PRELOAD = ["imgprep.prepare", "imgprep.codec", "imgprep.geometry", "cv2", "PIL.Image", "PIL.JpegImagePlugin",
             "simplejpeg", "numpy"]
 
 

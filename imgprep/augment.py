@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NORMALIZE", "center_offset", "ten_crop_offsets", "lighting_scales", "lighting_shift",
+from .geometry import center_crop_offset
+
+__all__ = ["NORMALIZE", "LIGHTING_SCALES", "ten_crop_offsets", "lighting_scales", "lighting_shift",
            "normalization", "reference_view"]
 
 # How pixels are normalized after the lighting noise:
@@ -18,18 +20,15 @@ __all__ = ["NORMALIZE", "center_offset", "ten_crop_offsets", "lighting_scales", 
 #   channel         (x - mean_c) / std_c         (the torchvision convention, dataset statistics)
 #   none            x                            (0-255)
 NORMALIZE = ("mean_image", "mean_image_std", "channel", "none")
-
-
-def center_offset(size: int, crop: int) -> tuple[int, int]:
-    """(top, left) of the central crop."""
-    return (size - crop) // 2, (size - crop) // 2
+# Scale of the PCA lighting along each principal axis: see `lighting_scales`.
+LIGHTING_SCALES = ("std", "eigval")
 
 
 def ten_crop_offsets(size: int, crop: int) -> list[tuple[int, int]]:
     """(top, left) of the five test windows: centre, top-left, top-right, bottom-left,
     bottom-right. The ten views are these five, then the same five mirrored."""
     e = size - crop
-    return [center_offset(size, crop), (0, 0), (0, e), (e, 0), (e, e)]
+    return [center_crop_offset(size, size, crop), (0, 0), (0, e), (e, 0), (e, e)]
 
 
 def lighting_scales(eigval: np.ndarray, scale: str = "std") -> np.ndarray:
@@ -46,7 +45,7 @@ def lighting_scales(eigval: np.ndarray, scale: str = "std") -> np.ndarray:
         return np.sqrt(np.maximum(eigval, 0.0))
     if scale == "eigval":
         return eigval
-    raise ValueError(f"lighting scale {scale!r}: 'std' or 'eigval'")
+    raise ValueError(f"lighting scale {scale!r}: one of {', '.join(LIGHTING_SCALES)}")
 
 
 def lighting_shift(alpha: np.ndarray, eigval: np.ndarray, eigvec: np.ndarray, scale: str = "std") -> np.ndarray:

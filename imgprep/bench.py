@@ -13,16 +13,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ._mp import cpu_count
+from .config import setting
+from .loader_base import BACKENDS, DEVICES
+from .dataset import DatasetInfo
 from .errors import ImgprepError
+from .geometry import train_crop
 from .report import environment, summarize
+from .timing import time_loader
 
 __all__ = ["PrepareBenchConfig", "bench_prepare", "LoadBenchConfig", "bench_load", "NAIVE_PILLOW", "BaselineTransform",
-           "baseline_loader"]
+           "baseline_loader", "loader_rate", "time_command"]
 
 # The naive script a user writes first: one process, Pillow's defaults, one file per image.
 NAIVE_PILLOW = r"""
@@ -47,10 +52,10 @@ class PrepareBenchConfig:
     """Settings of `imgprep bench prepare`."""
 
     src: str
-    images: int = 1000
-    workers: tuple[int, ...] = ()  # () : 1, 2, 4, ... up to the cores
-    repeats: int = 3
-    shard_size: int = 100
+    images: int = setting(1000, "Images taken from SRC.", min=1)
+    workers: tuple[int, ...] = setting((), "Worker counts, e.g. 1,2,4 [default: 1, 2, 4 ... cores].")
+    repeats: int = setting(3, "Runs per figure (median and spread reported).", min=1)
+    shard_size: int = setting(100, "Samples per shard.", min=1)
 
 
 def _subset(src: str, n: int, root: str) -> list[str]:
@@ -74,7 +79,8 @@ def _subset(src: str, n: int, root: str) -> list[str]:
     return paths
 
 
-def _time(cmd: list[str], clean: str | None) -> float:
+def time_command(cmd: list[str], clean: str | None = None) -> float:
+    """Seconds one whole command takes (after removing `clean`); ImgprepError when it fails."""
     if clean:
         shutil.rmtree(clean, ignore_errors=True)
     t = time.perf_counter()
@@ -102,7 +108,7 @@ def bench_prepare(cfg: PrepareBenchConfig, log=print) -> dict:
                                        "--no-progress", "--shard-size", str(cfg.shard_size), "--workers", str(w)], out)
         rows = []
         for name, (cmd, clean) in runs.items():
-            rates = [n / _time(cmd, clean) for _ in range(cfg.repeats)]
+            rates = [n / time_command(cmd, clean) for _ in range(cfg.repeats)]
             s = summarize(rates)
             rows.append({"variant": name, "images_per_second": s["median"], "min": s["min"], "max": s["max"],
                          "runs": s["runs"]})
@@ -113,6 +119,9 @@ def bench_prepare(cfg: PrepareBenchConfig, log=print) -> dict:
     for r in rows:
         r["vs_naive"] = r["images_per_second"] / base
     return {"benchmark": "prepare", "config": asdict(cfg), "images": n, "environment": environment(), "results": rows}
+
+
+LOADERS = (*BACKENDS, "baseline")
 
 
 class BaselineTransform:
@@ -142,28 +151,18 @@ def baseline_loader(data: str, batch_size: int, workers: int):
     import webdataset as wds
 
     from ._mp import pool_context
-    from .loaders import DatasetInfo
 
     info = DatasetInfo.load(data, "train")
-    crop = info.size * 224 // 256
+    crop = train_crop(info.size)
     ds = (wds.WebDataset(info.shards, shardshuffle=False, empty_check=False, nodesplitter=None)
           .shuffle(1000).map(BaselineTransform(info.stats["mean"], info.stats["std"], crop)).batched(batch_size))
     return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
                                        multiprocessing_context=pool_context() if workers else None)
 
 
-def _rate(loader, steps: int) -> float:
-    """Images/s over up to `steps` batches after one warm-up batch (restarting the epoch if needed)."""
-    n, t0, i = 0, None, 0
-    while True:
-        for x, y in loader:
-            if t0 is None:
-                t0 = time.perf_counter()
-                continue
-            n += int((y >= 0).sum()) if hasattr(y, "shape") else len(y)
-            i += 1
-            if i >= steps:
-                return n / (time.perf_counter() - t0)
+def loader_rate(loader, steps: int) -> float:
+    """Images/s of a loader over `steps` batches after one warm-up batch (restarting epochs as needed)."""
+    return time_loader(loader, steps=steps + 1, warmup=1)["images_per_second"]
 
 
 @dataclass(frozen=True)
@@ -171,12 +170,12 @@ class LoadBenchConfig:
     """Settings of `imgprep bench load`."""
 
     data: str
-    batch_sizes: tuple[int, ...] = (64, 256)
-    workers: tuple[int, ...] = ()  # (): 1 and all cores
-    steps: int = 10
-    repeats: int = 3
-    device: str = "auto"
-    loaders: tuple[str, ...] = field(default=("dali", "torch", "baseline"))
+    batch_sizes: tuple[int, ...] = setting((64, 256), "Batch sizes.")
+    workers: tuple[int, ...] = setting((), "Worker counts [default: 1 and all cores].")
+    steps: int = setting(10, "Timed batches per figure.", min=1)
+    repeats: int = setting(3, "Runs per figure (median and spread reported).", min=1)
+    device: str = setting("auto", "Where DALI decodes.", choices=DEVICES)
+    loaders: tuple[str, ...] = setting(LOADERS, "Loaders to time.", choices=LOADERS)
 
 
 def bench_load(cfg: LoadBenchConfig, log=print) -> dict:
@@ -200,7 +199,7 @@ def bench_load(cfg: LoadBenchConfig, log=print) -> dict:
                     loader = make()
                     if name == "dali":
                         device = loader.device
-                    rates.append(_rate(loader, cfg.steps))
+                    rates.append(loader_rate(loader, cfg.steps))
                 s = summarize(rates)
                 label = f"dali ({device})" if name == "dali" else name
                 rows.append({"loader": label, "batch_size": b, "workers": w, "images_per_second": s["median"],

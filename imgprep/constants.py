@@ -1,4 +1,7 @@
-"""Named constants of the AlexNet recipe and of the on-disk format, in one place."""
+"""Named constants of the AlexNet recipe and of the stored images, in one place.
+
+The file names and version of the on-disk format belong to `imgprep.dataset`.
+"""
 
 # Section 2 of Krizhevsky et al. (2012): images are rescaled so the shorter side is 256 and the
 # central 256x256 patch is kept.
@@ -14,17 +17,5 @@ JPEG_QUALITY = 95
 # Samples per shard: ~50 MB tars at 256px / q95, 1282 shards for ImageNet's training split,
 # and one unit of work per shard of a couple of seconds on one core.
 SHARD_SIZE = 1000
-
-# Version of the layout written by `imgprep prepare` (manifest, shards, stats).
-FORMAT_VERSION = 1
-# DALI's `wds2idx` index format version, written on the first line of every `.idx` file.
-DALI_INDEX_VERSION = "v1.2"
-
-MANIFEST = "manifest.json"
-REJECTS = "rejects.jsonl"
-STATS_DIR = "stats"
-MEAN_FILE = "mean.npy"
-STATS_FILE = "stats.json"
-STATE_DIR = ".imgprep"  # per-unit completion records, kept for resume and merged at the end
 
 SPLITS = ("train", "val")

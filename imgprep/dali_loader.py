@@ -21,14 +21,18 @@ NumPy reference. Outputs are handed to torch without a copy (dynamic executor + 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 from ._mp import resolve_workers
 from .augment import lighting_scales, normalization, ten_crop_offsets
+from .dataset import DatasetInfo
 from .errors import ImgprepError
-from .loaders import BaseLoader, DatasetInfo, EpochPlan, LoaderConfig
+from .geometry import center_crop_offset
+from .loader_base import BaseLoader, EpochPlan, LoaderConfig
+from .shards import index_path
 
 __all__ = ["DaliLoader", "build_pipeline"]
 
@@ -99,22 +103,140 @@ def _fused_setup(outs, ins):
         outs[0][i][2] = ins[0][i][1]
 
 
-_FUSED: list = []  # the compiled operator, built once per process (numba compiles in ~2 s)
-
-
+@functools.cache
 def fused_operator():
-    """DALI's numba_function operator running `_fused_kernel`, or None without numba."""
-    if not _FUSED:
-        try:
-            from nvidia.dali import types
-            from nvidia.dali.plugin.numba.experimental import NumbaFunction
-        except ImportError:
-            _FUSED.append(None)
-        else:
-            _FUSED.append(NumbaFunction(run_fn=_fused_kernel, setup_fn=_fused_setup, out_types=[types.FLOAT],
-                                        in_types=[types.UINT8, types.FLOAT, types.FLOAT], outs_ndim=[3],
-                                        ins_ndim=[3, 4, 1], device="cpu"))
-    return _FUSED[0]
+    """DALI's numba_function operator running `_fused_kernel` (compiled once per process), or None
+    without numba."""
+    try:
+        from nvidia.dali import types
+        from nvidia.dali.plugin.numba.experimental import NumbaFunction
+    except ImportError:
+        return None
+    return NumbaFunction(run_fn=_fused_kernel, setup_fn=_fused_setup, out_types=[types.FLOAT],
+                         in_types=[types.UINT8, types.FLOAT, types.FLOAT], outs_ndim=[3], ins_ndim=[3, 4, 1],
+                         device="cpu")
+
+
+def _read(cfg: LoaderConfig, info: DatasetInfo, paths: list[str]):
+    """The webdataset reader over this epoch's shards: (jpg bytes, label int32) per sample."""
+    from nvidia.dali import fn
+
+    jpg, cls = fn.readers.webdataset(
+        paths=paths, index_paths=[index_path(p) for p in paths], ext=["jpg", "cls"],
+        missing_component_behavior="error", random_shuffle=cfg.mode == "train",
+        initial_fill=max(1, min(cfg.shuffle_buffer, info.total)), shard_id=cfg.rank,
+        num_shards=cfg.world_size, pad_last_batch=True, stick_to_shard=True, name="reader")
+    return jpg, _parse_label(cls)
+
+
+def _window(cfg: LoaderConfig, span: int):
+    """(top, left) of the window, as integers (per-sample DALI nodes in train mode, else ints), and
+    the mirror flag. The decoder gets the window as fractions of the span, which it maps back
+    exactly (anchor = round(pos * span)); the mean image uses the same integers."""
+    from nvidia.dali import fn, types
+
+    train = cfg.mode == "train"
+    if train and cfg.fixed_window is None:
+        top, left = (fn.random.uniform(values=list(range(span + 1)), dtype=types.INT32) for _ in range(2))
+    else:
+        top, left = cfg.fixed_window if cfg.fixed_window is not None else center_crop_offset(span, span, 0)
+    if cfg.fixed_flip is not None:
+        mirror = int(cfg.fixed_flip)
+    else:
+        mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32) if train else 0
+    return top, left, mirror
+
+
+def _fraction(v, span: int):
+    """A window offset (int or DALI node) as the decoder's crop position in [0, 1]."""
+    from nvidia.dali import fn, types
+
+    if not span:
+        return 0.5
+    return v / span if isinstance(v, int) else fn.cast(v, dtype=types.FLOAT) / float(span)
+
+
+def _decode_args(gpu: bool) -> dict:
+    # nvJPEG's default chroma upsampling differs from libjpeg-turbo's at colour edges; the "fancy"
+    # one matches it, so GPU, CPU and the torch fallback see one image (figures in the README)
+    return {"device": "mixed" if gpu else "cpu", "jpeg_fancy_upsampling": True} if gpu else {"device": "cpu"}
+
+
+def _lighting_shift(cfg: LoaderConfig, info: DatasetInfo):
+    """Per-sample RGB shift sum_i a_i s_i v_i with a ~ N(0, sigma): a DALI node (3,), or None."""
+    from nvidia.dali import fn, types
+
+    if cfg.mode != "train" or cfg.lighting_std <= 0:
+        return None
+    a = fn.random.normal(shape=[3, 1], stddev=cfg.lighting_std)  # (3, 1) per image
+    basis = lighting_scales(info.stats["eigval"], cfg.lighting_scale)[:, None] * np.asarray(info.stats["eigvec"])
+    return fn.reductions.sum(a * types.Constant(basis.astype(np.float32)), axes=0)  # (3,)
+
+
+def _mean_image(info: DatasetInfo, gpu: bool):
+    """The mean image, (S, S, 3) float32, as a constant on the pipeline's device."""
+    from nvidia.dali import types
+
+    m = types.Constant(np.ascontiguousarray(info.mean_image, np.float32), layout="HWC")
+    return m.gpu() if gpu else m
+
+
+def _as_param(v):
+    """An int or a per-sample scalar node -> a float32 (1,) node, for the fused operator's parameters."""
+    from nvidia.dali import fn, types
+
+    return fn.reshape(fn.cast(types.Constant(v) if isinstance(v, int) else v, dtype=types.FLOAT), shape=[1])
+
+
+def _normalize_fused(op, img, info: DatasetInfo, window, shift, norm):
+    """CPU: the one-pass operator: (3, c, c) float32 of the decoded window (c, c, 3) uint8."""
+    from nvidia.dali import fn, types
+
+    top, left, mirror = window
+    sub_mean, ch_mean, ch_std = norm
+    inv = (1.0 / ch_std).astype(np.float32)
+    offset = types.Constant((-ch_mean * inv).astype(np.float32))
+    if shift is not None:
+        offset = offset + shift * types.Constant(inv)
+    params = fn.cat(_as_param(top), _as_param(left), _as_param(mirror), types.Constant(inv), offset)  # (9,)
+    plane = (info.mean_image * inv).transpose(2, 0, 1) if sub_mean else np.zeros((3, 1, 1))
+    plane = np.stack([plane, plane[:, :, ::-1]])  # (2, 3, S, S): as is, mirrored
+    return op(img, types.Constant(np.ascontiguousarray(plane, np.float32)), params)
+
+
+def _normalize_chain(img, info: DatasetInfo, crop: int, window, shift, norm, gpu: bool):
+    """(x + shift - M[window]) / std = CMN(x; mean=-shift) - CMN(M; window): each term one pass
+    that also mirrors and transposes to CHW."""
+    from nvidia.dali import fn, types
+
+    top, left, mirror = window
+    sub_mean, ch_mean, ch_std = norm
+    span = info.size - crop
+    std = ch_std.astype(np.float32).tolist()
+    mean = ch_mean.astype(np.float32).tolist() if shift is None else types.Constant(ch_mean.astype(np.float32)) - shift
+    out = fn.crop_mirror_normalize(img, mirror=mirror, mean=mean, std=std, output_layout="CHW", dtype=types.FLOAT)
+    if sub_mean:
+        out = out - fn.crop_mirror_normalize(_mean_image(info, gpu), crop=(crop, crop), crop_pos_x=_fraction(left, span),
+                                             crop_pos_y=_fraction(top, span), mirror=mirror, mean=[0.0, 0.0, 0.0],
+                                             std=std, output_layout="CHW", dtype=types.FLOAT)
+    return out
+
+
+def _ten_views(jpg, info: DatasetInfo, crop: int, norm, gpu: bool):
+    """(10, 3, c, c): the centre and four corner windows, then the same five mirrored."""
+    from nvidia.dali import fn, types
+
+    sub_mean, ch_mean, ch_std = norm
+    span = info.size - crop
+    img = fn.cast(fn.decoders.image(jpg, output_type=types.RGB, **_decode_args(gpu)), dtype=types.FLOAT)
+    if sub_mean:
+        img = img - _mean_image(info, gpu)
+    views = [fn.crop_mirror_normalize(img, crop=(crop, crop), crop_pos_x=_fraction(left, span),
+                                      crop_pos_y=_fraction(top, span), mirror=mirror,
+                                      mean=ch_mean.astype(np.float32).tolist(), std=ch_std.astype(np.float32).tolist(),
+                                      output_layout="CHW", dtype=types.FLOAT)
+             for mirror in (0, 1) for top, left in ten_crop_offsets(info.size, crop)]
+    return fn.stack(*views)
 
 
 def build_pipeline(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], gpu: bool, device_id, seed: int,
@@ -126,88 +248,27 @@ def build_pipeline(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], gpu: 
     """
     from nvidia.dali import fn, pipeline_def, types
 
-    size, crop = info.size, cfg.crop
-    sub_mean, ch_mean, ch_std = normalization(cfg.normalize, info.stats)
-    train = cfg.mode == "train"
-    lighting = train and cfg.lighting_std > 0
-    span = size - crop
+    crop = cfg.crop
     op = None if gpu or fused is False else fused_operator()
     if fused and op is None and not gpu:
         raise ImgprepError("the loader's fused CPU operator needs numba: pip install numba")
-
-    def mean_image():  # (S, S, 3) float32, on the pipeline's device
-        m = types.Constant(np.ascontiguousarray(info.mean_image, np.float32), layout="HWC")
-        return m.gpu() if gpu else m
+    norm = normalization(cfg.normalize, info.stats)
 
     @pipeline_def(batch_size=cfg.batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
                   prefetch_queue_depth=2, exec_dynamic=True)
     def pipe():
-        jpg, cls = fn.readers.webdataset(
-            paths=paths, index_paths=[p[:-4] + ".idx" for p in paths], ext=["jpg", "cls"],
-            missing_component_behavior="error", random_shuffle=train,
-            initial_fill=max(1, min(cfg.shuffle_buffer, info.total)), shard_id=cfg.rank,
-            num_shards=cfg.world_size, pad_last_batch=True, stick_to_shard=True, name="reader")
-        label = _parse_label(cls)
-        dec = "mixed" if gpu else "cpu"
-        # nvJPEG's default chroma upsampling differs from libjpeg-turbo's by 2 levels on average (up
-        # to 87 at colour edges); the "fancy" one matches it (0.015 on average, 3 at most; measured on
-        # an H200 for 7% of the decoder's speed), so GPU, CPU and the torch fallback see one image
-        decode_args = {"jpeg_fancy_upsampling": True} if gpu else {}
-        shift = None
-        if lighting:
-            a = fn.random.normal(shape=[3, 1], stddev=cfg.lighting_std)  # (3, 1) per image
-            basis = lighting_scales(info.stats["eigval"], cfg.lighting_scale)[:, None] * np.asarray(info.stats["eigvec"])
-            shift = fn.reductions.sum(a * types.Constant(basis.astype(np.float32)), axes=0)  # sum_i a_i s_i v_i: (3,)
-        std = ch_std.astype(np.float32).tolist()
+        jpg, label = _read(cfg, info, paths)
+        shift = _lighting_shift(cfg, info)  # drawn before the window: the random streams keep their order
         if cfg.mode == "ten_crop":
-            img = fn.cast(fn.decoders.image(jpg, device=dec, output_type=types.RGB, **decode_args), dtype=types.FLOAT)
-            if sub_mean:
-                img = img - mean_image()
-            views = []
-            for mirror in (0, 1):
-                for top, left in ten_crop_offsets(size, crop):
-                    views.append(fn.crop_mirror_normalize(
-                        img, crop=(crop, crop), crop_pos_x=left / span if span else 0.5,
-                        crop_pos_y=top / span if span else 0.5, mirror=mirror, mean=ch_mean.astype(np.float32).tolist(),
-                        std=std, output_layout="CHW", dtype=types.FLOAT))
-            return fn.stack(*views), label
-        # the window as integers (top, left): the decoder gets them as fractions of the span, which
-        # it maps back exactly (anchor = round(pos * span)), and the mean image uses the same integers
-        if train and cfg.fixed_window is None:
-            top, left = (fn.random.uniform(values=list(range(span + 1)), dtype=types.INT32) for _ in range(2))
-            pos_y, pos_x = (fn.cast(v, dtype=types.FLOAT) / float(max(span, 1)) for v in (top, left))
-        else:
-            top, left = cfg.fixed_window if cfg.fixed_window is not None else (span // 2, span // 2)
-            pos_y, pos_x = (top / span, left / span) if span else (0.5, 0.5)
-        if cfg.fixed_flip is not None:
-            mirror = int(cfg.fixed_flip)
-        else:
-            mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32) if train else 0
-        img = fn.decoders.image_crop(jpg, device=dec, output_type=types.RGB, crop=(crop, crop),
-                                     crop_pos_x=pos_x, crop_pos_y=pos_y, **decode_args)
+            return _ten_views(jpg, info, crop, norm, gpu), label
+        span = info.size - crop
+        window = _window(cfg, span)
+        top, left, _ = window
+        img = fn.decoders.image_crop(jpg, output_type=types.RGB, crop=(crop, crop), crop_pos_x=_fraction(left, span),
+                                     crop_pos_y=_fraction(top, span), **_decode_args(gpu))
         if op is not None:
-            inv = (1.0 / ch_std).astype(np.float32)
-            offset = types.Constant((-ch_mean * inv).astype(np.float32))
-            if shift is not None:
-                offset = offset + shift * types.Constant(inv)
-            def one(v):  # an int or a per-sample scalar -> float32 (1,)
-                return fn.reshape(fn.cast(types.Constant(v) if isinstance(v, int) else v, dtype=types.FLOAT), shape=[1])
-
-            params = fn.cat(one(top), one(left), one(mirror), types.Constant(inv), offset)  # (9,) per image
-            plane = (info.mean_image * inv).transpose(2, 0, 1) if sub_mean else np.zeros((3, 1, 1))
-            plane = np.stack([plane, plane[:, :, ::-1]])  # (2, 3, S, S): as is, mirrored
-            return op(img, types.Constant(np.ascontiguousarray(plane, np.float32)), params), label
-        # (x + shift - M[window]) / std = CMN(x; mean=-shift) - CMN(M; window): each term one pass
-        # that also mirrors and transposes to CHW
-        mean = ch_mean.astype(np.float32).tolist() if shift is None else types.Constant(ch_mean.astype(np.float32)) - shift
-        out = fn.crop_mirror_normalize(img, mirror=mirror, mean=mean, std=std, output_layout="CHW",
-                                       dtype=types.FLOAT)
-        if sub_mean:
-            out = out - fn.crop_mirror_normalize(mean_image(), crop=(crop, crop),
-                                                 crop_pos_x=pos_x, crop_pos_y=pos_y, mirror=mirror,
-                                                 mean=[0.0, 0.0, 0.0], std=std, output_layout="CHW",
-                                                 dtype=types.FLOAT)
-        return out, label
+            return _normalize_fused(op, img, info, window, shift, norm), label
+        return _normalize_chain(img, info, crop, window, shift, norm, gpu), label
 
     p = pipe()
     p.build()

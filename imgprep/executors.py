@@ -1,43 +1,90 @@
-"""Executors run `prepare`'s units of work (one output shard each) and hand each record to the
-driver as it finishes. Any executor gives byte-identical output: units are deterministic.
+"""Executors: run one function over many independent jobs, handing each result to the caller as
+it finishes. They know nothing of what a job is beyond the `Job` protocol.
 
-- LocalExecutor: a process pool on this machine; a dead worker's units are redone.
-- RayExecutor: one Ray task per unit on a Ray cluster (or a local Ray instance); failed or lost
-  tasks are retried by Ray. OUT must be a folder every node can write (a shared filesystem).
+- LocalExecutor: a process pool on this machine; a dead worker's jobs are redone.
+- RayExecutor: one Ray task per job on a Ray cluster (or a local Ray instance); failed or lost
+  tasks are retried by Ray. Whatever a job writes must go where every node can write.
+
+`fn(job, progress)` is called with `progress(n)`, a callable that reports n finished items of the
+job's `weight` while it runs (None where the executor cannot relay it: then the whole weight is
+reported when the job ends).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from .errors import ImgprepError
-from .prepare import _init_worker, run_unit
 
-__all__ = ["LocalExecutor", "RayExecutor", "make_executor"]
+__all__ = ["Job", "LocalExecutor", "RayExecutor", "make_executor", "EXECUTORS"]
+
+EXECUTORS = ("local", "ray")
+
+Progress = Callable[[int], None]
+JobFn = Callable[[Any, "Progress | None"], Any]
+
+
+class Job(Protocol):
+    """What an executor needs of a job: a name for messages and a weight (progress units)."""
+
+    name: str
+    weight: int
+
+
+_counter = None  # in pool workers: the shared progress counter, set by _init_worker
+
+
+def _init_worker(counter=None) -> None:
+    """Pool worker start-up: the progress counter, and one native thread per process (the pool
+    already runs one process per core)."""
+    global _counter
+    _counter = counter
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+
+
+def _count(n: int) -> None:
+    with _counter.get_lock():
+        _counter.value += n
+
+
+def _call_in_worker(fn: JobFn, job):
+    return fn(job, _count if _counter is not None else None)
 
 
 class LocalExecutor:
-    """Runs units in a pool of processes on this machine; a dead worker's units are redone."""
+    """Runs jobs in a pool of processes on this machine (in this process for one worker)."""
 
     max_attempts = 3
 
     def __init__(self, workers: int):
         self.workers = workers
 
-    def run(self, jobs: list[tuple], on_done: Callable[[dict], None], on_progress: Callable[[int], None]) -> None:
-        """Run `run_unit(*job)` for every job; call on_done(record) in the driver as each finishes."""
+    def run(self, fn: JobFn, jobs: Sequence[Job], on_done: Callable[[Any], None], on_progress: Progress) -> None:
+        """Call `fn(job, progress)` for every job; `on_done(result)` runs here as each one finishes."""
+        if self.workers == 1:
+            self._run_here(fn, jobs, on_done, on_progress)
+        else:
+            self._run_pool(fn, jobs, on_done, on_progress)
 
-        if self.workers == 1:  # in this process, on one core (OpenCV's own threads off meanwhile)
-            import cv2
+    @staticmethod
+    def _run_here(fn: JobFn, jobs, on_done, on_progress) -> None:
+        import cv2
 
-            threads = cv2.getNumThreads()
-            cv2.setNumThreads(1)
-            try:
-                for job in jobs:
-                    on_done(run_unit(*job, progress=on_progress))
-            finally:
-                cv2.setNumThreads(threads)
-            return
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)  # one core, as a pool worker would have
+        try:
+            for job in jobs:
+                on_done(fn(job, on_progress))
+        finally:
+            cv2.setNumThreads(threads)
+
+    def _run_pool(self, fn: JobFn, jobs, on_done, on_progress) -> None:
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         from concurrent.futures.process import BrokenProcessPool
 
@@ -48,9 +95,9 @@ class LocalExecutor:
         attempts = [0] * len(jobs)
         pending = set(range(len(jobs)))
         seen = 0
-        while pending:
+        while pending:  # one pool per round: a pool whose worker died is broken for good
             pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,))
-            futures = {pool.submit(run_unit, *jobs[i]): i for i in sorted(pending)}
+            futures = {pool.submit(_call_in_worker, fn, jobs[i]): i for i in sorted(pending)}
             broken = False
             try:
                 while futures and not broken:
@@ -61,35 +108,30 @@ class LocalExecutor:
                     for fut in done:
                         i = futures.pop(fut)
                         try:
-                            rec = fut.result()
+                            result = fut.result()
                         except BrokenProcessPool:
                             broken = True
-                            attempts[i] += 1
-                            if attempts[i] >= self.max_attempts:
-                                raise ImgprepError(
-                                    f"unit {jobs[i][1].name} lost its worker process {self.max_attempts} times "
-                                    "(out of memory? killed?); run the command again to resume") from None
+                            self._count_attempt(attempts, i, jobs[i])
                             continue
                         pending.discard(i)
-                        on_done(rec)
+                        on_done(result)
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
 
-
-
-def _ray_unit(*job) -> dict:
-    _init_worker()
-    return run_unit(*job)
+    def _count_attempt(self, attempts: list[int], i: int, job: Job) -> None:
+        attempts[i] += 1
+        if attempts[i] >= self.max_attempts:
+            raise ImgprepError(f"{job.name} lost its worker process {self.max_attempts} times "
+                               "(out of memory? killed?); run the command again to resume")
 
 
 class RayExecutor:
-    """Runs units as Ray tasks; retries a task whose worker died or that raised."""
+    """Runs jobs as Ray tasks; retries a task whose worker died or that raised."""
 
     def __init__(self, workers: int, address: str | None = None, max_retries: int = 3):
         self.workers, self.address, self.max_retries = workers, address, max_retries
 
-    def run(self, jobs: list[tuple], on_done: Callable[[dict], None], on_progress: Callable[[int], None]) -> None:
-        """Submit every unit, then merge records in the driver as tasks finish."""
+    def _connect(self):
         try:
             import ray
         except ImportError:
@@ -101,8 +143,13 @@ class RayExecutor:
                          include_dashboard=False, log_to_driver=False, logging_level="ERROR")
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ImgprepError(f"--ray-address {self.address}: cannot connect to Ray ({exc})") from None
-        task = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=True)(_ray_unit)
-        refs = {task.remote(*job): i for i, job in enumerate(jobs)}
+        return ray, started
+
+    def run(self, fn: JobFn, jobs: Sequence[Job], on_done: Callable[[Any], None], on_progress: Progress) -> None:
+        """Submit every job, then hand results to `on_done` here as tasks finish."""
+        ray, started = self._connect()
+        task = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=True)(_ray_task)
+        refs = {task.remote(fn, job): i for i, job in enumerate(jobs)}
         pending = list(refs)
         try:
             while pending:
@@ -110,18 +157,23 @@ class RayExecutor:
                 for ref in done:
                     job = jobs[refs[ref]]
                     try:
-                        rec = ray.get(ref)
+                        result = ray.get(ref)
                     except ray.exceptions.RayError as exc:
                         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                        raise ImgprepError(f"unit {job[1].name} failed {self.max_retries + 1} times on Ray ({msg}); "
+                        raise ImgprepError(f"{job.name} failed {self.max_retries + 1} times on Ray ({msg}); "
                                            "run the command again to resume") from None
-                    on_progress(len(job[1].items))
-                    on_done(rec)
+                    on_progress(job.weight)
+                    on_done(result)
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
             if started:
                 ray.shutdown()
+
+
+def _ray_task(fn: JobFn, job):
+    _init_worker()
+    return fn(job, None)
 
 
 def make_executor(kind: str, workers: int, ray_address: str | None = None):

@@ -13,21 +13,27 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 
-from . import constants as C
 from ._mp import resolve_workers
 from .codec import decode_rgb, encode_jpeg
+from .config import setting
+from .constants import JPEG_QUALITY, SHARD_SIZE, SPLITS, STORED_SIZE
+from .dataset import MANIFEST, REJECTS, build_manifest, read_manifest, write_manifest, write_rejects, write_stats
 from .errors import DecodeError, ImgprepError, NotAnImage
-from .shards import ShardWriter, sha256_file
-from .sources import Item, Source, SourceIndex, discover
+from .executors import EXECUTORS, make_executor
+from .fileio import PARTIAL_SUFFIX, atomic_file, json_bytes, write_atomic
+from .geometry import resize_center_crop
+from .shards import ShardWriter, index_path, sha256_file
+from .sources import LAYOUTS, Item, Source, SourceIndex, discover
 from .stats import StatsAccumulator, finalize
-from .transforms import resize_center_crop
 
-__all__ = ["PrepareConfig", "Unit", "plan_units", "process_image", "run_unit", "prepare"]
+__all__ = ["PrepareConfig", "Unit", "UnitJob", "plan_units", "process_image", "run_unit", "prepare"]
+
+STATE_DIR = ".imgprep"  # per-unit completion records, kept for resume and merged at the end
 
 
 @dataclass(frozen=True)
@@ -36,16 +42,20 @@ class PrepareConfig:
 
     src: str
     out: str
-    split: str = "train"  # split name when SRC is a plain folder of class folders
-    layout: str = "auto"  # auto, folders, ilsvrc, kaggle
-    val_labels: str | None = None  # labels of a flat validation folder or val tar
-    size: int = C.STORED_SIZE
-    quality: int = C.JPEG_QUALITY
-    shard_size: int = C.SHARD_SIZE
-    seed: int = 0
-    workers: int = 0  # 0: all available cores (local executor) or CPUs of the local Ray instance
-    executor: str = "local"  # local (process pool) or ray
-    ray_address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001"); None: start one
+    split: str = setting("train", "Split of SRC when it is a plain folder of class folders.", choices=SPLITS)
+    layout: str = setting("auto", "Source layout; auto detects ILSVRC2012 archives, Kaggle, class folders.",
+                          choices=LAYOUTS)
+    val_labels: str | None = setting(None, "Labels of a flat validation folder (or val tar): one WNID per line in "
+                                     "file-name order, or CSV file,wnid.", path=True)
+    size: int = setting(STORED_SIZE, "Shorter side after resizing, and side of the centre crop.", min=8)
+    quality: int = setting(JPEG_QUALITY, "JPEG quality.", min=1, max=100)
+    shard_size: int = setting(SHARD_SIZE, "Samples per shard.", min=1)
+    seed: int = setting(0, "Seed of the global shuffle.")
+    workers: int = setting(0, "Worker processes (0: all cores, or the CPUs of the local Ray instance).", min=0)
+    executor: str = setting("local", "Run the units (one per shard) in a local process pool or as Ray tasks.",
+                            choices=EXECUTORS)
+    ray_address: str | None = setting(None, "Ray cluster to use (e.g. auto, ray://head:10001); default: start a "
+                                      "local Ray instance with --workers CPUs.")
 
     def dataset_settings(self) -> dict:
         """The settings that determine the output bytes (compared on rerun); not how they are run."""
@@ -67,10 +77,12 @@ class PrepareConfig:
             raise ImgprepError(f"--shard-size {self.shard_size}: must be at least 1")
         if self.workers < 0:
             raise ImgprepError(f"--workers {self.workers}: must be 0 (all cores) or more")
-        if self.executor not in ("local", "ray"):
-            raise ImgprepError(f"--executor {self.executor!r}: local or ray")
-        if self.split not in C.SPLITS:
-            raise ImgprepError(f"--split {self.split!r}: must be one of {', '.join(C.SPLITS)}")
+        if self.executor not in EXECUTORS:
+            raise ImgprepError(f"--executor {self.executor!r}: one of {', '.join(EXECUTORS)}")
+        if self.split not in SPLITS:
+            raise ImgprepError(f"--split {self.split!r}: must be one of {', '.join(SPLITS)}")
+        if self.layout not in LAYOUTS:
+            raise ImgprepError(f"--layout {self.layout!r}: must be one of {', '.join(LAYOUTS)}")
 
 
 @dataclass
@@ -98,7 +110,7 @@ def plan_units(index: SourceIndex, shard_size: int, seed: int) -> list[Unit]:
     executor and every rerun plans the same units.
     """
     units = []
-    for split_no, split in enumerate(C.SPLITS):
+    for split_no, split in enumerate(SPLITS):
         items = index.splits.get(split)
         if not items:
             continue
@@ -123,57 +135,65 @@ def process_image(data: bytes, name: str, size: int, quality: int):
     return encode_jpeg(pixels, quality), pixels, img
 
 
-_progress_counter = None  # multiprocessing.Value in pool workers, set by _init_worker
+@dataclass(frozen=True)
+class UnitJob:
+    """Everything a worker needs to process one unit (and nothing of the driver)."""
+
+    source: Source
+    unit: Unit
+    classes: list[dict]  # manifest class records, by label
+    out: str
+    size: int
+    quality: int
+    with_stats: bool  # accumulate the training statistics
+
+    @property
+    def name(self) -> str:
+        return f"unit {self.unit.name}"
+
+    @property
+    def weight(self) -> int:
+        return len(self.unit.items)
 
 
-def _init_worker(counter=None) -> None:
-    global _progress_counter
-    _progress_counter = counter
-    try:
-        import cv2
+def _sample_meta(item: Item, img, classes: list[dict]) -> dict:
+    cls = classes[item.label]
+    meta = {"source": item.ref, "class": cls["name"], "label": item.label, "width": img.width,
+            "height": img.height, "format": img.format}
+    if "wnid" in cls:
+        meta["wnid"] = cls["wnid"]
+    if img.converted:
+        meta["converted"] = img.converted
+    return meta
 
-        cv2.setNumThreads(1)  # parallelism comes from processes, one per core
-    except ImportError:
-        pass
 
-
-def run_unit(source: Source, unit: Unit, classes: list[dict], out: str, size: int,
-             quality: int, with_stats: bool, progress: Callable[[int], None] | None = None) -> dict:
-    """Process one unit and write its shard (and index) under `out`; return its record.
+def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dict:
+    """Process one unit and write its shard (and index) under `job.out`; return its record.
 
     The record holds the shard's path, count, bytes and sha256, the rejects, the skipped and
     converted counts, and (with_stats) the exact statistics sums of the stored pixels.
     """
-    if progress is None and _progress_counter is not None:
-        def progress(n, _c=_progress_counter):
-            with _c.get_lock():
-                _c.value += n
-    os.makedirs(os.path.join(out, unit.split), exist_ok=True)
-    writer = ShardWriter(os.path.join(out, unit.path))
-    acc = StatsAccumulator(size) if with_stats else None
+    unit = job.unit
+    os.makedirs(os.path.join(job.out, unit.split), exist_ok=True)
+    writer = ShardWriter(os.path.join(job.out, unit.path))
+    acc = StatsAccumulator(job.size) if job.with_stats else None
     rejects, skipped, converted, n_converted = [], 0, {}, 0
     try:
         for key, item in unit.items:
-            ref, label = item.ref, item.label
             try:
-                data = source.read(item)
-                jpeg, pixels, img = process_image(data, ref, size, quality)
+                data = job.source.read(item)
+                jpeg, pixels, img = process_image(data, item.ref, job.size, job.quality)
             except NotAnImage:
                 skipped += 1
             except (DecodeError, OSError) as exc:
                 reason = str(exc) if isinstance(exc, DecodeError) else f"cannot read: {exc.strerror or exc}"
-                rejects.append({"split": unit.split, "path": ref, "reason": reason})
+                rejects.append({"split": unit.split, "path": item.ref, "reason": reason})
             else:
-                meta = {"source": ref, "class": classes[label]["name"], "label": label, "width": img.width,
-                        "height": img.height, "format": img.format}
-                if "wnid" in classes[label]:
-                    meta["wnid"] = classes[label]["wnid"]
-                if img.converted:
-                    meta["converted"] = img.converted
-                    n_converted += 1
-                    for t in img.converted:
-                        converted[t] = converted.get(t, 0) + 1
-                writer.write(key, {"cls": str(label).encode(), "jpg": jpeg,
+                meta = _sample_meta(item, img, job.classes)
+                n_converted += bool(img.converted)
+                for t in img.converted:
+                    converted[t] = converted.get(t, 0) + 1
+                writer.write(key, {"cls": str(item.label).encode(), "jpg": jpeg,
                                    "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()})
                 if acc is not None:
                     acc.add(pixels)
@@ -197,41 +217,28 @@ def run_unit(source: Source, unit: Unit, classes: list[dict], out: str, size: in
 # Driver: output-folder checks, resume state, execution, final files.
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.partial"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _json_bytes(obj) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-
-
 def _differences(saved: dict, wanted: dict) -> list[str]:
     flag = {"src": "SRC", "shard_size": "--shard-size"}
     return [f"{flag.get(k, '--' + k.replace('_', '-'))} was {saved.get(k)!r}, now {wanted.get(k)!r}"
             for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
 
 
-def _check_out(cfg: PrepareConfig) -> str:
-    """'new', 'resume' or 'complete'; raises if OUT holds something else."""
+def _output_state(cfg: PrepareConfig) -> str:
+    """What OUT holds: 'new', 'resume' (an unfinished run) or 'complete'; raises if something else."""
     out = cfg.out
     if not os.path.exists(out):
         return "new"
     if not os.path.isdir(out):
         raise ImgprepError(f"{out}: exists and is not a folder; choose another OUT")
     wanted = cfg.dataset_settings()
-    for rel, state in ((C.MANIFEST, "complete"), (os.path.join(C.STATE_DIR, "config.json"), "resume")):
+    for rel, state in ((MANIFEST, "complete"), (os.path.join(STATE_DIR, "config.json"), "resume")):
         p = os.path.join(out, rel)
         if os.path.exists(p):
             try:
-                with open(p) as f:
+                with open(p, encoding="utf-8") as f:
                     saved = json.load(f)
                 saved = saved.get("config", saved)
-            except (OSError, ValueError):
+            except (OSError, ValueError, AttributeError):
                 raise ImgprepError(f"{p}: unreadable; remove OUT or choose another folder") from None
             diff = _differences(saved, wanted)
             if diff:
@@ -247,7 +254,7 @@ class _State:
     """Finished units and merged training statistics, saved atomically in one file."""
 
     def __init__(self, out: str, size: int):
-        self.path = os.path.join(out, C.STATE_DIR, "state.npz")
+        self.path = os.path.join(out, STATE_DIR, "state.npz")
         self.size = size
         self.records: dict[str, dict] = {}
         self.acc = StatsAccumulator(size)
@@ -257,7 +264,7 @@ class _State:
         if not os.path.exists(self.path):
             return
         try:
-            with np.load(self.path) as z:
+            with np.load(self.path, allow_pickle=False) as z:
                 self.records = json.loads(str(z["records"]))
                 self.acc = StatsAccumulator.from_arrays(z)
         except (OSError, ValueError, KeyError):
@@ -276,22 +283,20 @@ class _State:
         if now - self._saved_at < min_interval:
             return
         self._saved_at = now
-        tmp = self.path + ".partial.npz"
-        np.savez(tmp, records=np.array(json.dumps(self.records)), **self.acc.to_arrays())
-        os.replace(tmp, self.path)
+        with atomic_file(self.path) as f:
+            np.savez(f, records=np.array(json.dumps(self.records)), **self.acc.to_arrays())
 
 
 def _verify_records(state: _State, out: str) -> list[str]:
     """Drop recorded units whose shard is missing or altered. Returns the splits to redo whole
     (their statistics sums can no longer be trusted)."""
     bad_splits = set()
-    for name, rec in list(state.records.items()):
+    for rec in state.records.values():
         sh = rec["shard"]
         if sh is None:
             continue
         p = os.path.join(out, sh["path"])
-        idx = p[:-4] + ".idx"
-        if (not os.path.exists(p) or not os.path.exists(idx) or os.path.getsize(p) != sh["bytes"]
+        if (not os.path.exists(p) or not os.path.exists(index_path(p)) or os.path.getsize(p) != sh["bytes"]
                 or sha256_file(p) != sh["sha256"]):
             bad_splits.add(rec["split"])
     if "train" in bad_splits:
@@ -303,12 +308,27 @@ def _verify_records(state: _State, out: str) -> list[str]:
 
 
 def _remove_partials(out: str) -> None:
-    for split in C.SPLITS:
+    for split in SPLITS:
         d = os.path.join(out, split)
         if os.path.isdir(d):
             for name in os.listdir(d):
-                if name.endswith(".partial"):
+                if name.endswith(PARTIAL_SUFFIX):
                     os.remove(os.path.join(d, name))
+
+
+def _open_state(cfg: PrepareConfig, kind: str, units: list[Unit], log) -> _State:
+    """The resume state of OUT (empty for a new run), with damaged records dropped."""
+    os.makedirs(os.path.join(cfg.out, STATE_DIR), exist_ok=True)
+    write_atomic(os.path.join(cfg.out, STATE_DIR, "config.json"), json_bytes(cfg.dataset_settings()))
+    state = _State(cfg.out, cfg.size)
+    if kind == "resume":
+        state.load()
+        redo = _verify_records(state, cfg.out)
+        if redo:
+            log(f"{cfg.out}: recorded shards of {', '.join(redo)} changed on disk; redoing those splits")
+        _remove_partials(cfg.out)
+        log(f"resuming: {sum(u.name in state.records for u in units)} of {len(units)} shards already done")
+    return state
 
 
 def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None] = print,
@@ -320,57 +340,39 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
     """
     cfg.validate()
     index = discover(cfg.src, cfg.split, cfg.layout, cfg.val_labels)
-    state_kind = _check_out(cfg)
-    out = cfg.out
-    if state_kind == "complete":
-        with open(os.path.join(out, C.MANIFEST)) as f:
-            manifest = json.load(f)
-        summary = _summary(manifest, 0.0, 0)
-        summary["already_complete"] = True
-        log(f"{out}: already complete with these settings ({summary['images']} images); nothing to do")
+    kind = _output_state(cfg)
+    if kind == "complete":
+        summary = {**_summary(read_manifest(cfg.out), 0.0, 0), "already_complete": True}
+        log(f"{cfg.out}: already complete with these settings ({summary['images']} images); nothing to do")
         return summary
     t0 = time.perf_counter()
     units = plan_units(index, cfg.shard_size, cfg.seed)
-    os.makedirs(os.path.join(out, C.STATE_DIR), exist_ok=True)
-    _write_atomic(os.path.join(out, C.STATE_DIR, "config.json"), _json_bytes(cfg.dataset_settings()))
-    state = _State(out, cfg.size)
-    if state_kind == "resume":
-        state.load()
-        redo = _verify_records(state, out)
-        if redo:
-            log(f"{out}: recorded shards of {', '.join(redo)} changed on disk; redoing those splits")
-        _remove_partials(out)
+    state = _open_state(cfg, kind, units, log)
     todo = [u for u in units if u.name not in state.records]
-    if state_kind == "resume":
-        log(f"resuming: {len(units) - len(todo)} of {len(units)} shards already done")
-    workers = min(resolve_workers(cfg.workers), max(1, len(todo)))
-    total = sum(len(u.items) for u in todo)
-    bar = _progress_bar(total, progress)
     classes = [c.to_json(i) for i, c in enumerate(index.classes)]
-    jobs = [(index.source, u, classes, out, cfg.size, cfg.quality, u.split == "train") for u in todo]
+    jobs = [UnitJob(index.source, u, classes, cfg.out, cfg.size, cfg.quality, u.split == "train") for u in todo]
+    total = sum(job.weight for job in jobs)
+    if executor is None:
+        executor = make_executor(cfg.executor, min(resolve_workers(cfg.workers), max(1, len(todo))), cfg.ray_address)
 
     def on_done(rec: dict) -> None:
         state.add(rec)
         state.save(min_interval=2.0)
 
-    if executor is None:
-        from .executors import make_executor
-
-        executor = make_executor(cfg.executor, workers, cfg.ray_address)
+    bar = _progress_bar(total, progress)
     try:
-        executor.run(jobs, on_done, bar.update)
+        executor.run(run_unit, jobs, on_done, bar.update)
     except BaseException as exc:
-        bar.close()
         state.save()  # keep every finished unit for the rerun
         if isinstance(exc, KeyboardInterrupt):
             raise ImgprepError(f"interrupted; {len(state.records)} of {len(units)} shards are done; "
                                "run the same command again to resume") from None
         raise
-    bar.close()
+    finally:
+        bar.close()
     manifest = _finish(cfg, index, units, state)
-    seconds = time.perf_counter() - t0
-    summary = _summary(manifest, seconds, total)
-    log(_summary_line(summary, out))
+    summary = _summary(manifest, time.perf_counter() - t0, total)
+    log(_summary_line(summary, cfg.out))
     return summary
 
 
@@ -383,51 +385,39 @@ def _progress_bar(total: int, enabled: bool):
                 desc="prepare")
 
 
+def _split_record(items: list[Item], records: list[dict], skipped_in_index: int) -> dict:
+    """The manifest entry of one split from its units' records."""
+    converted: dict[str, int] = {}
+    for r in records:
+        for k, v in r["converted"].items():
+            converted[k] = converted.get(k, 0) + v
+    shards = [r["shard"] for r in records if r["shard"] is not None]
+    return {
+        "count": sum(s["count"] for s in shards),
+        "files": len(items),
+        "shards": shards,
+        "converted": sum(r["converted_images"] for r in records),
+        "conversions": dict(sorted(converted.items())),
+        "skipped": skipped_in_index + sum(r["skipped"] for r in records),
+        "rejected": sum(len(r["rejects"]) for r in records),
+    }
+
+
 def _finish(cfg: PrepareConfig, index: SourceIndex, units: list[Unit], state: _State) -> dict:
     """Write stats, rejects and manifest (last) from the state; remove the state folder."""
-    out = cfg.out
     recs = [state.records[u.name] for u in units]
     if "train" in index.splits and state.acc.images > 0:
-        st = finalize(state.acc)
-        os.makedirs(os.path.join(out, C.STATS_DIR), exist_ok=True)
-        tmp = os.path.join(out, C.STATS_DIR, "mean.partial.npy")
-        np.save(tmp, st.mean_image)
-        os.replace(tmp, os.path.join(out, C.STATS_DIR, C.MEAN_FILE))
-        _write_atomic(os.path.join(out, C.STATS_DIR, C.STATS_FILE), _json_bytes({**st.to_json(), "size": cfg.size}))
-    rejects = [r for rec in recs for r in rec["rejects"]]
-    _write_atomic(os.path.join(out, C.REJECTS), "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
+        write_stats(cfg.out, finalize(state.acc), cfg.size)
+    write_rejects(cfg.out, [r for rec in recs for r in rec["rejects"]])
     splits = {}
     for split, items in index.splits.items():
         rs = [r for r in recs if r["split"] == split]
-        if not rs:
-            continue
-        converted: dict[str, int] = {}
-        for r in rs:
-            for k, v in r["converted"].items():
-                converted[k] = converted.get(k, 0) + v
-        shards = [r["shard"] for r in rs if r["shard"] is not None]
-        splits[split] = {
-            "count": sum(s["count"] for s in shards),
-            "files": len(items),
-            "shards": shards,
-            "converted": sum(r["converted_images"] for r in rs),
-            "conversions": dict(sorted(converted.items())),
-            "skipped": index.skipped.get(split, 0) + sum(r["skipped"] for r in rs),
-            "rejected": sum(len(r["rejects"]) for r in rs),
-        }
-    manifest = {
-        "format": "imgprep-webdataset",
-        "format_version": C.FORMAT_VERSION,
-        "config": cfg.dataset_settings(),
-        "source_layout": index.layout,
-        "classes": [c.to_json(i) for i, c in enumerate(index.classes)],
-        "splits": splits,
-        "sample": {"jpg": f"JPEG {cfg.size}x{cfg.size} RGB, quality {cfg.quality}",
-                   "cls": "class index, ASCII decimal", "json": "source path, original size, class name"},
-        "stats": f"{C.STATS_DIR}/{C.STATS_FILE}" if "train" in splits else None,
-    }
-    _write_atomic(os.path.join(out, C.MANIFEST), _json_bytes(manifest))
-    shutil.rmtree(os.path.join(out, C.STATE_DIR), ignore_errors=True)
+        if rs:
+            splits[split] = _split_record(items, rs, index.skipped.get(split, 0))
+    classes = [c.to_json(i) for i, c in enumerate(index.classes)]
+    manifest = build_manifest(cfg.dataset_settings(), index.layout, classes, splits, cfg.size, cfg.quality)
+    write_manifest(cfg.out, manifest)
+    shutil.rmtree(os.path.join(cfg.out, STATE_DIR), ignore_errors=True)
     return manifest
 
 
@@ -450,5 +440,5 @@ def _summary_line(s: dict, out: str) -> str:
     parts = ", ".join(f"{k} {v['count']:,} in {v['shards']} shard{'s' * (v['shards'] != 1)}"
                       for k, v in s["splits"].items())
     return (f"prepared {s['images']:,} images ({parts}); {s['converted']:,} converted, {s['rejected']:,} rejected "
-            f"(see {C.REJECTS}), {s['skipped']:,} skipped; {s['seconds']:.1f} s, "
+            f"(see {REJECTS}), {s['skipped']:,} skipped; {s['seconds']:.1f} s, "
             f"{s['images_per_second'] or 0:,.0f} img/s -> {out}")

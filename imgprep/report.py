@@ -4,12 +4,12 @@ tables and PNG charts."""
 from __future__ import annotations
 
 import csv
-import json
 import os
 import platform
 import statistics
 
 from ._mp import cpu_count
+from .fileio import atomic_file, write_json_atomic
 
 __all__ = ["environment", "summarize", "write_json", "markdown_table", "write_csv", "bar_chart"]
 
@@ -45,11 +45,8 @@ def summarize(values: list[float]) -> dict:
 
 
 def write_json(path: str, obj: dict) -> None:
-    d = os.path.dirname(path)
-    if d:
-        os.makedirs(d, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+    """`obj` as indented JSON at `path` (atomically; the folder is created)."""
+    write_json_atomic(path, obj)
 
 
 def _fmt(v) -> str:
@@ -74,8 +71,9 @@ def text_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, columns, extrasaction="ignore")
+    """`rows` as CSV with a header of `columns` (atomically)."""
+    with atomic_file(path, "w") as f:
+        w = csv.DictWriter(f, columns, extrasaction="ignore", lineterminator="\r\n")
         w.writeheader()
         w.writerows(rows)
 
@@ -108,5 +106,6 @@ def bar_chart(path: str, labels: list[str], series: dict[str, list[float]], ylab
     d = os.path.dirname(path)
     if d:
         os.makedirs(d, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)

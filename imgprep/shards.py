@@ -8,15 +8,17 @@ distributed executors rely on.
 from __future__ import annotations
 
 import hashlib
-import os
 import tarfile
 from dataclasses import dataclass
 from typing import Iterator
 
-from .constants import DALI_INDEX_VERSION
+from .fileio import AtomicWriter, write_atomic
 
-__all__ = ["ShardWriter", "ShardInfo", "tar_header", "dali_index_text", "read_dali_index", "iter_samples",
-           "sha256_file", "split_key"]
+__all__ = ["DALI_INDEX_VERSION", "ShardWriter", "ShardInfo", "tar_header", "index_path", "dali_index_text",
+           "read_dali_index", "iter_samples", "sha256_file", "split_key"]
+
+# DALI's `wds2idx` index format version, written on the first line of every `.idx` file.
+DALI_INDEX_VERSION = "v1.2"
 
 _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tar archives end on a whole record, as GNU tar and Python's tarfile write them
@@ -80,8 +82,13 @@ class ShardInfo:
     sha256: str
 
 
+def index_path(shard: str) -> str:
+    """The DALI index file of a shard: `NAME.idx` beside `NAME.tar`."""
+    return shard[:-4] + ".idx" if shard.endswith(".tar") else shard + ".idx"
+
+
 class ShardWriter:
-    """Write one shard to a temporary name; `close()` writes its DALI index and renames both.
+    """Write one shard under a temporary name; `close()` writes its DALI index and renames both.
 
     Args:
         path: final `.tar` path; the index goes beside it as `.idx`.
@@ -89,11 +96,9 @@ class ShardWriter:
 
     def __init__(self, path: str):
         self.path = path
-        self.idx_path = path[:-4] + ".idx" if path.endswith(".tar") else path + ".idx"
-        d, b = os.path.split(path)
-        self.tmp_path = os.path.join(d, f".{b}.partial")
-        self._f = open(self.tmp_path, "wb")
-        self._h = _HashingFile(self._f)
+        self.idx_path = index_path(path)
+        self._out = AtomicWriter(path)
+        self._h = _HashingFile(self._out.file)
         self._index: list[list[tuple[str, int, int, str]]] = []
         self.count = 0
 
@@ -116,23 +121,13 @@ class ShardWriter:
         """Finish the tar, write the index, and move both to their final names."""
         end = self._h.pos + 2 * _BLOCK  # two zero blocks, then zeros to the end of the record
         self._h.write(bytes(2 * _BLOCK + (-end) % _RECORD))
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        tmp_idx = self.idx_path + ".partial"
-        with open(tmp_idx, "w") as f:
-            f.write(dali_index_text(self._index))
-        os.replace(tmp_idx, self.idx_path)
-        os.replace(self.tmp_path, self.path)
+        write_atomic(self.idx_path, dali_index_text(self._index).encode())
+        self._out.commit()
         return ShardInfo(self.path, self.count, self._h.pos, self._h.sha.hexdigest())
 
     def abort(self) -> None:
         """Drop the partial file."""
-        try:
-            self._f.close()
-        finally:
-            if os.path.exists(self.tmp_path):
-                os.remove(self.tmp_path)
+        self._out.abort()
 
 
 def dali_index_text(samples: list[list[tuple[str, int, int, str]]]) -> str:

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import setting
 from .errors import ImgprepError
+from .fileio import atomic_file
 
 __all__ = ["SynthConfig", "class_names", "synth_image", "synthesize"]
 
@@ -27,13 +29,19 @@ class SynthConfig:
     """Settings of `imgprep synth`."""
 
     out: str
-    classes: int = 10
-    per_class: int = 50  # training images per class
-    val_per_class: int = 10
-    seed: int = 0
-    min_side: int = 150
-    max_side: int = 600
-    quality: int = 90
+    classes: int = setting(10, "Classes.", min=1)
+    per_class: int = setting(50, "Training images per class.", min=1)
+    val_per_class: int | None = setting(None, "Validation images per class [default: per-class / 5, at least 1].",
+                                        min=0)
+    seed: int = setting(0, "Seed: every image is a function of (seed, split, class, number).")
+    min_side: int = setting(150, "Shortest shorter side of an image.", min=1)
+    max_side: int = setting(600, "Longest shorter side of an image.", min=1)
+    quality: int = setting(90, "JPEG quality.", min=1, max=100)
+
+    @property
+    def val_count(self) -> int:
+        """Validation images per class."""
+        return max(1, self.per_class // 5) if self.val_per_class is None else self.val_per_class
 
 
 def _class_hue(c: int) -> float:
@@ -116,14 +124,13 @@ def _write_one(args) -> None:
 
     rng = np.random.default_rng(seed_seq)
     img = synth_image(rng, label, cfg.min_side, cfg.max_side)
-    tmp = path + ".partial"
-    Image.fromarray(img).save(tmp, "JPEG", quality=cfg.quality)
-    os.replace(tmp, path)
+    with atomic_file(path, fsync=False) as f:  # a synthetic set is cheap to make again
+        Image.fromarray(img).save(f, "JPEG", quality=cfg.quality)
 
 
 def synthesize(cfg: SynthConfig, workers: int = 1, progress: bool = False) -> dict:
     """Write `OUT/{train,val}/<class>/<class>_<n>.jpg`. Returns counts per split."""
-    if cfg.classes < 1 or cfg.per_class < 1 or cfg.val_per_class < 0:
+    if cfg.classes < 1 or cfg.per_class < 1 or cfg.val_count < 0:
         raise ImgprepError("--classes and --per-class must be at least 1, --val-per-class at least 0")
     if not 1 <= cfg.min_side <= cfg.max_side:
         raise ImgprepError("image side range is empty; need 1 <= min side <= max side")
@@ -131,7 +138,7 @@ def synthesize(cfg: SynthConfig, workers: int = 1, progress: bool = False) -> di
         raise ImgprepError(f"{cfg.out}: not empty; choose a new folder for the synthetic set")
     names = class_names(cfg.classes)
     jobs = []
-    for split_no, (split, n) in enumerate((("train", cfg.per_class), ("val", cfg.val_per_class))):
+    for split_no, (split, n) in enumerate((("train", cfg.per_class), ("val", cfg.val_count))):
         for c, name in enumerate(names):
             if n == 0:
                 continue
@@ -148,4 +155,4 @@ def synthesize(cfg: SynthConfig, workers: int = 1, progress: bool = False) -> di
     else:
         for j in jobs:
             _write_one(j)
-    return {"train": cfg.classes * cfg.per_class, "val": cfg.classes * cfg.val_per_class, "classes": cfg.classes}
+    return {"train": cfg.classes * cfg.per_class, "val": cfg.classes * cfg.val_count, "classes": cfg.classes}

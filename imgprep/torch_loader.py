@@ -10,7 +10,9 @@ import torch
 
 from ._mp import pool_context, resolve_workers
 from .augment import lighting_shift, normalization, reference_view, ten_crop_offsets
-from .loaders import BaseLoader, DatasetInfo, EpochPlan, LoaderConfig
+from .dataset import DatasetInfo
+from .geometry import center_crop_offset
+from .loader_base import PAD_LABEL, BaseLoader, EpochPlan, LoaderConfig
 
 __all__ = ["TorchLoader", "SampleStream"]
 
@@ -84,7 +86,7 @@ class SampleStream(torch.utils.data.IterableDataset):
             if train and cfg.fixed_window is None:
                 top, left = int(rng.integers(0, size - crop + 1)), int(rng.integers(0, size - crop + 1))
             else:
-                top, left = cfg.fixed_window if cfg.fixed_window is not None else ((size - crop) // 2,) * 2
+                top, left = cfg.fixed_window if cfg.fixed_window is not None else center_crop_offset(size, size, crop)
             flip = cfg.fixed_flip if cfg.fixed_flip is not None else (train and bool(rng.random() < 0.5))
             shift = zero
             if train and cfg.lighting_std > 0:
@@ -137,5 +139,5 @@ class TorchLoader(BaseLoader):
                 valid = len(yi)
                 if valid < b:
                     xi = torch.cat([xi, xi.new_zeros((b - valid,) + tuple(xi.shape[1:]))])
-                    yi = torch.cat([yi, yi.new_full((b - valid,), -1)])
+                    yi = torch.cat([yi, yi.new_full((b - valid,), PAD_LABEL)])
                 yield xi.to(dev, non_blocking=True), yi.to(dev, non_blocking=True), valid

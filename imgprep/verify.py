@@ -3,31 +3,20 @@ recompute the training statistics from the stored shards."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
-from . import constants as C
+from .dataset import MANIFEST, MEAN_FILE, STATS_DIR, STATS_FILE, load_stats, read_manifest, resolve_inside
 from .errors import ImgprepError
-from .shards import iter_samples, read_dali_index, sha256_file
+from .shards import index_path, iter_samples, read_dali_index, sha256_file
 from .stats import StatsAccumulator, finalize
 
-__all__ = ["load_manifest", "verify", "recompute_stats"]
+__all__ = ["verify", "recompute_stats"]
 
 
-def load_manifest(out: str) -> dict:
-    """The manifest of a prepared dataset, or ImgprepError naming what is wrong."""
-    p = os.path.join(out, C.MANIFEST)
-    if not os.path.isdir(out):
-        raise ImgprepError(f"{out}: no such folder; give the OUT folder of `imgprep prepare`")
-    if not os.path.exists(p):
-        raise ImgprepError(f"{out}: no {C.MANIFEST}; not a prepared dataset (or `prepare` has not finished: rerun it)")
-    try:
-        with open(p) as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        raise ImgprepError(f"{p}: unreadable manifest ({exc})") from None
+def _shard_path(out: str, shard: dict) -> str:
+    return resolve_inside(out, shard["path"], os.path.join(out, MANIFEST))
 
 
 def _decode(jpeg: bytes) -> np.ndarray | None:
@@ -39,8 +28,7 @@ def _decode(jpeg: bytes) -> np.ndarray | None:
 
 def _check_shard(args) -> tuple[list[str], StatsAccumulator | None]:
     """Problems found in one shard, and (for train, when asked) its recomputed statistics sums."""
-    out, sh, size, n_classes, want_stats = args
-    p = os.path.join(out, sh["path"])
+    p, sh, size, n_classes, want_stats = args
     rel = sh["path"]
     if not os.path.exists(p):
         return [f"{rel}: missing"], None
@@ -49,7 +37,7 @@ def _check_shard(args) -> tuple[list[str], StatsAccumulator | None]:
         problems.append(f"{rel}: {os.path.getsize(p)} bytes, manifest says {sh['bytes']}")
     elif sha256_file(p) != sh["sha256"]:
         problems.append(f"{rel}: sha256 differs from the manifest")
-    idx = p[:-4] + ".idx"
+    idx = index_path(p)
     try:
         index = read_dali_index(idx)
     except (OSError, ValueError) as exc:
@@ -99,11 +87,11 @@ def _map(fn, jobs, workers: int):
 
 def verify(out: str, workers: int = 1) -> dict:
     """Check every shard against the manifest. Returns {"problems": [...], "shards", "samples"}."""
-    m = load_manifest(out)
+    m = read_manifest(out)
     size, n_classes = m["config"]["size"], len(m["classes"])
-    jobs = [(out, sh, size, n_classes, False) for s in m["splits"].values() for sh in s["shards"]]
+    jobs = [(_shard_path(out, sh), sh, size, n_classes, False) for s in m["splits"].values() for sh in s["shards"]]
     problems = [p for ps, _ in _map(_check_shard, jobs, workers) for p in ps]
-    for name in ([os.path.join(C.STATS_DIR, C.MEAN_FILE), os.path.join(C.STATS_DIR, C.STATS_FILE)]
+    for name in ([os.path.join(STATS_DIR, MEAN_FILE), os.path.join(STATS_DIR, STATS_FILE)]
                  if m.get("stats") else []):
         if not os.path.exists(os.path.join(out, name)):
             problems.append(f"{name}: missing")
@@ -111,26 +99,14 @@ def verify(out: str, workers: int = 1) -> dict:
             "samples": sum(s["count"] for s in m["splits"].values())}
 
 
-def load_stats(out: str) -> tuple[np.ndarray, dict]:
-    """(mean image float32 (S, S, 3), stats.json dict) of a prepared dataset."""
-    d = os.path.join(out, C.STATS_DIR)
-    try:
-        with open(os.path.join(d, C.STATS_FILE)) as f:
-            st = json.load(f)
-        mean = np.load(os.path.join(d, C.MEAN_FILE))
-    except (OSError, ValueError) as exc:
-        raise ImgprepError(f"{d}: no readable statistics ({exc}); prepare a train split first") from None
-    return mean, st
-
-
 def recompute_stats(out: str, workers: int = 1) -> dict:
     """Recompute the training statistics from the stored (decoded) shards and compare."""
-    m = load_manifest(out)
+    m = read_manifest(out)
     if "train" not in m["splits"]:
         raise ImgprepError(f"{out}: no train split; statistics are computed over the training set")
-    mean_img, st = load_stats(out)
     size = m["config"]["size"]
-    jobs = [(out, sh, size, len(m["classes"]), True) for sh in m["splits"]["train"]["shards"]]
+    mean_img, st = load_stats(out, size)
+    jobs = [(_shard_path(out, sh), sh, size, len(m["classes"]), True) for sh in m["splits"]["train"]["shards"]]
     acc = StatsAccumulator(size)
     for problems, part in _map(_check_shard, jobs, workers):
         if problems:

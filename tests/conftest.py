@@ -2,71 +2,7 @@
 
 from __future__ import annotations
 
-import io
-import os
-
-import numpy as np
 import pytest
-from PIL import Image
-
-
-def smooth_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """A smooth RGB uint8 image (gradients + low-frequency blobs): resampling filters agree on it."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
-    img = np.empty((h, w, 3))
-    for c in range(3):
-        fx, fy, ph = rng.uniform(0.5, 2.0), rng.uniform(0.5, 2.0), rng.uniform(0, 6.28)
-        img[..., c] = 128 + 90 * np.sin(2 * np.pi * (fx * x / w + fy * y / h) + ph)
-    return img.clip(0, 255).astype(np.uint8)
-
-
-def jpeg_bytes(img: np.ndarray, quality: int = 92, **kw) -> bytes:
-    b = io.BytesIO()
-    Image.fromarray(img).save(b, "JPEG", quality=quality, **kw)
-    return b.getvalue()
-
-
-def write_odd_files(class_dir: str, seed: int = 0) -> dict[str, str]:
-    """Write one file of each odd kind into class_dir. Returns {kind: file name}."""
-    os.makedirs(class_dir, exist_ok=True)
-    rgb = smooth_rgb(90, 120, seed)
-    files = {}
-
-    def put(kind, name, data):
-        with open(os.path.join(class_dir, name), "wb") as f:
-            f.write(data)
-        files[kind] = name
-
-    put("grayscale", "gray.JPEG", jpeg_bytes(rgb[..., 0]))
-    b = io.BytesIO()
-    Image.fromarray(rgb).convert("CMYK").save(b, "JPEG", quality=92)
-    put("cmyk", "cmyk.JPEG", b.getvalue())
-    b = io.BytesIO()
-    Image.fromarray(rgb).save(b, "PNG")
-    put("png_as_jpeg", "png.JPEG", b.getvalue())
-    b = io.BytesIO()
-    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)])).save(b, "PNG")
-    put("alpha", "rgba.png", b.getvalue())
-    b = io.BytesIO()
-    Image.fromarray(rgb).convert("P").save(b, "GIF")
-    put("palette", "palette.gif", b.getvalue())
-    b = io.BytesIO()
-    Image.fromarray((rgb[..., 1].astype(np.uint16) * 257)).save(b, "PNG")
-    put("16bit", "deep.png", b.getvalue())
-    put("progressive", "progressive.jpg", jpeg_bytes(rgb, progressive=True))
-    b = io.BytesIO()
-    ex = Image.Exif()
-    ex[0x0112] = 6
-    Image.fromarray(rgb).save(b, "JPEG", quality=92, exif=ex)
-    put("exif_rotated", "rotated.jpg", b.getvalue())
-    good = jpeg_bytes(rgb)
-    put("truncated", "truncated.JPEG", good[: len(good) // 2])
-    put("empty", "empty.JPEG", b"")
-    put("not_image_ext", "notes.JPEG", b"this is not an image\n")
-    put("non_image", "README.txt", b"class notes\n")
-    put("hidden", ".DS_Store", b"\x00\x01junk")
-    return files
 
 
 @pytest.fixture(scope="session")
@@ -77,12 +13,6 @@ def synth_src(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("synth") / "src")
     synthesize(SynthConfig(root, classes=4, per_class=6, val_per_class=2, seed=1, min_side=60, max_side=140))
     return root
-
-
-def tree(root: str) -> dict[str, bytes]:
-    """{relative path: bytes} of every file under root: for byte-for-byte output comparisons."""
-    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
-            for d, _, fs in os.walk(root) for f in fs}
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,8 @@ import sys
 
 import torch
 
-from imgprep.trainer.train import TrainConfig, train
+from imgprep.trainer.config import TrainConfig
+from imgprep.trainer.train import train
 
 data, run, record = sys.argv[1:4]
 rank = int(os.environ["RANK"])

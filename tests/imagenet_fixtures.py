@@ -9,7 +9,7 @@ import tarfile
 
 import numpy as np
 
-from conftest import jpeg_bytes, smooth_rgb
+from helpers import jpeg_bytes, smooth_rgb
 
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]
 WORDS = {"n01440764": "tench, Tinca tinca", "n01443537": "goldfish, Carassius auratus",

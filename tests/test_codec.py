@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from conftest import jpeg_bytes, smooth_rgb, write_odd_files
+from helpers import jpeg_bytes, smooth_rgb, write_odd_files
 from imgprep.codec import apply_orientation, decode_rgb, encode_jpeg, sniff_format
 from imgprep.errors import DecodeError, NotAnImage
 

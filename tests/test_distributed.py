@@ -8,8 +8,10 @@ import sys
 import pytest
 import torch
 
-from imgprep.trainer.model import AlexNetConfig, TwoTowerAlexNet, init_kaiming
-from imgprep.trainer.train import CHECKPOINT, TrainConfig, train
+from imgprep.trainer.config import AlexNetConfig, TrainConfig
+from imgprep.trainer.model import TwoTowerAlexNet, init_kaiming
+from imgprep.trainer.runtime import CHECKPOINT
+from imgprep.trainer.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -49,7 +51,7 @@ def test_two_ranks_equal_one_process_at_the_same_global_batch(data, tmp_path):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    ck = torch.load(run / CHECKPOINT, weights_only=False)
+    ck = torch.load(run / CHECKPOINT, weights_only=True)
     assert ck["config"]["world_size"] == 2
     for k, v in model.state_dict().items():
         torch.testing.assert_close(ck["model"][k], v, atol=1e-5, rtol=1e-4)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from imgprep.errors import ImgprepError
-from imgprep.loaders import DatasetInfo
+from imgprep.dataset import DatasetInfo
 from imgprep.loaders import make_loader as _make_loader
 from imgprep.shards import ShardWriter, iter_samples
 

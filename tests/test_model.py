@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgprep.trainer.model import CONV_LAYERS, AlexNetConfig, TwoTowerAlexNet, init_kaiming, init_paper
+from imgprep.trainer.config import CONV_LAYERS, AlexNetConfig
+from imgprep.trainer.model import TwoTowerAlexNet, init_kaiming, init_paper
 
 
 def test_parameter_count_of_the_paper():

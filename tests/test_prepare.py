@@ -7,12 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import write_odd_files
+from helpers import write_odd_files
 from imgprep.errors import ImgprepError
-from imgprep.executors import LocalExecutor
 from imgprep.prepare import PrepareConfig, prepare, process_image
 from imgprep.shards import iter_samples, sha256_file
-from conftest import tree
+from helpers import tree
 
 QUIET = dict(progress=False, log=lambda s: None)
 
@@ -119,46 +118,37 @@ def test_other_settings_into_existing_out_refused(prepared, synth_src):
     assert tree(prepared) == before
 
 
-class StopAfter(LocalExecutor):
-    """Runs units in-process and stops (like Ctrl-C) after `n` of them."""
+def interrupt_after(monkeypatch, reads: int) -> None:
+    """Make the (in-process) source raise KeyboardInterrupt, as Ctrl-C would, at its reads+1-th read."""
+    from imgprep import sources
 
-    def __init__(self, n):
-        super().__init__(1)
-        self.n = n
+    real, count = sources.Source.read, [0]
 
-    def run(self, jobs, on_done, on_progress):
-        from imgprep.prepare import run_unit
+    def read(self, item):
+        count[0] += 1
+        if count[0] > reads:
+            raise KeyboardInterrupt
+        return real(self, item)
 
-        for i, job in enumerate(jobs):
-            if i == self.n:
-                raise KeyboardInterrupt
-            on_done(run_unit(*job))
-
-
-def test_resume_after_interruption_gives_identical_output(synth_src, prepared, tmp_path):
-    out = str(tmp_path / "r")
-    cfg = PrepareConfig(synth_src, out, size=64, shard_size=5, seed=3, workers=2)
-    with pytest.raises(ImgprepError, match="interrupted"):
-        prepare(cfg, executor=StopAfter(3), **QUIET)
-    assert not os.path.exists(os.path.join(out, "manifest.json"))
-    # a partial shard left behind, as after kill -9, is cleaned up
-    open(os.path.join(out, "train", ".train-000004.tar.partial"), "wb").write(b"junk")
-    logs = []
-    prepare(cfg, progress=False, log=logs.append)
-    assert any("resuming: 3 of" in line for line in logs)
-    assert tree(out) == tree(prepared)
+    monkeypatch.setattr(sources.Source, "read", read)
 
 
-def test_resume_redoes_a_damaged_recorded_shard(synth_src, prepared, tmp_path):
+def test_resume_redoes_a_damaged_recorded_shard(synth_src, prepared, tmp_path, monkeypatch):
     out = str(tmp_path / "d")
     cfg = PrepareConfig(synth_src, out, size=64, shard_size=5, seed=3, workers=1)
-    with pytest.raises(ImgprepError):
-        prepare(cfg, executor=StopAfter(2), **QUIET)
+    with monkeypatch.context() as m:
+        interrupt_after(m, 12)  # two shards of 5 done, the third cut short
+        with pytest.raises(ImgprepError, match="interrupted; 2 of 7 shards are done"):
+            prepare(cfg, **QUIET)
+    assert not os.path.exists(os.path.join(out, "manifest.json"))
+    assert not [f for f in os.listdir(os.path.join(out, "train")) if f.endswith(".partial")]
     p = os.path.join(out, "train", "train-000000.tar")
     data = bytearray(open(p, "rb").read())
     data[700] ^= 0xFF
     open(p, "wb").write(bytes(data))
-    prepare(cfg, **QUIET)
+    logs = []
+    prepare(cfg, progress=False, log=logs.append)
+    assert any("changed on disk; redoing those splits" in line for line in logs)
     assert tree(out) == tree(prepared)
 
 

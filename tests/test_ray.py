@@ -10,8 +10,7 @@ ray = pytest.importorskip("ray")
 from ray import cloudpickle  # noqa: E402
 
 import crashing  # noqa: E402
-from conftest import tree  # noqa: E402
-from imgprep.executors import RayExecutor  # noqa: E402
+from helpers import tree  # noqa: E402
 from imgprep.prepare import PrepareConfig, prepare  # noqa: E402
 
 cloudpickle.register_pickle_by_value(crashing)  # Ray workers do not see tests/ on their path
@@ -33,23 +32,21 @@ def test_ray_executor_output_identical_to_local(synth_src, prepared, tmp_path, r
     assert tree(out) == tree(prepared)
 
 
-class CrashOnceOnRay(RayExecutor):
-    def __init__(self, crash_ref, marker):
-        super().__init__(2)
-        self.crash_ref, self.marker = crash_ref, marker
+def test_lost_ray_task_is_retried(synth_src, prepared, tmp_path, ray_local, monkeypatch):
+    import imgprep.prepare
 
-    def run(self, jobs, on_done, on_progress):
-        src = jobs[0][0]
-        bad = crashing.CrashingSource(src.root, src.archives, self.crash_ref, self.marker)
-        super().run([(bad,) + j[1:] for j in jobs], on_done, on_progress)
-
-
-def test_lost_ray_task_is_retried(synth_src, prepared, tmp_path, ray_local):
     cls = sorted(os.listdir(os.path.join(synth_src, "train")))[2]
     victim = f"train/{cls}/{sorted(os.listdir(os.path.join(synth_src, 'train', cls)))[0]}"
     marker = str(tmp_path / "died")
     out = str(tmp_path / "out")
-    prepare(PrepareConfig(synth_src, out, size=64, shard_size=5, seed=3, workers=2), executor=CrashOnceOnRay(victim, marker),
-            **QUIET)
+    discover = imgprep.prepare.discover
+
+    def with_crashing_source(*args):
+        index = discover(*args)
+        index.source = crashing.CrashingSource(index.source.root, index.source.archives, victim, marker)
+        return index
+
+    monkeypatch.setattr(imgprep.prepare, "discover", with_crashing_source)
+    prepare(PrepareConfig(synth_src, out, size=64, shard_size=5, seed=3, workers=2, executor="ray"), **QUIET)
     assert os.path.exists(marker)  # the worker process running that task died
     assert tree(out) == tree(prepared)

@@ -1,4 +1,4 @@
-"""Interruptions: kill -9 of the whole command, and a worker process dying mid-unit."""
+"""Interruptions: kill -9 and Ctrl-C of the whole command, and a worker process dying mid-unit."""
 
 import os
 import signal
@@ -6,71 +6,104 @@ import subprocess
 import sys
 import time
 
-from conftest import tree
+import pytest
+
 from crashing import CrashingSource
-from imgprep.executors import LocalExecutor
+from helpers import tree
 from imgprep.prepare import PrepareConfig, prepare
 
 QUIET = dict(progress=False, log=lambda s: None)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The CLI with reads slowed down, so that a kill lands mid-run.
-SLOW_CLI = """
-import sys, time
+# Reads slowed down in every process of a run (the CLI, the forkserver and its workers all run
+# sitecustomize at start-up), so that a signal lands mid-run.
+SLOW_READS = """
+import time
 from imgprep import sources
 _read = sources.Source.read
 def slow(self, item):
     time.sleep(0.02)
     return _read(self, item)
 sources.Source.read = slow
-from imgprep.cli.main import main
-main(sys.argv[1:])
 """
 
 
+@pytest.fixture
+def slow_env(tmp_path):
+    d = tmp_path / "slow-reads"
+    d.mkdir()
+    (d / "sitecustomize.py").write_text(SLOW_READS)
+    return {**os.environ, "PYTHONPATH": f"{d}{os.pathsep}{ROOT}"}
 
-def test_kill_9_then_rerun_is_byte_identical(synth_src, tmp_path):
-    clean, out = str(tmp_path / "clean"), str(tmp_path / "killed")
-    args = ["prepare", synth_src, "--size", "48", "--shard-size", "3", "--seed", "5", "--workers", "1", "--no-progress"]
-    prepare(PrepareConfig(synth_src, clean, size=48, shard_size=3, seed=5, workers=1), **QUIET)
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    p = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *args[:2], out, *args[2:]], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+def _start_cli(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "imgprep.cli.main", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for_shards(out: str, n: int) -> None:
     deadline = time.time() + 60
-    while time.time() < deadline:  # wait for a few finished shards, then kill without warning
+    while time.time() < deadline:
         d = os.path.join(out, "train")
-        if os.path.isdir(d) and len([f for f in os.listdir(d) if f.endswith(".tar")]) >= 3:
-            break
+        if os.path.isdir(d) and len([f for f in os.listdir(d) if f.endswith(".tar")]) >= n:
+            return
         time.sleep(0.005)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    assert not os.path.exists(os.path.join(out, "manifest.json"))  # really interrupted mid-run
-    r = subprocess.run([sys.executable, "-m", "imgprep.cli.main", *args[:2], out, *args[2:]], env=env,
-                       capture_output=True, text=True)
+
+
+def _rerun(args: list[str]) -> str:
+    r = subprocess.run([sys.executable, "-m", "imgprep.cli.main", *args], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "resuming" in r.stdout
+    return r.stdout
+
+
+def _args(src: str, out: str, workers: int) -> list[str]:
+    return ["prepare", src, out, "--size", "48", "--shard-size", "3", "--seed", "5", "--workers", str(workers),
+            "--no-progress"]
+
+
+def test_kill_9_then_rerun_is_byte_identical(synth_src, tmp_path, slow_env):
+    clean, out = str(tmp_path / "clean"), str(tmp_path / "killed")
+    prepare(PrepareConfig(synth_src, clean, size=48, shard_size=3, seed=5, workers=1), **QUIET)
+    p = _start_cli(_args(synth_src, out, 1), slow_env)
+    _wait_for_shards(out, 3)
+    p.send_signal(signal.SIGKILL)  # without warning
+    p.communicate()
+    assert not os.path.exists(os.path.join(out, "manifest.json"))  # really interrupted mid-run
+    assert "resuming" in _rerun(_args(synth_src, out, 1))
     assert tree(out) == tree(clean)
 
 
-class CrashOnce(LocalExecutor):
-    """The local pool, with a source that kills its worker process once."""
+def test_ctrl_c_stops_the_process_pool_and_the_rerun_is_byte_identical(synth_src, tmp_path, slow_env):
+    clean, out = str(tmp_path / "clean"), str(tmp_path / "stopped")
+    prepare(PrepareConfig(synth_src, clean, size=48, shard_size=3, seed=5, workers=2), **QUIET)
+    p = _start_cli(_args(synth_src, out, 2), slow_env)
+    _wait_for_shards(out, 3)
+    os.killpg(p.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group, workers too
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 1, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: interrupted;") and "Traceback" not in err, err
+    assert not os.path.exists(os.path.join(out, "manifest.json"))
+    assert "resuming" in _rerun(_args(synth_src, out, 2))
+    assert tree(out) == tree(clean)
 
-    def __init__(self, workers, crash_ref, marker):
-        super().__init__(workers)
-        self.crash_ref, self.marker = crash_ref, marker
 
-    def run(self, jobs, on_done, on_progress):
-        src = jobs[0][0]
-        crashing = CrashingSource(src.root, src.archives, self.crash_ref, self.marker)
-        super().run([(crashing,) + j[1:] for j in jobs], on_done, on_progress)
+def test_dead_worker_unit_is_redone(synth_src, prepared, tmp_path, monkeypatch):
+    """A worker process of the real pool dies mid-unit (like an OOM kill): its unit is redone."""
+    import imgprep.prepare
 
-
-def test_dead_worker_unit_is_redone(synth_src, prepared, tmp_path):
     out = str(tmp_path / "out")
     cls = sorted(os.listdir(os.path.join(synth_src, "train")))[1]
     victim = f"train/{cls}/{sorted(os.listdir(os.path.join(synth_src, 'train', cls)))[2]}"
     marker = str(tmp_path / "crashed")
-    ex = CrashOnce(2, victim, marker)
-    prepare(PrepareConfig(synth_src, out, size=64, shard_size=5, seed=3, workers=2), executor=ex, **QUIET)
+    discover = imgprep.prepare.discover
+
+    def with_crashing_source(*args):
+        index = discover(*args)
+        index.source = CrashingSource(index.source.root, index.source.archives, victim, marker)
+        return index
+
+    monkeypatch.setattr(imgprep.prepare, "discover", with_crashing_source)
+    prepare(PrepareConfig(synth_src, out, size=64, shard_size=5, seed=3, workers=2), **QUIET)
     assert os.path.exists(marker)  # a worker did die
     assert tree(out) == tree(prepared)  # no sample lost or duplicated, same bytes

@@ -8,9 +8,11 @@ import torch
 
 from imgprep.errors import ImgprepError
 from imgprep.prepare import PrepareConfig, prepare
-from imgprep.trainer.evaluate import evaluate_run, predict, topk_correct
-from imgprep.trainer.model import AlexNetConfig, TwoTowerAlexNet
-from imgprep.trainer.train import CHECKPOINT, TrainConfig, train
+from imgprep.trainer.config import AlexNetConfig, TrainConfig
+from imgprep.trainer.evaluate import predict, topk_correct
+from imgprep.trainer.model import TwoTowerAlexNet
+from imgprep.trainer.runtime import CHECKPOINT, evaluate_run
+from imgprep.trainer.train import train
 
 QUIET = dict(progress=False, log=lambda s: None)
 
@@ -36,16 +38,16 @@ def test_training_reduces_the_loss_and_writes_the_run(data, tmp_path):
     assert "val_top1_error" in last and last["val_images"] == 8
     conf = json.load(open(tmp_path / "r" / "config.json"))
     assert conf["normalize"] == "mean_image_std" and conf["num_classes"] == 4
-    ck = torch.load(tmp_path / "r" / CHECKPOINT, weights_only=False)
-    assert ck["epoch"] == 4 and ck["step"] == 12 and {"model", "optimizer", "scheduler", "loader", "rng"} <= set(ck)
+    ck = torch.load(tmp_path / "r" / CHECKPOINT, weights_only=True)
+    assert ck["epoch"] == 4 and ck["step"] == 12 and {"model", "optimizer", "scheduler", "rng", "config", "model_config"} <= set(ck)
 
 
 def test_resume_is_exact(data, tmp_path):
     train(cfg(data, tmp_path / "straight"), **QUIET)
     train(cfg(data, tmp_path / "resumed", epochs=1), **QUIET)
     train(cfg(data, tmp_path / "resumed"), resume=True, **QUIET)
-    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=False)
-    b = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=False)
+    a = torch.load(tmp_path / "straight" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "resumed" / CHECKPOINT, weights_only=True)
     assert a["epoch"] == b["epoch"] == 2
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k

@@ -3,32 +3,19 @@ it, so a user sees whether the model or the data path limits training."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 from torch import nn
 
 from imgprep.report import environment, summarize
+from imgprep.loader_base import PAD_LABEL
+from imgprep.timing import Throughput, real_samples
 
-from .model import AlexNetConfig, TwoTowerAlexNet, init_kaiming
-from .train import parse_devices
+from .config import AlexNetConfig, TrainBenchConfig
+from .runtime import autocast, build_model, parse_devices
 
 __all__ = ["TrainBenchConfig", "bench_train", "available_placements"]
-
-
-@dataclass(frozen=True)
-class TrainBenchConfig:
-    """Settings of `imgprep bench train`."""
-
-    data: str
-    batch_size: int = 128
-    steps: int = 5
-    repeats: int = 3
-    width_mult: float = 1.0
-    backend: str = "dali"
-    workers: int = 0
-    placements: tuple[str, ...] = ()  # (): every available one
 
 
 def available_placements() -> list[str]:
@@ -37,34 +24,24 @@ def available_placements() -> list[str]:
     return ["cpu"] + (["cuda:0"] if n >= 1 else []) + (["cuda:0,cuda:1"] if n >= 2 else [])
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def _train_rate(model, opt, batches, steps: int, dev: torch.device) -> float:
     """Images/s of forward+backward+step over `steps` batches after one warm-up step."""
     gpu = dev.type == "cuda"
-    loss_fn = nn.CrossEntropyLoss(ignore_index=-1)
-    n, t0 = 0, None
-    for i, (x, y) in enumerate(batches):
+    loss_fn = nn.CrossEntropyLoss(ignore_index=PAD_LABEL)
+    timer = Throughput(warmup=1, sync=(lambda: torch.cuda.synchronize(dev)) if gpu else None)
+    for x, y in batches:
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         if gpu:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16) if gpu else torch.autocast("cpu", enabled=False):
+        with autocast(dev):
             loss = loss_fn(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if i == 0:
-            _sync(dev)
-            t0 = time.perf_counter()
-            continue
-        n += int((y >= 0).sum())
-        if i >= steps:
+        timer.step(real_samples(y))
+        if timer.steps > steps:
             break
-    _sync(dev)
-    return n / (time.perf_counter() - t0)
+    return timer.images_per_second
 
 
 def _loader_batches(loader):
@@ -74,7 +51,7 @@ def _loader_batches(loader):
 
 def bench_train(cfg: TrainBenchConfig, log=print) -> dict:
     """Per placement: model-only (synthetic tensors), training fed by the loader, loader-only."""
-    from imgprep.bench import _rate
+    from imgprep.bench import loader_rate
     from imgprep.loaders import make_loader
 
     rows = []
@@ -84,18 +61,14 @@ def bench_train(cfg: TrainBenchConfig, log=print) -> dict:
         loader = make_loader(cfg.data, "train", cfg.batch_size, backend=cfg.backend, device="gpu" if gpu else "cpu",
                              workers=cfg.workers, normalize="mean_image_std")
         n_cls, crop = len(loader.info.classes), loader.cfg.crop
-        model = TwoTowerAlexNet(AlexNetConfig(n_cls, cfg.width_mult))
-        init_kaiming(model)
-        model.place(*devs)
-        if gpu:
-            model.to(memory_format=torch.channels_last)
+        model = build_model(AlexNetConfig(n_cls, cfg.width_mult), "kaiming", devs, seed=0, channels_last=True)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
         x = torch.randn(cfg.batch_size, 3, crop, crop, device=devs[0])
         y = torch.randint(0, n_cls, (cfg.batch_size,), device=devs[0])
         synthetic = summarize([_train_rate(model, opt, iter(lambda: (x, y), None), cfg.steps, devs[0])
                                for _ in range(cfg.repeats)])
         fed = summarize([_train_rate(model, opt, _loader_batches(loader), cfg.steps, devs[0]) for _ in range(cfg.repeats)])
-        only = summarize([_rate(loader, cfg.steps) for _ in range(cfg.repeats)])
+        only = summarize([loader_rate(loader, cfg.steps) for _ in range(cfg.repeats)])
         row = {"placement": placement, "model_synthetic": synthetic["median"], "model_synthetic_min": synthetic["min"],
                "model_synthetic_max": synthetic["max"], "training_with_loader": fed["median"],
                "training_with_loader_min": fed["min"], "training_with_loader_max": fed["max"],

@@ -7,26 +7,25 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
+
+from imgprep.errors import ImgprepError
+
+from .config import DemoConfig
 
 __all__ = ["DemoConfig", "run_demo"]
 
 
-@dataclass(frozen=True)
-class DemoConfig:
-    """Settings of `imgprep demo`."""
+_PARTS = ("images", "data", "run")
 
-    out: str = "demo-out"
-    classes: int = 10
-    per_class: int = 100
-    val_per_class: int = 20
-    epochs: int = 12
-    width_mult: float = 0.25
-    batch_size: int = 64
-    seed: int = 0
-    workers: int = 0
-    backend: str = "dali"
+
+def _clear(out: str) -> None:
+    """Remove the folder of an earlier demo; refuse to touch a folder that holds anything else."""
+    if not os.path.exists(out):
+        return
+    if not os.path.isdir(out) or set(os.listdir(out)) - set(_PARTS):
+        raise ImgprepError(f"{out}: holds files that are not an earlier demo's; choose a new --out folder")
+    shutil.rmtree(out)
 
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
@@ -36,22 +35,23 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     from imgprep.synth import SynthConfig, synthesize
     from imgprep.verify import verify
 
-    from .evaluate import evaluate_run
-    from .train import TrainConfig, train
+    from .config import TrainConfig
+    from .runtime import evaluate_run
+    from .train import train
 
-    if os.path.exists(cfg.out):
-        shutil.rmtree(cfg.out)
+    _clear(cfg.out)
     workers = resolve_workers(cfg.workers)
     t_all = t = time.perf_counter()
-    src, data, run = (os.path.join(cfg.out, d) for d in ("images", "data", "run"))
-    synthesize(SynthConfig(src, cfg.classes, cfg.per_class, cfg.val_per_class, cfg.seed), workers=workers)
-    log(f"[1/5] synthesized {cfg.classes} classes x ({cfg.per_class} train + {cfg.val_per_class} val) images "
+    src, data, run = (os.path.join(cfg.out, d) for d in _PARTS)
+    synth = SynthConfig(src, cfg.classes, cfg.per_class, cfg.val_per_class, cfg.seed)
+    synthesize(synth, workers=workers)
+    log(f"[1/5] synthesized {cfg.classes} classes x ({cfg.per_class} train + {synth.val_count} val) images "
         f"in {time.perf_counter() - t:.0f} s -> {src}")
     s = prepare(PrepareConfig(src, data, shard_size=250, seed=cfg.seed, workers=workers), progress=False, log=log)
     log(f"[2/5] prepared {s['images']} images at {s['images_per_second']:.0f} img/s -> {data}")
     v = verify(data, workers)
     if v["problems"]:
-        raise RuntimeError(f"verify found problems: {v['problems'][:3]}")
+        raise ImgprepError(f"verify found {len(v['problems'])} problems, first: {v['problems'][0]}")
     log(f"[3/5] verified {v['shards']} shards, {v['samples']} samples")
     t = time.perf_counter()
     log(f"[4/5] training a {cfg.width_mult}-width two-tower AlexNet for {cfg.epochs} epochs on the CPU "

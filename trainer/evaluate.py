@@ -1,16 +1,21 @@
-"""Top-1 / top-5 error, centre crop or the paper's ten views (softmax averaged)."""
+"""Top-1 / top-5 error, centre crop or the paper's ten views (softmax averaged): pure functions of a
+model and batches; loading a run to evaluate it is `runtime.evaluate_run`."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+from imgprep.loader_base import PAD_LABEL
 
 __all__ = ["topk_correct", "predict", "evaluate"]
 
 
 def topk_correct(logits_or_probs: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
-    """Number of samples whose label is among the top-k outputs, for each k; label -1 (padding)
+    """Number of samples whose label is among the top-k outputs, for each k; a padding label
     never counts."""
-    valid = labels >= 0
+    valid = labels != PAD_LABEL
     kmax = min(max(ks), logits_or_probs.shape[1])  # fewer than 5 classes: top-5 is every class
     top = logits_or_probs.topk(kmax, dim=1).indices  # (N, kmax)
     hit = top == labels[:, None]
@@ -28,19 +33,24 @@ def predict(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device, autocast=None, channels_last: bool = False,
+def evaluate(model: torch.nn.Module, loader, device: torch.device, ctx=None, channels_last: bool = False,
              distributed: bool = False) -> dict:
-    """Top-1/top-5 error over one epoch of `loader` (labels -1 are padding and skipped)."""
+    """Top-1/top-5 error over one epoch of `loader` (padding labels are skipped).
+
+    Args:
+        ctx: context for the forward pass (bf16 autocast on a GPU); none by default.
+        distributed: sum the counts over the DDP ranks.
+    """
     model.eval()
     counts = torch.zeros(3, dtype=torch.float64)
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
-        with autocast() if autocast else torch.autocast("cpu", enabled=False):
+        if channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with ctx if ctx is not None else contextlib.nullcontext():
             probs = predict(model, images)
         c1, c5 = topk_correct(probs, labels.to(probs.device))
-        counts += torch.tensor([c1, c5, int((labels >= 0).sum())], dtype=torch.float64)
+        counts += torch.tensor([c1, c5, int((labels != PAD_LABEL).sum())], dtype=torch.float64)
     if distributed:
         import torch.distributed as dist
 
@@ -49,30 +59,3 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, autocast=None
         counts = c.cpu()
     c1, c5, n = counts.tolist()
     return {"top1_error": 1 - c1 / n if n else None, "top5_error": 1 - c5 / n if n else None, "images": int(n)}
-
-
-def evaluate_run(run_dir: str, data: str, ten_crop: bool = False, backend: str = "dali", devices: str = "auto",
-                 batch_size: int = 64, workers: int = 0) -> dict:
-    """Top-1/top-5 error of a run's last checkpoint on the validation split of `data`."""
-    from imgprep.errors import ImgprepError
-    from imgprep.loaders import make_loader
-
-    from .model import AlexNetConfig, TwoTowerAlexNet
-    from .train import load_checkpoint, parse_devices
-
-    ckpt = load_checkpoint(run_dir)
-    mcfg = AlexNetConfig(**{**ckpt["model_config"], "remove": tuple(ckpt["model_config"]["remove"])})
-    devs = parse_devices(devices)
-    model = TwoTowerAlexNet(mcfg)
-    model.load_state_dict(ckpt["model"])
-    model.place(*devs)
-    loader = make_loader(data, "val", batch_size, "ten_crop" if ten_crop else "eval", backend=backend,
-                         device="gpu" if devs[0].type == "cuda" else "cpu", workers=workers,
-                         normalize=ckpt["config"]["normalize"])
-    n_classes = len(loader.info.classes)
-    if n_classes != mcfg.num_classes:
-        raise ImgprepError(f"{data}: {n_classes} classes, but the model of {run_dir} has {mcfg.num_classes}")
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if devs[0].type == "cuda" else None
-    r = evaluate(model, loader, devs[0], autocast)
-    r.update(ten_crop=ten_crop, epoch=ckpt["epoch"])
-    return r

@@ -16,50 +16,18 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import asdict
 
 from imgprep.errors import ImgprepError
+from imgprep.fileio import atomic_file, write_json_atomic
 from imgprep.report import bar_chart, markdown_table, text_table, write_csv
 
-from .model import CONV_LAYERS
-from .train import CHECKPOINT, TrainConfig, load_checkpoint, train
+from .config import CONV_LAYERS, EXPERIMENT_NAMES, ExperimentConfig, TrainConfig
+from .runtime import CHECKPOINT, load_checkpoint
+from .train import train
 
 __all__ = ["ExperimentConfig", "EXPERIMENTS", "run_experiment"]
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """Shared settings of an experiment series (reduced scale by default; `full` = the recipe)."""
-
-    data: str
-    out: str
-    epochs: int = 8
-    width_mult: float = 0.25
-    batch_size: int = 64
-    lr: float = 0.01
-    init: str = "kaiming"
-    seed: int = 0
-    backend: str = "dali"
-    workers: int = 0
-    steps_per_epoch: int = 0
-    full: bool = False  # the paper's recipe: width 1, 90 epochs, batch 128, paper init
-    dropouts: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
-    batch_sizes: tuple[int, ...] = (32, 64, 128)
-    momenta: tuple[float, ...] = (0.0, 0.5, 0.9)
-    reference_batch: int = 128  # lr = lr * batch / reference_batch in batch-momentum
-    target_error: float = 0.25  # activation: training top-1 error to reach
-
-    def resolved(self) -> "ExperimentConfig":
-        if self.full:
-            return replace(self, epochs=90, width_mult=1.0, batch_size=128, init="paper", full=False)
-        return self
-
-    def train_config(self, name: str, **kw) -> TrainConfig:
-        return TrainConfig(self.data, os.path.join(self.out, "runs", name), epochs=self.epochs,
-                           batch_size=kw.pop("batch_size", self.batch_size), lr=kw.pop("lr", self.lr), init=self.init,
-                           width_mult=self.width_mult, backend=self.backend, workers=self.workers, seed=self.seed,
-                           steps_per_epoch=self.steps_per_epoch, lr_patience=2, **kw)
 
 
 def _run(tc: TrainConfig, log) -> dict:
@@ -122,8 +90,8 @@ def activation(cfg: ExperimentConfig, log) -> tuple[list[dict], list[str]]:
     return rows, ["activation", "target_train_error", "epochs_to_target", "train_top1_error", "val_top1_error"]
 
 
-EXPERIMENTS: dict[str, Callable] = {"ablate-conv": ablate_conv, "dropout": dropout, "batch-momentum": batch_momentum,
-                                    "activation": activation}
+EXPERIMENTS: dict[str, Callable] = dict(zip(EXPERIMENT_NAMES, (ablate_conv, dropout, batch_momentum, activation),
+                                            strict=True))
 
 
 def run_experiment(name: str, cfg: ExperimentConfig, log=print) -> list[dict]:
@@ -132,11 +100,10 @@ def run_experiment(name: str, cfg: ExperimentConfig, log=print) -> list[dict]:
         raise ImgprepError(f"unknown experiment {name!r}: one of {', '.join(EXPERIMENTS)}")
     cfg = cfg.resolved()
     os.makedirs(cfg.out, exist_ok=True)
-    with open(os.path.join(cfg.out, "experiment.json"), "w") as f:
-        json.dump({"experiment": name, "config": asdict(cfg)}, f, indent=2)
+    write_json_atomic(os.path.join(cfg.out, "experiment.json"), {"experiment": name, "config": asdict(cfg)})
     rows, columns = EXPERIMENTS[name](cfg, log)
     write_csv(os.path.join(cfg.out, "results.csv"), rows, columns)
-    with open(os.path.join(cfg.out, "results.md"), "w") as f:
+    with atomic_file(os.path.join(cfg.out, "results.md"), "w") as f:
         f.write(f"# {name}\n\n{cfg.epochs} epochs, width x{cfg.width_mult}, batch {cfg.batch_size}, lr {cfg.lr}, "
                 f"init {cfg.init}, seed {cfg.seed}\n\n" + markdown_table(rows, columns))
     if name == "activation":  # wall-clock time varies between machines and runs: kept apart

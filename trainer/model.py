@@ -22,14 +22,13 @@ talked: pool2 -> conv3, pool5 -> fc6, fc6 -> fc7, fc7 -> fc8 (plus the input ima
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
+from .config import CONV_LAYERS, AlexNetConfig
+
 __all__ = ["AlexNetConfig", "TwoTowerAlexNet", "CONV_LAYERS", "init_paper", "init_kaiming"]
 
-CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 # (out channels per tower, kernel, stride, padding, sees both towers) -- section 3.5
 _CONV = {"conv1": (48, 11, 4, 2, False), "conv2": (128, 5, 1, 2, False), "conv3": (192, 3, 1, 1, True),
          "conv4": (192, 3, 1, 1, False), "conv5": (128, 3, 1, 1, False)}
@@ -37,29 +36,6 @@ _FC = 2048  # fc6 and fc7 units per tower
 _LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)  # section 3.3
 _POOL_AFTER = ("conv1", "conv2", "conv5")  # overlapping max-pool 3/2, section 3.4
 _LRN_AFTER = ("conv1", "conv2")
-
-
-@dataclass(frozen=True)
-class AlexNetConfig:
-    """Architecture switches; saved in checkpoints and compared on resume."""
-
-    num_classes: int = 1000
-    width_mult: float = 1.0
-    dropout: float = 0.5
-    activation: str = "relu"  # relu or tanh (section 3.1's comparison)
-    remove: tuple[str, ...] = field(default_factory=tuple)  # conv layers left out (ablation)
-
-    def width(self, n: int) -> int:
-        return max(1, int(round(n * self.width_mult)))
-
-    def validate(self) -> None:
-        bad = [r for r in self.remove if r not in CONV_LAYERS]
-        if bad:
-            raise ValueError(f"cannot remove {bad[0]!r}: layers are {', '.join(CONV_LAYERS)}")
-        if self.activation not in ("relu", "tanh"):
-            raise ValueError(f"activation {self.activation!r}: relu or tanh")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout {self.dropout}: must be in [0, 1)")
 
 
 def _act(kind: str) -> nn.Module:
@@ -87,7 +63,6 @@ class Tower(nn.Module):
             if name in _POOL_AFTER:
                 layers.append(nn.MaxPool2d(3, 2))
             self.stages[name] = nn.Sequential(*layers)
-        self.channels = ch
         self.pool = nn.AdaptiveAvgPool2d((6, 6))  # a no-op at 224 input: 6x6 already
         fc = cfg.width(_FC)
         self.fc6 = nn.Sequential(nn.Linear(2 * ch * 36, fc), _act(cfg.activation), nn.Dropout(cfg.dropout))

@@ -1,4 +1,5 @@
-"""Geometry of the stored image: shorter side to `size`, then the central `size` x `size` patch.
+"""Geometry of the stored image: shorter side to `size`, then the central `size` x `size` patch;
+and where windows sit inside it.
 
 Pure functions over shapes and arrays; no I/O. The resize and the crop are done in one resampling
 step: the crop window is mapped back to source coordinates, so only the pixels that are kept get
@@ -7,10 +8,12 @@ filtered and interpolated.
 
 from __future__ import annotations
 
-
 import numpy as np
 
-__all__ = ["resize_target", "center_crop_offset", "source_window", "antialias_sigma", "resize_center_crop"]
+from .constants import CROP_SIZE, STORED_SIZE
+
+__all__ = ["resize_target", "center_crop_offset", "train_crop", "source_window", "antialias_sigma",
+           "resize_center_crop"]
 
 
 def resize_target(height: int, width: int, size: int) -> tuple[int, int]:
@@ -25,6 +28,11 @@ def resize_target(height: int, width: int, size: int) -> tuple[int, int]:
 def center_crop_offset(height: int, width: int, size: int) -> tuple[int, int]:
     """(top, left) of the central `size` x `size` window of an image of (height, width)."""
     return (height - size) // 2, (width - size) // 2
+
+
+def train_crop(size: int) -> int:
+    """Side of the training and test windows of a stored image of side `size`: 224 for 256 (section 4.1)."""
+    return size * CROP_SIZE // STORED_SIZE
 
 
 def source_window(height: int, width: int, size: int) -> tuple[float, float, float, float]:

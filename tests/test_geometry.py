@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import smooth_rgb
-from imgprep.transforms import antialias_sigma, center_crop_offset, resize_center_crop, resize_target, source_window
+from helpers import smooth_rgb
+from imgprep.geometry import antialias_sigma, center_crop_offset, resize_center_crop, resize_target, source_window
 
 
 @pytest.mark.parametrize("h,w,expect", [

@@ -1,0 +1,206 @@
+"""The on-disk format of a prepared dataset, owned here: `manifest.json`, `stats/`, `rejects.jsonl`.
+
+`prepare` writes through this module, and `verify`, the loaders and the trainer read through it.
+A manifest is validated once, on reading: its types, its format version, and every shard path it
+names, which must resolve (after symlinks) inside the dataset folder. Nothing outside the folder
+is ever opened because a manifest says so.
+
+Layout of OUT:
+  manifest.json             format, version, settings, classes, per split the shards (path, count,
+                            bytes, sha256) and the counts of converted, skipped and rejected files
+  {train,val}/SPLIT-NNNNNN.tar + .idx    WebDataset shards and their DALI index files
+  stats/mean.npy            float32 (S, S, 3) mean image, RGB, 0-255
+  stats/stats.json          channel mean/std, covariance, eigval, eigvec, counts, size
+  rejects.jsonl             one {"split", "path", "reason"} per file that could not be decoded
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .constants import SPLITS
+from .errors import ImgprepError
+from .fileio import atomic_file, json_bytes, write_atomic
+from .shards import index_path
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "REJECTS", "STATS_DIR", "MEAN_FILE", "STATS_FILE",
+           "build_manifest", "write_manifest", "read_manifest", "write_stats", "load_stats", "write_rejects",
+           "resolve_inside", "DatasetInfo"]
+
+FORMAT_NAME = "imgprep-webdataset"
+FORMAT_VERSION = 1  # version of the layout above; a reader refuses a newer one
+MANIFEST = "manifest.json"
+REJECTS = "rejects.jsonl"
+STATS_DIR = "stats"
+MEAN_FILE = "mean.npy"
+STATS_FILE = "stats.json"
+
+
+def build_manifest(settings: dict, layout: str, classes: list[dict], splits: dict, size: int, quality: int) -> dict:
+    """The manifest of a finished dataset (`splits`: per split the shards and the file counts)."""
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "config": settings,
+        "source_layout": layout,
+        "classes": classes,
+        "splits": splits,
+        "sample": {"jpg": f"JPEG {size}x{size} RGB, quality {quality}",
+                   "cls": "class index, ASCII decimal", "json": "source path, original size, class name"},
+        "stats": f"{STATS_DIR}/{STATS_FILE}" if "train" in splits else None,
+    }
+
+
+def write_manifest(out: str, manifest: dict) -> None:
+    """Write OUT/manifest.json (atomically: its presence means the dataset is complete)."""
+    write_atomic(os.path.join(out, MANIFEST), json_bytes(manifest))
+
+
+def write_rejects(out: str, rejects: list[dict]) -> None:
+    """Write OUT/rejects.jsonl, one JSON object per rejected file."""
+    write_atomic(os.path.join(out, REJECTS), "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode())
+
+
+def write_stats(out: str, stats, size: int) -> None:
+    """Write OUT/stats/mean.npy and stats.json from a `stats.DatasetStats`."""
+    d = os.path.join(out, STATS_DIR)
+    os.makedirs(d, exist_ok=True)
+    with atomic_file(os.path.join(d, MEAN_FILE)) as f:
+        np.save(f, stats.mean_image)
+    write_atomic(os.path.join(d, STATS_FILE), json_bytes({**stats.to_json(), "size": size}))
+
+
+def resolve_inside(root: str, rel, what: str) -> str:
+    """The absolute path of `rel` under `root`, or ImgprepError when it leads outside `root`
+    (an absolute path, `..`, or a symlink pointing elsewhere). Nothing is opened."""
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\\" in rel or "\0" in rel:
+        raise ImgprepError(f"{what}: path {rel!r} is not a relative path inside the dataset folder; "
+                           "the file is damaged or crafted: prepare the dataset again")
+    base = os.path.realpath(root)
+    path = os.path.realpath(os.path.join(base, rel))
+    if os.path.commonpath([base, path]) != base:
+        raise ImgprepError(f"{what}: path {rel!r} leads outside the dataset folder {root}; "
+                           "the file is damaged or crafted: prepare the dataset again")
+    return path
+
+
+def _fail(path: str, why: str) -> ImgprepError:
+    return ImgprepError(f"{path}: {why}; not a manifest written by `imgprep prepare` (prepare the dataset again)")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_shard(p: str, split: str, i: int, sh) -> None:
+    where = f"splits.{split}.shards[{i}]"
+    if not isinstance(sh, dict):
+        raise _fail(p, f"{where} is not an object")
+    for key, ok in (("path", lambda v: isinstance(v, str)), ("count", lambda v: _is_int(v) and v >= 0),
+                    ("bytes", lambda v: _is_int(v) and v >= 0),
+                    ("sha256", lambda v: isinstance(v, str) and len(v) == 64)):
+        if key not in sh or not ok(sh[key]):
+            raise _fail(p, f"{where}.{key} is missing or of the wrong type")
+
+
+def validate_manifest(m, p: str) -> dict:
+    """`m` itself when it has the types this version reads, else ImgprepError naming the first problem."""
+    if not isinstance(m, dict):
+        raise _fail(p, f"holds a JSON {type(m).__name__}, not an object")
+    version = m.get("format_version")
+    if m.get("format") != FORMAT_NAME or not _is_int(version):
+        raise _fail(p, "no 'format'/'format_version'")
+    if version > FORMAT_VERSION:
+        raise ImgprepError(f"{p}: format version {version} is newer than this imgprep reads ({FORMAT_VERSION}); "
+                           "upgrade imgprep")
+    config, classes, splits = m.get("config"), m.get("classes"), m.get("splits")
+    if not isinstance(config, dict) or not _is_int(config.get("size")) or config["size"] < 1:
+        raise _fail(p, "config.size is missing or not a positive whole number")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, dict) and "name" in c for c in classes):
+        raise _fail(p, "'classes' is not a list of classes")
+    if not isinstance(splits, dict) or any(s not in SPLITS for s in splits):
+        raise _fail(p, f"'splits' is not an object of {', '.join(SPLITS)}")
+    for split, s in splits.items():
+        if not isinstance(s, dict) or not isinstance(s.get("shards"), list) or not _is_int(s.get("count")):
+            raise _fail(p, f"splits.{split} has no 'count' and 'shards' list")
+        for i, sh in enumerate(s["shards"]):
+            _check_shard(p, split, i, sh)
+        if sum(sh["count"] for sh in s["shards"]) != s["count"]:
+            raise _fail(p, f"splits.{split}.count differs from the sum of its shards' counts")
+    return m
+
+
+def read_manifest(root: str) -> dict:
+    """The validated manifest of a prepared dataset, or ImgprepError naming what is wrong."""
+    p = os.path.join(root, MANIFEST)
+    if not os.path.isdir(root):
+        raise ImgprepError(f"{root}: no such folder; give the OUT folder of `imgprep prepare`")
+    if not os.path.isfile(p):
+        raise ImgprepError(f"{root}: no {MANIFEST}; not a prepared dataset (or `prepare` has not finished: rerun it)")
+    try:
+        with open(p, encoding="utf-8") as f:
+            m = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise ImgprepError(f"{p}: unreadable manifest ({exc})") from None
+    return validate_manifest(m, p)
+
+
+def load_stats(root: str, size: int | None = None) -> tuple[np.ndarray, dict]:
+    """(mean image float32 (S, S, 3), stats.json dict) of a prepared dataset, checked for shape."""
+    d = os.path.join(root, STATS_DIR)
+    try:
+        with open(os.path.join(d, STATS_FILE), encoding="utf-8") as f:
+            st = json.load(f)
+        mean = np.load(os.path.join(d, MEAN_FILE), allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ImgprepError(f"{d}: no readable statistics ({exc}); prepare a train split first") from None
+    try:
+        shapes = {k: np.asarray(st[k], np.float64).shape for k in ("mean", "std", "eigval", "eigvec")}
+    except (TypeError, KeyError, ValueError):
+        shapes = None
+    if shapes != {"mean": (3,), "std": (3,), "eigval": (3,), "eigvec": (3, 3)}:
+        raise ImgprepError(f"{d}/{STATS_FILE}: not the statistics `imgprep prepare` writes; prepare the dataset again")
+    s = size or mean.shape[0]
+    if mean.dtype != np.float32 or mean.shape != (s, s, 3):
+        raise ImgprepError(f"{d}/{MEAN_FILE}: {mean.dtype} {mean.shape}, expected float32 ({s}, {s}, 3); "
+                           "prepare the dataset again")
+    return mean, st
+
+
+@dataclass
+class DatasetInfo:
+    """A prepared split: its shards (paths checked to lie inside the dataset), counts, statistics, classes."""
+
+    root: str
+    split: str
+    size: int
+    shards: list[str]  # absolute .tar paths in manifest order
+    counts: list[int]
+    classes: list[dict]
+    stats: dict | None
+    mean_image: np.ndarray | None  # float32 (size, size, 3)
+
+    @classmethod
+    def load(cls, root: str, split: str, need_stats: bool = True) -> DatasetInfo:
+        """Read the manifest (and statistics) of a prepared dataset."""
+        m = read_manifest(root)
+        if split not in m["splits"]:
+            raise ImgprepError(f"{root}: no {split!r} split (has {', '.join(m['splits'])}); prepare it first")
+        records = m["splits"][split]["shards"]
+        shards = [resolve_inside(root, sh["path"], os.path.join(root, MANIFEST)) for sh in records]
+        for p in shards:
+            if not os.path.isfile(p) or not os.path.isfile(index_path(p)):
+                raise ImgprepError(f"{p}: missing shard or index; run `imgprep verify {root}`")
+        size = m["config"]["size"]
+        stats = mean = None
+        if need_stats:
+            mean, stats = load_stats(root, size)
+        return cls(root, split, size, shards, [sh["count"] for sh in records], m["classes"], stats, mean)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)

@@ -1,0 +1,94 @@
+"""Writing files so that a reader never sees half of one: every writer of imgprep goes through here.
+
+A file is written under a temporary name beside its final one (`.NAME.partial`), flushed to disk,
+and renamed over the final name in one step; on any error the temporary file is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from typing import IO
+
+__all__ = ["PARTIAL_SUFFIX", "partial_path", "AtomicWriter", "atomic_file", "write_atomic", "json_bytes", "write_json_atomic"]
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_path(path: str) -> str:
+    """The temporary name of `path` while it is being written: hidden, beside it, `.partial` at the end."""
+    d, base = os.path.split(path)
+    return os.path.join(d, f".{base}{PARTIAL_SUFFIX}")
+
+
+class AtomicWriter:
+    """A file written under its temporary name: `commit()` moves it to `path`, `abort()` removes it.
+
+    For writers that stream into a file over many calls (a shard); others use `atomic_file`.
+    """
+
+    def __init__(self, path: str, mode: str = "wb", fsync: bool = True):
+        self.path, self.tmp_path, self.fsync = path, partial_path(path), fsync
+        if "b" in mode:
+            self.file: IO = open(self.tmp_path, mode)
+        else:
+            self.file = open(self.tmp_path, mode, encoding="utf-8", newline="\n")
+
+    def commit(self) -> None:
+        """Flush (and fsync) the file and rename it over `path`."""
+        with self.file:
+            self.file.flush()
+            if self.fsync:
+                os.fsync(self.file.fileno())
+        os.replace(self.tmp_path, self.path)
+
+    def abort(self) -> None:
+        """Close and remove the temporary file; `path` is left as it was."""
+        try:
+            self.file.close()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.tmp_path)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "wb", fsync: bool = True) -> Iterator[IO]:
+    """Open a temporary file for writing; on a clean exit it replaces `path`, on an error it is removed.
+
+    Args:
+        path: the final path; its folder must exist.
+        mode: "wb" or "w" (text, UTF-8, "\\n" line ends).
+        fsync: flush the data to the disk before the rename (a crash then leaves the old or the new file).
+    """
+    w = AtomicWriter(path, mode, fsync)
+    try:
+        yield w.file
+    except BaseException:
+        w.abort()
+        raise
+    try:
+        w.commit()
+    except BaseException:
+        w.abort()
+        raise
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+def json_bytes(obj) -> bytes:
+    """Indented, key-sorted JSON with a final newline: stable bytes for the same object."""
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """`obj` as stable JSON (`json_bytes`) at `path`, atomically; creates the folder."""
+    d = os.path.dirname(path)
+    if d:
+        os.makedirs(d, exist_ok=True)
+    write_atomic(path, json_bytes(obj))

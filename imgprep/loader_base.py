@@ -1,0 +1,180 @@
+"""What both loader backends share: the configuration, the epoch plan and the base class.
+
+Epoch plan, identical for both backends and all ranks:
+- the shard order is permuted with (seed, epoch); the samples of the concatenated shards are
+  split into `world_size` contiguous ranges, rank r taking [r*N//W, (r+1)*N//W) (DALI's rule);
+- within its range a rank shuffles in a buffer (train mode);
+- every rank yields the same number of batches: `last_batch="pad"` (default) yields
+  ceil(ceil(N/W)/B) batches, padding with label PAD_LABEL (-1, ignored by the trainer's loss and
+  metrics), so that together the ranks cover every sample exactly once; `last_batch="drop"`
+  yields floor(floor(N/W)/B) full batches and leaves the rest out.
+
+The backends (`dali_loader`, `torch_loader`) import this module; the factory (`loaders`) imports
+the backends.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .augment import LIGHTING_SCALES, NORMALIZE
+from .config import setting
+from .constants import PCA_LIGHTING_STD, SPLITS
+from .dataset import DatasetInfo
+from .errors import ImgprepError
+
+__all__ = ["LoaderConfig", "EpochPlan", "BaseLoader", "MODES", "BACKENDS", "DEVICES", "LAST_BATCH", "PAD_LABEL",
+           "resolve_device"]
+
+MODES = ("train", "eval", "ten_crop")
+BACKENDS = ("dali", "torch")
+DEVICES = ("auto", "cpu", "gpu")
+LAST_BATCH = ("pad", "drop")
+PAD_LABEL = -1  # label of a padding sample: the loss and the metrics skip it
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Everything a loader needs; saved with training runs."""
+
+    root: str
+    split: str = setting("train", "Split to read.", choices=SPLITS)
+    batch_size: int = setting(256, "Samples per batch (per rank).", min=1)
+    mode: str = setting("train", "train: random crop, flip, PCA lighting; eval: centre crop; ten_crop: the "
+                        "paper's ten views.", choices=MODES)
+    rank: int = setting(0, cli=False)
+    world_size: int = setting(1, cli=False)
+    backend: str = setting("dali", "dali, or the PyTorch fallback.", choices=BACKENDS)
+    device: str = setting("auto", "Where DALI decodes: auto (the GPU where there is one), cpu or gpu.",
+                          choices=DEVICES)
+    device_id: int | None = setting(None, cli=False)  # GPU index; default: rank % number of GPUs
+    workers: int = setting(0, "Decoding threads (DALI) or DataLoader processes (torch); 0: all cores.", min=0)
+    seed: int = setting(0, "Seed of the epoch order and the augmentation.")
+    crop: int = setting(0, cli=False)  # 0: size * 224 / 256 (224 for the stored 256)
+    lighting_std: float = setting(PCA_LIGHTING_STD, "Std of the PCA lighting coefficients (0: off).", min=0)
+    lighting_scale: str = setting("std", cli=False, choices=LIGHTING_SCALES)  # see augment.lighting_scales
+    normalize: str = setting("mean_image", "Pixel normalization after the lighting noise.", choices=NORMALIZE)
+    last_batch: str = setting("pad", cli=False, choices=LAST_BATCH)
+    shuffle_buffer: int = setting(4096, cli=False)  # samples in the in-memory shuffle buffer (train mode)
+    fixed_window: tuple[int, int] | None = setting(None, cli=False)  # (top, left) instead of random: for tests
+    fixed_flip: bool | None = setting(None, cli=False)  # instead of a coin flip: for tests
+
+    def validate(self) -> None:
+        """Raise ImgprepError on bad settings."""
+        checks = [
+            (self.mode in MODES, f"mode {self.mode!r}: one of {', '.join(MODES)}"),
+            (self.backend in BACKENDS, f"backend {self.backend!r}: one of {', '.join(BACKENDS)}"),
+            (self.device in DEVICES, f"device {self.device!r}: one of {', '.join(DEVICES)}"),
+            (self.batch_size >= 1, f"batch size {self.batch_size}: must be at least 1"),
+            (0 <= self.rank < self.world_size, f"rank {self.rank} with world size {self.world_size}"),
+            (self.normalize in NORMALIZE, f"normalize {self.normalize!r}: one of {', '.join(NORMALIZE)}"),
+            (self.last_batch in LAST_BATCH, f"last_batch {self.last_batch!r}: one of {', '.join(LAST_BATCH)}"),
+            (self.lighting_scale in LIGHTING_SCALES,
+             f"lighting scale {self.lighting_scale!r}: one of {', '.join(LIGHTING_SCALES)}"),
+            (self.lighting_std >= 0, f"lighting std {self.lighting_std}: must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ImgprepError(msg)
+
+
+@dataclass
+class EpochPlan:
+    """Which samples one rank reads in one epoch, and how many batches it yields."""
+
+    order: list[int]  # shard indices in reading order
+    start: int  # this rank's first sample in the concatenation of `order`
+    stop: int
+    batches: int  # batches yielded by every rank
+
+    @classmethod
+    def make(cls, info: DatasetInfo, cfg: LoaderConfig, epoch: int) -> "EpochPlan":
+        n_sh = len(info.shards)
+        shuffle = cfg.mode == "train"
+        order = list(np.random.default_rng([cfg.seed, epoch]).permutation(n_sh)) if shuffle else list(range(n_sh))
+        n, w, b = info.total, cfg.world_size, cfg.batch_size
+        start, stop = n * cfg.rank // w, n * (cfg.rank + 1) // w
+        batches = math.ceil(math.ceil(n / w) / b) if cfg.last_batch == "pad" else (n // w) // b
+        return cls([int(i) for i in order], start, stop, batches)
+
+    def segments(self, counts: list[int]) -> list[tuple[int, int, int]]:
+        """(shard index, first sample in shard, number of samples) covering [start, stop)."""
+        out, pos = [], 0
+        for s in self.order:
+            a, z = max(self.start, pos), min(self.stop, pos + counts[s])
+            if a < z:
+                out.append((s, a - pos, z - a))
+            pos += counts[s]
+        return out
+
+
+def resolve_device(device: str) -> str:
+    """'cpu' or 'gpu' for 'auto' (a CUDA GPU that torch can use), erroring on a missing GPU."""
+    if device == "cpu":
+        return "cpu"
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if device == "gpu" and not has_gpu:
+        raise ImgprepError("--device gpu: no CUDA GPU is visible; use --device cpu or auto")
+    return "gpu" if has_gpu else "cpu"
+
+
+class BaseLoader:
+    """Epoch bookkeeping and padding shared by the backends."""
+
+    def __init__(self, cfg: LoaderConfig, info: DatasetInfo):
+        self.cfg, self.info = cfg, info
+        self.epoch = 0
+        self.device = resolve_device(cfg.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the sample order of `epoch` for the next iteration."""
+        self.epoch = epoch
+
+    def plan(self) -> EpochPlan:
+        return EpochPlan.make(self.info, self.cfg, self.epoch)
+
+    def __len__(self) -> int:
+        return self.plan().batches
+
+    def _batches(self, plan: EpochPlan):
+        """Backend hook: yield (images, labels, valid) for this rank's samples, B at a time."""
+        raise NotImplementedError
+
+    def __iter__(self):
+        import torch
+
+        plan = self.plan()
+        b = self.cfg.batch_size
+        made = 0
+        last = None
+        for images, labels, valid in self._batches(plan):
+            if made == plan.batches:
+                continue  # drop mode: the remainder is read (to keep readers aligned) but not yielded
+            if valid < b:
+                if self.cfg.last_batch == "drop":
+                    continue
+                labels = labels.clone()
+                labels[valid:] = PAD_LABEL
+            made += 1
+            last = images
+            yield images, labels
+        while made < plan.batches:  # this rank has fewer samples than the largest one: a pad batch
+            images = torch.zeros_like(last) if last is not None else self._empty_images()
+            yield images, torch.full((b,), PAD_LABEL, dtype=torch.int64, device=images.device)
+            made += 1
+        self.epoch += 1
+
+    def _empty_images(self):
+        import torch
+
+        c = self.cfg
+        shape = (c.batch_size, 10, 3, c.crop, c.crop) if c.mode == "ten_crop" else (c.batch_size, 3, c.crop, c.crop)
+        return torch.zeros(shape, device="cuda" if self.device == "gpu" else "cpu")

@@ -1,0 +1,92 @@
+"""Throughput measurement, the one timing helper of `imgprep load`, `imgprep bench` and `benchmarks/`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["Throughput", "real_samples", "time_loader"]
+
+
+class Throughput:
+    """Images/s over a run of steps. The clock starts at the end of the first `warmup` steps
+    (pipeline build, worker start-up, compilation are not timed).
+
+    Args:
+        warmup: steps not timed.
+        sync: called before the clock is read at the start and at the end (e.g. a CUDA
+            synchronize, so that queued GPU work is counted); never between steps.
+    """
+
+    def __init__(self, warmup: int = 1, sync: Callable[[], None] | None = None):
+        self.warmup, self.sync = warmup, sync
+        self.steps = self.images = self.timed_images = 0
+        self.latencies: list[float] = []
+        self._start = self._last = None
+        if warmup == 0:
+            self._start = self._last = self._now()
+
+    def _now(self) -> float:
+        if self.sync is not None:
+            self.sync()
+        return time.perf_counter()
+
+    def step(self, images: int) -> None:
+        """One step (a batch) of `images` real samples has finished."""
+        self.steps += 1
+        self.images += images
+        if self.steps <= self.warmup:
+            if self.steps == self.warmup:
+                self._start = self._last = self._now()
+            return
+        now = time.perf_counter()
+        self.latencies.append(now - self._last)
+        self._last = now
+        self.timed_images += images
+
+    @property
+    def seconds(self) -> float:
+        """Timed seconds so far (0 before the first timed step)."""
+        return (self._now() - self._start) if self.latencies else 0.0
+
+    @property
+    def images_per_second(self) -> float | None:
+        s = self.seconds
+        return self.timed_images / s if s > 0 else None
+
+    def result(self) -> dict:
+        """images, batches, images_per_second and the median and p90 batch latency (ms)."""
+        ips = self.images_per_second
+        lat = self.latencies
+        return {
+            "images": self.images,
+            "batches": self.steps,
+            "images_per_second": round(ips, 1) if ips else None,
+            "batch_latency_ms": {"median": round(1000 * float(np.median(lat)), 2),
+                                 "p90": round(1000 * float(np.percentile(lat, 90)), 2)} if lat else None,
+        }
+
+
+def real_samples(labels) -> int:
+    """Samples of a batch that are not padding (label >= 0)."""
+    return int((labels >= 0).sum()) if hasattr(labels, "shape") else len(labels)
+
+
+def time_loader(loader, epochs: int = 1, steps: int | None = None, warmup: int = 1) -> dict:
+    """Iterate a loader for `epochs` epochs (calling `set_epoch` for each where it has one), or
+    for `steps` batches in all (as many epochs as that takes); return `Throughput.result()`."""
+    timer = Throughput(warmup)
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        before = timer.steps
+        for _images, labels in loader:
+            timer.step(real_samples(labels))
+            if steps is not None and timer.steps >= steps:
+                return timer.result()
+        epoch += 1
+        if (steps is None and epoch >= epochs) or timer.steps == before:  # done, or an empty loader
+            return timer.result()

@@ -1,0 +1,147 @@
+"""Settings of the model and of every trainer command, with their defaults and choices (section 5 of
+the paper for the recipe). Plain dataclasses: importing them costs nothing (no torch)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+from imgprep.config import setting
+from imgprep.constants import PCA_LIGHTING_STD
+from imgprep.loader_base import BACKENDS, NORMALIZE
+
+__all__ = ["CONV_LAYERS", "ACTIVATIONS", "INIT_NAMES", "EXPERIMENT_NAMES", "AlexNetConfig", "TrainConfig", "ExperimentConfig",
+           "TrainBenchConfig", "DemoConfig"]
+
+CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+ACTIVATIONS = ("relu", "tanh")  # section 3.1 compares the two
+# paper: N(0, 0.01) weights, biases 1 in conv2/4/5 and fc6/7 (section 5); kaiming: He-normal, zero biases
+INIT_NAMES = ("paper", "kaiming")
+NORMALIZE_CHOICES = ("auto", *NORMALIZE)
+# the reviewer's open questions, each a series of trainings (`imgprep experiment NAME`)
+EXPERIMENT_NAMES = ("ablate-conv", "dropout", "batch-momentum", "activation")  # auto: the one that fits the init (runtime.AUTO_NORMALIZE)
+
+
+@dataclass(frozen=True)
+class AlexNetConfig:
+    """Architecture switches; saved in checkpoints and compared on resume."""
+
+    num_classes: int = 1000
+    width_mult: float = 1.0
+    dropout: float = 0.5
+    activation: str = "relu"
+    remove: tuple[str, ...] = ()  # conv layers left out (ablation)
+
+    def width(self, n: int) -> int:
+        return max(1, int(round(n * self.width_mult)))
+
+    def validate(self) -> None:
+        bad = [r for r in self.remove if r not in CONV_LAYERS]
+        if bad:
+            raise ValueError(f"cannot remove {bad[0]!r}: layers are {', '.join(CONV_LAYERS)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r}: one of {', '.join(ACTIVATIONS)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout {self.dropout}: must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run; saved in RUN_DIR/config.json and in every checkpoint."""
+
+    data: str
+    run_dir: str
+    epochs: int = setting(90, "Epochs to train.", min=1)
+    batch_size: int = setting(128, "Global batch size (divided over DDP ranks).", min=1)
+    lr: float = setting(0.01, "Learning rate.", min=0, min_open=True)
+    momentum: float = setting(0.9, "SGD momentum.", min=0, max=1)
+    weight_decay: float = setting(5e-4, "Weight decay.", min=0)
+    lr_patience: int = setting(1, "Epochs without a better validation error before the lr is divided by 10.", min=0)
+    lr_drops: int = setting(3, "At most this many lr drops.", min=0)
+    init: str = setting("paper", "Initialisation: the paper's, or He-normal for small runs.", choices=INIT_NAMES)
+    width_mult: float = setting(1.0, "Width multiplier of every layer.", min=0, min_open=True)
+    dropout: float = setting(0.5, "Dropout of fc6 and fc7.", min=0, max=1, max_open=True)
+    activation: str = setting("relu", "Non-linearity.", choices=ACTIVATIONS)
+    remove: tuple[str, ...] = setting(help="Leave out a conv layer (repeatable).", choices=CONV_LAYERS,
+                                      default_factory=tuple)
+    backend: str = setting("dali", "Loader backend.", choices=BACKENDS)
+    devices: str = setting("auto", "auto, cpu, cuda:0, or cuda:0,cuda:1 (tower A, tower B: the paper's two-GPU "
+                           "split).")
+    workers: int = setting(0, "Loader workers (0: all cores).", min=0)
+    seed: int = setting(0, "Seed of the weights, the data order and the augmentation.")
+    normalize: str = setting("auto", "Pixel normalization (auto: mean image for the paper's init, also divided "
+                             "by the std for He init).", choices=NORMALIZE_CHOICES)
+    lighting_std: float = setting(PCA_LIGHTING_STD, "Std of the PCA lighting coefficients (0: off).", min=0)
+    bf16: bool = setting(True, "bf16 autocast on a GPU.")
+    channels_last: bool = setting(True, "channels_last memory format on a GPU.")
+    steps_per_epoch: int = setting(0, "Cap batches per epoch (0: all).", min=0)
+    log_every: int = setting(10, "Steps between lines of metrics.jsonl.", min=1)
+
+    def model_config(self, num_classes: int) -> AlexNetConfig:
+        return AlexNetConfig(num_classes, self.width_mult, self.dropout, self.activation, tuple(self.remove))
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Shared settings of an experiment series (reduced scale by default; `full` = the recipe)."""
+
+    data: str
+    out: str  # results folder; the runs are kept in out/runs/
+    epochs: int = setting(8, "Epochs per run.", min=1)
+    width_mult: float = setting(0.25, "Width multiplier of the network.", min=0, min_open=True)
+    batch_size: int = setting(64, "Batch size.", min=1)
+    lr: float = setting(0.01, "Learning rate (the reference for the linear scaling rule).", min=0, min_open=True)
+    init: str = setting("kaiming", "Initialisation.", choices=INIT_NAMES)
+    seed: int = setting(0, "Seed of every run.")
+    backend: str = setting("dali", "Loader backend.", choices=BACKENDS)
+    workers: int = setting(0, "Loader workers (0: all cores).", min=0)
+    steps_per_epoch: int = setting(0, "Cap batches per epoch (0: all).", min=0)
+    full: bool = setting(False, "The paper's recipe: width 1, 90 epochs, batch 128, paper init.")
+    dropouts: tuple[float, ...] = setting((0.0, 0.25, 0.5, 0.75), "dropout: the rates.")
+    batch_sizes: tuple[int, ...] = setting((32, 64, 128), "batch-momentum: the batch sizes.")
+    momenta: tuple[float, ...] = setting((0.0, 0.5, 0.9), "batch-momentum: the momenta.")
+    reference_batch: int = setting(128, "batch-momentum: lr = lr * batch / this.", min=1)
+    target_error: float = setting(0.25, "activation: training top-1 error to reach.", min=0, max=1)
+
+    def resolved(self) -> ExperimentConfig:
+        if self.full:
+            return replace(self, epochs=90, width_mult=1.0, batch_size=128, init="paper", full=False)
+        return self
+
+    def train_config(self, name: str, **kw) -> TrainConfig:
+        return TrainConfig(self.data, os.path.join(self.out, "runs", name), epochs=self.epochs,
+                           batch_size=kw.pop("batch_size", self.batch_size), lr=kw.pop("lr", self.lr), init=self.init,
+                           width_mult=self.width_mult, backend=self.backend, workers=self.workers, seed=self.seed,
+                           steps_per_epoch=self.steps_per_epoch, lr_patience=2, **kw)
+
+
+@dataclass(frozen=True)
+class TrainBenchConfig:
+    """Settings of `imgprep bench train`."""
+
+    data: str
+    batch_size: int = setting(128, "Batch size.", min=1)
+    steps: int = setting(5, "Timed steps per figure.", min=1)
+    repeats: int = setting(3, "Runs per figure (median and spread reported).", min=1)
+    width_mult: float = setting(1.0, "Width multiplier of the network.", min=0, min_open=True)
+    backend: str = setting("dali", "Loader backend.", choices=BACKENDS)
+    workers: int = setting(0, "Loader workers (0: all cores).", min=0)
+    placements: tuple[str, ...] = setting((), "Placements separated by ';', e.g. 'cpu;cuda:0;cuda:0,cuda:1' "
+                                          "[default: every available].", sep=";")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Settings of `imgprep demo`."""
+
+    out: str = setting("demo-out", "Working folder (replaced).", path=True)
+    classes: int = setting(10, "Classes to synthesize.", min=2)
+    per_class: int = setting(100, "Training images per class.", min=1)
+    val_per_class: int | None = setting(None, "Validation images per class [default: per-class / 5, at least 1].",
+                                        min=1)
+    epochs: int = setting(12, "Training epochs.", min=1)
+    width_mult: float = setting(0.25, "Width multiplier of the network.", min=0, min_open=True)
+    batch_size: int = setting(64, "Batch size.", min=1)
+    seed: int = setting(0, "Seed of the data and the run.")
+    workers: int = setting(0, "Worker processes (0: all cores).", min=0)
+    backend: str = setting("dali", "Loader backend.", choices=BACKENDS)
