@@ -22,7 +22,6 @@ import statistics
 import sys
 import tempfile
 
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -51,18 +50,23 @@ def main() -> None:
     data = a.data
     if data is None:
         work = tempfile.mkdtemp(prefix="imgprep-bench-")
-        synthesize(SynthConfig(os.path.join(work, "src"), classes=10, per_class=a.images // 10, val_per_class=0),
-                   workers=w)
+        synthesize(
+            SynthConfig(os.path.join(work, "src"), classes=10, per_class=a.images // 10, val_per_class=0), workers=w
+        )
         data = os.path.join(work, "data")
-        prepare(PrepareConfig(os.path.join(work, "src"), data, shard_size=250, workers=w), progress=False,
-                log=lambda s: None)
+        prepare(
+            PrepareConfig(os.path.join(work, "src"), data, shard_size=250, workers=w),
+            progress=False,
+            log=lambda s: None,
+        )
     b = a.batch_size
     steps = max(2, (a.images // b) - 1)
     variants = {
         "dali full": lambda: make_loader(data, "train", b, backend="dali", device=a.device, workers=w),
         "dali full chain": lambda: _chain(make_loader(data, "train", b, backend="dali", device="cpu", workers=w)),
-        "dali basic": lambda: make_loader(data, "train", b, backend="dali", device=a.device, workers=w,
-                                          lighting_std=0.0, normalize="channel"),
+        "dali basic": lambda: make_loader(
+            data, "train", b, backend="dali", device=a.device, workers=w, lighting_std=0.0, normalize="channel"
+        ),
         "torch full": lambda: make_loader(data, "train", b, backend="torch", device="cpu", workers=w),
         "baseline": lambda: baseline_loader(data, b, w),
     }
@@ -78,8 +82,10 @@ def main() -> None:
     print(f"train mode, batch {b}, {w} workers, {steps} timed batches, {a.repeats} runs; DALI on {device}")
     print(f"{'variant':16s} {'img/s':>8s} {'min':>8s} {'max':>8s} {'vs baseline':>12s}")
     for k, r in results.items():
-        print(f"{k:16s} {r['median_images_per_second']:8.0f} {r['min']:8.0f} {r['max']:8.0f} "
-              f"{r['median_images_per_second'] / base:11.2f}x")
+        print(
+            f"{k:16s} {r['median_images_per_second']:8.0f} {r['min']:8.0f} {r['max']:8.0f} "
+            f"{r['median_images_per_second'] / base:11.2f}x"
+        )
     full, basic = results["dali full"]["median_images_per_second"], results["dali basic"]["median_images_per_second"]
     print(f"lighting + mean image cost vs crop+flip+normalize: {100 * (basic / full - 1):.1f}% more time")
     results["lighting_and_mean_image_extra_time_percent"] = round(100 * (basic / full - 1), 1)

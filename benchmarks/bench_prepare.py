@@ -98,12 +98,24 @@ def main() -> None:
         m = r["median_images_per_second"]
         print(f"{name:18s} {m:8.0f} {r['min']:8.0f} {r['max']:8.0f} {m / base:8.2f}x")
     w1, w2 = results["imgprep w=1"]["median_images_per_second"], results["imgprep w=2"]["median_images_per_second"]
-    print(f"scaling 1 -> 2 workers: {w2 / w1:.2f}x; imgprep w=1 at "
-          f"{w1 / results['decode only']['median_images_per_second']:.0%} of decode-only speed")
+    print(
+        f"scaling 1 -> 2 workers: {w2 / w1:.2f}x; imgprep w=1 at "
+        f"{w1 / results['decode only']['median_images_per_second']:.0%} of decode-only speed"
+    )
     if a.json_out:
         with open(a.json_out, "w") as f:
-            json.dump({"machine": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count(),
-                       "images": a.images, "repeats": a.repeats, "results": results}, f, indent=2)
+            json.dump(
+                {
+                    "machine": platform.platform(),
+                    "python": platform.python_version(),
+                    "cores": os.cpu_count(),
+                    "images": a.images,
+                    "repeats": a.repeats,
+                    "results": results,
+                },
+                f,
+                indent=2,
+            )
     if not a.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

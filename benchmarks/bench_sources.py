@@ -60,18 +60,35 @@ def main() -> None:
     results = {}
     for name, src in (("folders", folders), ("archive", archive)):
         for w in (1, 2):
-            cmd = [sys.executable, "-m", "imgprep.cli.main", "prepare", src, out, "--no-progress", "--shard-size", "100",
-                   "--workers", str(w)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "imgprep.cli.main",
+                "prepare",
+                src,
+                out,
+                "--no-progress",
+                "--shard-size",
+                "100",
+                "--workers",
+                str(w),
+            ]
             timed(cmd, out)  # warm the page cache
             rates = [a.images / timed(cmd, out) for _ in range(a.repeats)]
-            results[f"{name} w={w}"] = {"median_images_per_second": statistics.median(rates),
-                                        "min": min(rates), "max": max(rates)}
+            results[f"{name} w={w}"] = {
+                "median_images_per_second": statistics.median(rates),
+                "min": min(rates),
+                "max": max(rates),
+            }
     print(f"{a.images} images 500x375, {a.repeats} runs each")
     print(f"{'source':12s} {'img/s':>8s} {'min':>8s} {'max':>8s}")
     for k, r in results.items():
         print(f"{k:12s} {r['median_images_per_second']:8.0f} {r['min']:8.0f} {r['max']:8.0f}")
     for w in (1, 2):
-        ratio = results[f"archive w={w}"]["median_images_per_second"] / results[f"folders w={w}"]["median_images_per_second"]
+        ratio = (
+            results[f"archive w={w}"]["median_images_per_second"]
+            / results[f"folders w={w}"]["median_images_per_second"]
+        )
         print(f"archive / folders at {w} worker{'s' * (w > 1)}: {ratio:.2f}x")
     if a.json_out:
         with open(a.json_out, "w") as f:

@@ -39,15 +39,17 @@ def main() -> None:
     from imgprep._mp import cpu_count
     from imgprep.dali_loader import build_pipeline
     from imgprep.loaders import make_loader
-    from imgprep.shards import index_path
     from imgprep.prepare import PrepareConfig, prepare
+    from imgprep.shards import index_path
     from imgprep.synth import SynthConfig, synthesize
 
     data = a.data
     if data is None:
         work = tempfile.mkdtemp(prefix="dali-threads-")
-        synthesize(SynthConfig(os.path.join(work, "src"), classes=10, per_class=a.images // 10, val_per_class=0),
-                   workers=cpu_count())
+        synthesize(
+            SynthConfig(os.path.join(work, "src"), classes=10, per_class=a.images // 10, val_per_class=0),
+            workers=cpu_count(),
+        )
         data = os.path.join(work, "data")
         prepare(PrepareConfig(os.path.join(work, "src"), data, shard_size=250), progress=False, log=lambda s: None)
     b = a.batch_size
@@ -59,10 +61,16 @@ def main() -> None:
             if kind == "full":
                 pipe = build_pipeline(lo.cfg, lo.info, paths, False, None, 1, threads)
             else:
+                # built and run within this iteration, so reading the loop variables is safe
                 @pipeline_def(batch_size=b, num_threads=threads, device_id=None, seed=1, exec_dynamic=True)
                 def p():
-                    jpg, cls = fn.readers.webdataset(paths=paths, index_paths=[index_path(s) for s in paths],
-                                                     ext=["jpg", "cls"], random_shuffle=True, initial_fill=4096)
+                    jpg, cls = fn.readers.webdataset(
+                        paths=paths,
+                        index_paths=[index_path(s) for s in paths],
+                        ext=["jpg", "cls"],
+                        random_shuffle=True,
+                        initial_fill=4096,
+                    )
                     cls = fn.pad(cls, axes=[0], shape=[7])
                     if kind == "reader":
                         return jpg.shape(), cls

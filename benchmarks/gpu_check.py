@@ -45,14 +45,20 @@ def main() -> None:
     data = a.data
     if data is None:
         t = time.perf_counter()
-        synthesize(SynthConfig(os.path.join(work, "src"), classes=10, per_class=a.images // 10, val_per_class=10),
-                   workers=os.cpu_count())
+        synthesize(
+            SynthConfig(os.path.join(work, "src"), classes=10, per_class=a.images // 10, val_per_class=10),
+            workers=os.cpu_count(),
+        )
         data = os.path.join(work, "data")
         s = prepare(PrepareConfig(os.path.join(work, "src"), data, shard_size=250), progress=False, log=lambda x: None)
-        print(f"prepared {s['images']} images at {s['images_per_second']} img/s in {time.perf_counter() - t:.0f} s",
-              file=sys.stderr)
-    report = {"gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-              "cpu_cores": os.cpu_count()}
+        print(
+            f"prepared {s['images']} images at {s['images_per_second']} img/s in {time.perf_counter() - t:.0f} s",
+            file=sys.stderr,
+        )
+    report = {
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "cpu_cores": os.cpu_count(),
+    }
 
     def rate(name, lo, steps=20):
         t = time.perf_counter()
@@ -65,8 +71,10 @@ def main() -> None:
         x, y = next(iter(lo))
         assert x.is_cuda and x.shape == (b, 3, 224, 224) and x.dtype == torch.float32
         rate(f"dali_mixed_train_b{b}_images_per_second", lo)
-    rate("dali_mixed_basic_b128_images_per_second",
-         make_loader(data, "train", 128, device="gpu", lighting_std=0.0, normalize="channel"))
+    rate(
+        "dali_mixed_basic_b128_images_per_second",
+        make_loader(data, "train", 128, device="gpu", lighting_std=0.0, normalize="channel"),
+    )
     lo = make_loader(data, "train", 128, device="cpu")
     rate("dali_cpu_fused_train_b128_images_per_second", lo)
     lo = make_loader(data, "train", 128, device="cpu")
@@ -79,18 +87,25 @@ def main() -> None:
     for dev in ("gpu", "cpu"):
         lo = make_loader(data, "val", 50, "eval", device=dev)
         xs[dev] = [(x.float().cpu(), y.cpu()) for x, y in lo]
-    d = torch.cat([(a - b).abs().flatten() for (a, _), (b, _) in zip(xs["gpu"], xs["cpu"])])
-    report["gpu_vs_cpu_eval_views"] = {"labels_equal": all(torch.equal(ya, yb) for (_, ya), (_, yb) in
-                                                           zip(xs["gpu"], xs["cpu"])),
-                                       "mean_abs_diff": round(float(d.mean()), 4), "max_abs_diff": round(float(d.max()), 3),
-                                       "p999_abs_diff": round(float(d.kthvalue(int(0.999 * len(d))).values), 3)}
+    d = torch.cat([(a - b).abs().flatten() for (a, _), (b, _) in zip(xs["gpu"], xs["cpu"], strict=True)])
+    report["gpu_vs_cpu_eval_views"] = {
+        "labels_equal": all(torch.equal(ya, yb) for (_, ya), (_, yb) in zip(xs["gpu"], xs["cpu"], strict=True)),
+        "mean_abs_diff": round(float(d.mean()), 4),
+        "max_abs_diff": round(float(d.max()), 3),
+        "p999_abs_diff": round(float(d.kthvalue(int(0.999 * len(d))).values), 3),
+    }
     print(f"gpu vs cpu eval views: {report['gpu_vs_cpu_eval_views']}", file=sys.stderr)
     placements = ("cuda:0",) + (("cuda:0,cuda:1",) if torch.cuda.device_count() > 1 else ())
-    r = bench_train(TrainBenchConfig(data, batch_size=128, steps=10, repeats=2, placements=placements),
-                    log=lambda s: print(s, file=sys.stderr))
+    r = bench_train(
+        TrainBenchConfig(data, batch_size=128, steps=10, repeats=2, placements=placements),
+        log=lambda s: print(s, file=sys.stderr),
+    )
     report["train"] = r["results"]
-    last = train(TrainConfig(data, os.path.join(work, "run"), epochs=1, steps_per_epoch=20, init="kaiming"),
-                 progress=False, log=lambda s: print(s, file=sys.stderr))
+    last = train(
+        TrainConfig(data, os.path.join(work, "run"), epochs=1, steps_per_epoch=20, init="kaiming"),
+        progress=False,
+        log=lambda s: print(s, file=sys.stderr),
+    )
     report["train_smoke"] = {k: last.get(k) for k in ("train_loss", "images_per_second", "val_top1_error")}
     print(json.dumps(report, indent=2))
     if a.out:

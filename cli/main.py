@@ -111,7 +111,9 @@ def verify(out, workers) -> None:
         click.echo(p, err=True)
     if r["problems"]:
         more = len(r["problems"]) - 50
-        raise click.ClickException(f"{len(r['problems'])} problems in {out}" + (f" ({more} not shown)" if more > 0 else ""))
+        raise click.ClickException(
+            f"{len(r['problems'])} problems in {out}" + (f" ({more} not shown)" if more > 0 else "")
+        )
     click.echo(f"ok: {r['shards']} shards, {r['samples']:,} samples match the manifest")
 
 
@@ -133,8 +135,12 @@ def stats(out, workers, as_json) -> None:
     for k in ("mean", "std", "eigval"):
         click.echo(f"{k:7s} stored     {_numbers(r['stored'][k])}\n{'':7s} recomputed {_numbers(r['recomputed'][k])}")
     d = r["max_abs_diff"]
-    click.echo("max |difference|: " + ", ".join(f"{k} {v:.4f}" for k, v in d.items())
-               + "; eigenvector angles (deg): " + " ".join(f"{a:.3f}" for a in r["eigvec_angle_deg"]))
+    click.echo(
+        "max |difference|: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in d.items())
+        + "; eigenvector angles (deg): "
+        + " ".join(f"{a:.3f}" for a in r["eigvec_angle_deg"])
+    )
 
 
 def _numbers(values) -> str:
@@ -154,21 +160,29 @@ def load(data, epochs, steps, as_json, **options) -> None:
     from imgprep.timing import time_loader
 
     loader = make_loader(data, **options)
-    r = {**time_loader(loader, epochs=epochs, steps=steps), "backend": loader.cfg.backend, "device": loader.device,
-         "mode": loader.cfg.mode, "batch_size": loader.cfg.batch_size}
+    r = {
+        **time_loader(loader, epochs=epochs, steps=steps),
+        "backend": loader.cfg.backend,
+        "device": loader.device,
+        "mode": loader.cfg.mode,
+        "batch_size": loader.cfg.batch_size,
+    }
     if as_json:
         click.echo(json.dumps(r))
         return
     lat = r["batch_latency_ms"] or {}
-    click.echo(f"{r['backend']} on {r['device']}: {r['batches']} batches, {r['images']:,} images, "
-               f"{r['images_per_second'] or 0:,.0f} img/s, batch latency median {lat.get('median', 0):.1f} ms "
-               f"(p90 {lat.get('p90', 0):.1f} ms)")
+    click.echo(
+        f"{r['backend']} on {r['device']}: {r['batches']} batches, {r['images']:,} images, "
+        f"{r['images_per_second'] or 0:,.0f} img/s, batch latency median {lat.get('median', 0):.1f} ms "
+        f"(p90 {lat.get('p90', 0):.1f} ms)"
+    )
 
 
 @main.command()
 @click.argument("data", type=click.Path())
-@click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True,
-              help="Run folder (checkpoints, metrics).")
+@click.option(
+    "--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run folder (checkpoints, metrics)."
+)
 @config_options(TrainConfig, skip=("data", "run_dir"))
 @click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its last checkpoint.")
 @click.option("--progress/--no-progress", default=True)
@@ -202,8 +216,10 @@ def eval_(run_dir, data, ten_crop, batch_size, backend, devices, workers, as_jso
         click.echo(json.dumps(r))
         return
     view = "10-view" if ten_crop else "centre-crop"
-    click.echo(f"{view} top-1 error {r['top1_error']:.2%}, top-5 error {r['top5_error']:.2%} "
-               f"on {r['images']:,} images (epoch {r['epoch']})")
+    click.echo(
+        f"{view} top-1 error {r['top1_error']:.2%}, top-5 error {r['top5_error']:.2%} "
+        f"on {r['images']:,} images (epoch {r['epoch']})"
+    )
 
 
 @main.command()
@@ -217,13 +233,16 @@ def demo(**options) -> None:
 
 
 def bench_outputs(fn):
-    fn = click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON.")(fn)
+    fn = click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON.")(
+        fn
+    )
     fn = click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a PNG chart.")(fn)
     return fn
 
 
-def _report(result: dict, columns: list[str], label: str, series: dict[str, tuple[str, str, str]], title: str,
-            json_out, plot) -> None:
+def _report(
+    result: dict, columns: list[str], label: str, series: dict[str, tuple[str, str, str]], title: str, json_out, plot
+) -> None:
     from imgprep.report import bar_chart, text_table, write_json
 
     rows = result["results"]
@@ -233,8 +252,14 @@ def _report(result: dict, columns: list[str], label: str, series: dict[str, tupl
         click.echo(f"results -> {json_out}")
     if plot:
         labels = [" ".join(str(r[k]) for k in label.split("+")) for r in rows]
-        bar_chart(plot, labels, {name: [r[m] for r in rows] for name, (m, _, _) in series.items()}, "images/s", title,
-                  errors={name: ([r[lo] for r in rows], [r[hi] for r in rows]) for name, (_, lo, hi) in series.items()})
+        bar_chart(
+            plot,
+            labels,
+            {name: [r[m] for r in rows] for name, (m, _, _) in series.items()},
+            "images/s",
+            title,
+            errors={name: ([r[lo] for r in rows], [r[hi] for r in rows]) for name, (_, lo, hi) in series.items()},
+        )
         click.echo(f"chart -> {plot}")
 
 
@@ -253,8 +278,15 @@ def bench_prepare(json_out, plot, **options) -> None:
     from imgprep.bench import bench_prepare as run
 
     r = run(PrepareBenchConfig(**options), log=click.echo)
-    _report(r, ["variant", "images_per_second", "min", "max", "vs_naive"], "variant",
-            {"images/s": ("images_per_second", "min", "max")}, f"prepare, {r['images']} images", json_out, plot)
+    _report(
+        r,
+        ["variant", "images_per_second", "min", "max", "vs_naive"],
+        "variant",
+        {"images/s": ("images_per_second", "min", "max")},
+        f"prepare, {r['images']} images",
+        json_out,
+        plot,
+    )
 
 
 @bench.command("load")
@@ -267,9 +299,15 @@ def bench_load(json_out, plot, **options) -> None:
     from imgprep.bench import bench_load as run
 
     r = run(LoadBenchConfig(**options), log=click.echo)
-    _report(r, ["loader", "batch_size", "workers", "images_per_second", "min", "max", "vs_baseline"],
-            "loader+batch_size+workers", {"images/s": ("images_per_second", "min", "max")}, "loaders, train mode",
-            json_out, plot)
+    _report(
+        r,
+        ["loader", "batch_size", "workers", "images_per_second", "min", "max", "vs_baseline"],
+        "loader+batch_size+workers",
+        {"images/s": ("images_per_second", "min", "max")},
+        "loaders, train mode",
+        json_out,
+        plot,
+    )
 
 
 @bench.command("train")
@@ -283,11 +321,19 @@ def bench_train(json_out, plot, **options) -> None:
 
     cfg = TrainBenchConfig(**options)
     r = run(cfg, log=click.echo)
-    _report(r, ["placement", "model_synthetic", "training_with_loader", "loader_only", "limited_by"], "placement",
-            {"model (synthetic input)": ("model_synthetic", "model_synthetic_min", "model_synthetic_max"),
-             "training with loader": ("training_with_loader", "training_with_loader_min", "training_with_loader_max"),
-             "loader alone": ("loader_only", "loader_only_min", "loader_only_max")},
-            f"AlexNet x{cfg.width_mult}, batch {cfg.batch_size}", json_out, plot)
+    _report(
+        r,
+        ["placement", "model_synthetic", "training_with_loader", "loader_only", "limited_by"],
+        "placement",
+        {
+            "model (synthetic input)": ("model_synthetic", "model_synthetic_min", "model_synthetic_max"),
+            "training with loader": ("training_with_loader", "training_with_loader_min", "training_with_loader_max"),
+            "loader alone": ("loader_only", "loader_only_min", "loader_only_max"),
+        },
+        f"AlexNet x{cfg.width_mult}, batch {cfg.batch_size}",
+        json_out,
+        plot,
+    )
 
 
 @main.command()

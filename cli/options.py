@@ -43,8 +43,17 @@ def _default(f: dataclasses.Field):
 
 def _option(f: dataclasses.Field, hint) -> typing.Callable:
     """The click option of one field."""
-    meta = {"help": "", "choices": None, "min": None, "max": None, "min_open": False, "max_open": False,
-            "sep": ",", "path": False, **f.metadata}
+    meta = {
+        "help": "",
+        "choices": None,
+        "min": None,
+        "max": None,
+        "min_open": False,
+        "max_open": False,
+        "sep": ",",
+        "path": False,
+        **f.metadata,
+    }
     flag = "--" + f.name.replace("_", "-")
     default = _default(f)
     kw = {"default": default, "help": meta["help"], "show_default": default not in (None, (), "")}
@@ -57,12 +66,23 @@ def _option(f: dataclasses.Field, hint) -> typing.Callable:
     if origin is tuple:  # tuple[X, ...]
         item = args[0]
         if meta["choices"] is not None:  # repeatable choice: --remove conv3 --remove conv5
-            return click.option(flag, f.name, type=click.Choice(meta["choices"]), multiple=True,
-                                **{**kw, "default": default, "show_default": False})
+            return click.option(
+                flag,
+                f.name,
+                type=click.Choice(meta["choices"]),
+                multiple=True,
+                **{**kw, "default": default, "show_default": False},
+            )
         sep = meta["sep"]
         shown = sep.join(str(v) for v in default) if default else None
-        return click.option(flag, f.name, default=shown, help=meta["help"], show_default=bool(shown),
-                            callback=lambda ctx, param, value, item=item, sep=sep: parse_list(value, item, sep))
+        return click.option(
+            flag,
+            f.name,
+            default=shown,
+            help=meta["help"],
+            show_default=bool(shown),
+            callback=lambda ctx, param, value, item=item, sep=sep: parse_list(value, item, sep),
+        )
     if meta["choices"] is not None:
         return click.option(flag, f.name, type=click.Choice(meta["choices"]), **kw)
     if hint in (int, float):
@@ -77,8 +97,11 @@ def config_options(cls, skip: typing.Iterable[str] = (), only: typing.Iterable[s
     leaving out `skip` (positional arguments, say) and fields marked `cli=False`."""
     hints = typing.get_type_hints(cls)
     skip, only = set(skip), set(only) if only is not None else None
-    chosen = [f for f in dataclasses.fields(cls)
-              if f.name not in skip and (only is None or f.name in only) and f.metadata.get("cli", True)]
+    chosen = [
+        f
+        for f in dataclasses.fields(cls)
+        if f.name not in skip and (only is None or f.name in only) and f.metadata.get("cli", True)
+    ]
 
     def decorate(fn):
         for f in reversed(chosen):  # click lists options in decoration order, innermost first
@@ -90,5 +113,6 @@ def config_options(cls, skip: typing.Iterable[str] = (), only: typing.Iterable[s
 
 def workers_option(fn):
     """--workers, for commands whose worker count is not a config field."""
-    return click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-                        help="Worker processes (0: all cores).")(fn)
+    return click.option(
+        "--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Worker processes (0: all cores)."
+    )(fn)

@@ -11,12 +11,18 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "PrepareConfig": "prepare", "prepare": "prepare",
-    "SynthConfig": "synth", "synthesize": "synth",
-    "verify": "verify", "recompute_stats": "verify",
-    "read_manifest": "dataset", "load_stats": "dataset", "DatasetInfo": "dataset",
+    "PrepareConfig": "prepare",
+    "prepare": "prepare",
+    "SynthConfig": "synth",
+    "synthesize": "synth",
+    "verify": "verify",
+    "recompute_stats": "verify",
+    "read_manifest": "dataset",
+    "load_stats": "dataset",
+    "DatasetInfo": "dataset",
     "ImgprepError": "errors",
-    "make_loader": "loaders", "LoaderConfig": "loader_base",
+    "make_loader": "loaders",
+    "LoaderConfig": "loader_base",
 }
 __all__ = sorted(_LAZY)
 

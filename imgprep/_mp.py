@@ -6,8 +6,16 @@ import multiprocessing as mp
 import os
 import sys
 
-_PRELOAD = ["imgprep.prepare", "imgprep.codec", "imgprep.geometry", "cv2", "PIL.Image", "PIL.JpegImagePlugin",
-            "simplejpeg", "numpy"]
+_PRELOAD = [
+    "imgprep.prepare",
+    "imgprep.codec",
+    "imgprep.geometry",
+    "cv2",
+    "PIL.Image",
+    "PIL.JpegImagePlugin",
+    "simplejpeg",
+    "numpy",
+]
 
 
 def cpu_count() -> int:

@@ -11,8 +11,15 @@ import numpy as np
 
 from .geometry import center_crop_offset
 
-__all__ = ["NORMALIZE", "LIGHTING_SCALES", "ten_crop_offsets", "lighting_scales", "lighting_shift",
-           "normalization", "reference_view"]
+__all__ = [
+    "NORMALIZE",
+    "LIGHTING_SCALES",
+    "ten_crop_offsets",
+    "lighting_scales",
+    "lighting_shift",
+    "normalization",
+    "reference_view",
+]
 
 # How pixels are normalized after the lighting noise:
 #   mean_image      x - M[window]                (the paper: raw, centred RGB)
@@ -71,8 +78,17 @@ def normalization(mode: str, stats: dict | None) -> tuple[bool, np.ndarray, np.n
     }[mode]
 
 
-def reference_view(image: np.ndarray, mean_image: np.ndarray | None, top: int, left: int, crop: int,
-                   flip: bool, shift: np.ndarray, channel_mean: np.ndarray, channel_std: np.ndarray) -> np.ndarray:
+def reference_view(
+    image: np.ndarray,
+    mean_image: np.ndarray | None,
+    top: int,
+    left: int,
+    crop: int,
+    flip: bool,
+    shift: np.ndarray,
+    channel_mean: np.ndarray,
+    channel_std: np.ndarray,
+) -> np.ndarray:
     """One augmented view, in NumPy: window, lighting shift, mean subtraction, flip, CHW.
 
     Args:
@@ -82,9 +98,9 @@ def reference_view(image: np.ndarray, mean_image: np.ndarray | None, top: int, l
     Returns:
         float32 (3, crop, crop).
     """
-    x = image[top:top + crop, left:left + crop].astype(np.float32) + np.asarray(shift, np.float32)
+    x = image[top : top + crop, left : left + crop].astype(np.float32) + np.asarray(shift, np.float32)
     if mean_image is not None:
-        x = x - mean_image[top:top + crop, left:left + crop]
+        x = x - mean_image[top : top + crop, left : left + crop]
     x = (x - np.asarray(channel_mean, np.float32)) / np.asarray(channel_std, np.float32)
     if flip:
         x = x[:, ::-1]

@@ -19,15 +19,24 @@ import numpy as np
 
 from ._mp import cpu_count
 from .config import setting
-from .loader_base import BACKENDS, DEVICES
 from .dataset import DatasetInfo
 from .errors import ImgprepError
 from .geometry import train_crop
+from .loader_base import BACKENDS, DEVICES
 from .report import environment, summarize
 from .timing import time_loader
 
-__all__ = ["PrepareBenchConfig", "bench_prepare", "LoadBenchConfig", "bench_load", "NAIVE_PILLOW", "BaselineTransform",
-           "baseline_loader", "loader_rate", "time_command"]
+__all__ = [
+    "PrepareBenchConfig",
+    "bench_prepare",
+    "LoadBenchConfig",
+    "bench_load",
+    "NAIVE_PILLOW",
+    "BaselineTransform",
+    "baseline_loader",
+    "loader_rate",
+    "time_command",
+]
 
 # The naive script a user writes first: one process, Pillow's defaults, one file per image.
 NAIVE_PILLOW = r"""
@@ -104,14 +113,29 @@ def bench_prepare(cfg: PrepareBenchConfig, log=print) -> dict:
         out = os.path.join(work, "out")
         runs = {"naive Pillow": ([sys.executable, "-c", NAIVE_PILLOW, lst, out], out)}
         for w in workers:
-            runs[f"imgprep w={w}"] = ([sys.executable, "-m", "imgprep.cli.main", "prepare", os.path.join(work, "src"), out,
-                                       "--no-progress", "--shard-size", str(cfg.shard_size), "--workers", str(w)], out)
+            runs[f"imgprep w={w}"] = (
+                [
+                    sys.executable,
+                    "-m",
+                    "imgprep.cli.main",
+                    "prepare",
+                    os.path.join(work, "src"),
+                    out,
+                    "--no-progress",
+                    "--shard-size",
+                    str(cfg.shard_size),
+                    "--workers",
+                    str(w),
+                ],
+                out,
+            )
         rows = []
         for name, (cmd, clean) in runs.items():
             rates = [n / time_command(cmd, clean) for _ in range(cfg.repeats)]
             s = summarize(rates)
-            rows.append({"variant": name, "images_per_second": s["median"], "min": s["min"], "max": s["max"],
-                         "runs": s["runs"]})
+            rows.append(
+                {"variant": name, "images_per_second": s["median"], "min": s["min"], "max": s["max"], "runs": s["runs"]}
+            )
             log(f"  {name}: {s['median']:.0f} img/s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -137,8 +161,8 @@ class BaselineTransform:
 
         img = Image.open(io.BytesIO(sample["jpg"])).convert("RGB")
         c = self.crop
-        t, l = np.random.randint(0, img.height - c + 1), np.random.randint(0, img.width - c + 1)
-        img = img.crop((l, t, l + c, t + c))
+        top, left = np.random.randint(0, img.height - c + 1), np.random.randint(0, img.width - c + 1)
+        img = img.crop((left, top, left + c, top + c))
         if np.random.rand() < 0.5:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
         x = (np.asarray(img, np.float32) / 255 - self.mean) / self.std
@@ -154,10 +178,15 @@ def baseline_loader(data: str, batch_size: int, workers: int):
 
     info = DatasetInfo.load(data, "train")
     crop = train_crop(info.size)
-    ds = (wds.WebDataset(info.shards, shardshuffle=False, empty_check=False, nodesplitter=None)
-          .shuffle(1000).map(BaselineTransform(info.stats["mean"], info.stats["std"], crop)).batched(batch_size))
-    return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
-                                       multiprocessing_context=pool_context() if workers else None)
+    ds = (
+        wds.WebDataset(info.shards, shardshuffle=False, empty_check=False, nodesplitter=None)
+        .shuffle(1000)
+        .map(BaselineTransform(info.stats["mean"], info.stats["std"], crop))
+        .batched(batch_size)
+    )
+    return torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=workers, multiprocessing_context=pool_context() if workers else None
+    )
 
 
 def loader_rate(loader, steps: int) -> float:
@@ -178,9 +207,17 @@ class LoadBenchConfig:
     loaders: tuple[str, ...] = setting(LOADERS, "Loaders to time.", choices=LOADERS)
 
 
+def _make_bench_loader(cfg: LoadBenchConfig, name: str, batch_size: int, workers: int):
+    from .loaders import make_loader
+
+    if name == "baseline":
+        return baseline_loader(cfg.data, batch_size, workers)
+    device = cfg.device if name == "dali" else "cpu"
+    return make_loader(cfg.data, "train", batch_size, backend=name, device=device, workers=workers)
+
+
 def bench_load(cfg: LoadBenchConfig, log=print) -> dict:
     """Images/s of the DALI pipeline, the torch fallback and the torchvision-style baseline."""
-    from .loaders import make_loader
 
     cores = cpu_count()
     workers = list(cfg.workers) or sorted({1, cores})
@@ -188,25 +225,35 @@ def bench_load(cfg: LoadBenchConfig, log=print) -> dict:
     for b in cfg.batch_sizes:
         for w in workers:
             for name in cfg.loaders:
-                def make():
-                    if name == "baseline":
-                        return baseline_loader(cfg.data, b, w)
-                    return make_loader(cfg.data, "train", b, backend=name, device=cfg.device if name == "dali" else "cpu",
-                                       workers=w)
-
                 rates = []
                 for _ in range(cfg.repeats):
-                    loader = make()
+                    loader = _make_bench_loader(cfg, name, b, w)
                     if name == "dali":
                         device = loader.device
                     rates.append(loader_rate(loader, cfg.steps))
                 s = summarize(rates)
                 label = f"dali ({device})" if name == "dali" else name
-                rows.append({"loader": label, "batch_size": b, "workers": w, "images_per_second": s["median"],
-                             "min": s["min"], "max": s["max"], "runs": s["runs"]})
+                rows.append(
+                    {
+                        "loader": label,
+                        "batch_size": b,
+                        "workers": w,
+                        "images_per_second": s["median"],
+                        "min": s["min"],
+                        "max": s["max"],
+                        "runs": s["runs"],
+                    }
+                )
                 log(f"  {label} batch {b} workers {w}: {s['median']:.0f} img/s")
     for r in rows:
-        base = next(x["images_per_second"] for x in rows if x["loader"] == "baseline" and x["batch_size"] == r["batch_size"]
-                    and x["workers"] == r["workers"]) if "baseline" in cfg.loaders else None
+        base = (
+            next(
+                x["images_per_second"]
+                for x in rows
+                if x["loader"] == "baseline" and x["batch_size"] == r["batch_size"] and x["workers"] == r["workers"]
+            )
+            if "baseline" in cfg.loaders
+            else None
+        )
         r["vs_baseline"] = r["images_per_second"] / base if base else None
     return {"benchmark": "load", "config": asdict(cfg), "environment": environment(), "results": rows}

@@ -18,7 +18,7 @@ __all__ = ["sniff_format", "DecodedImage", "decode_rgb", "encode_jpeg", "apply_o
 
 # Extensions that promise an image: such a file that is not one is rejected (listed), not skipped.
 IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .gif .bmp .tif .tiff .webp .ppm .pgm .pbm .pnm .j2k .jp2".split()
+    ".jpg .jpeg .jpe .jfif .png .gif .bmp .tif .tiff .webp .ppm .pgm .pbm .pnm .j2k .jp2".split()  # noqa: SIM905
 )
 
 _MAGIC = (
@@ -46,8 +46,18 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-_EXT_FORMAT = {".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".jfif": "jpeg", ".png": "png",
-               ".gif": "gif", ".bmp": "bmp", ".tif": "tiff", ".tiff": "tiff", ".webp": "webp"}
+_EXT_FORMAT = {
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".jpe": "jpeg",
+    ".jfif": "jpeg",
+    ".png": "png",
+    ".gif": "gif",
+    ".bmp": "bmp",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".webp": "webp",
+}
 
 
 @dataclass
@@ -175,9 +185,19 @@ def _to_rgb(im, converted: list[str]) -> np.ndarray:
         converted.append("float")
         g = np.clip(np.asarray(im), 0, 255).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(g[:, :, None], 3, axis=2))
-    tag = {"L": "grayscale", "1": "grayscale", "LA": "grayscale", "CMYK": "cmyk", "P": "palette",
-           "PA": "palette", "RGBA": "alpha", "RGBX": "alpha", "YCbCr": "ycbcr", "LAB": "lab",
-           "HSV": "hsv"}.get(mode, mode.lower())
+    tag = {
+        "L": "grayscale",
+        "1": "grayscale",
+        "LA": "grayscale",
+        "CMYK": "cmyk",
+        "P": "palette",
+        "PA": "palette",
+        "RGBA": "alpha",
+        "RGBX": "alpha",
+        "YCbCr": "ycbcr",
+        "LAB": "lab",
+        "HSV": "hsv",
+    }.get(mode, mode.lower())
     converted.append(tag)
     if mode == "LA":
         im = im.convert("L")

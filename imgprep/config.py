@@ -15,9 +15,20 @@ from typing import Any
 __all__ = ["setting"]
 
 
-def setting(default: Any = MISSING, help: str = "", *, choices: Sequence[str] | None = None,
-            min: float | None = None, max: float | None = None, min_open: bool = False, max_open: bool = False,
-            sep: str = ",", cli: bool = True, path: bool = False, default_factory: Callable | None = None):
+def setting(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    choices: Sequence[str] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+    sep: str = ",",
+    cli: bool = True,
+    path: bool = False,
+    default_factory: Callable | None = None,
+):
     """A dataclass field with what a user needs to know about it.
 
     Args:
@@ -29,8 +40,17 @@ def setting(default: Any = MISSING, help: str = "", *, choices: Sequence[str] | 
         cli: False for a setting that has no command-line option.
         path: the value is a file or folder path.
     """
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "min": min, "max": max,
-            "min_open": min_open, "max_open": max_open, "sep": sep, "cli": cli, "path": path}
+    meta = {
+        "help": help,
+        "choices": tuple(choices) if choices is not None else None,
+        "min": min,
+        "max": max,
+        "min_open": min_open,
+        "max_open": max_open,
+        "sep": sep,
+        "cli": cli,
+        "path": path,
+    }
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)

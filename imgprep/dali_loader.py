@@ -45,8 +45,8 @@ def _parse_label(cls):
     Right-padding the digits with zeros to a fixed width multiplies the number by 10^(width-L):
     the weighted digit sum divided by that power is the label.
     """
-    from nvidia.dali import fn, types
     import nvidia.dali.math as dmath
+    from nvidia.dali import fn, types
 
     d = fn.pad(fn.cast(cls, dtype=types.INT32) - 48, axes=[0], shape=[_LABEL_DIGITS], fill_value=0)
     w = types.Constant(np.array([10 ** (_LABEL_DIGITS - 1 - i) for i in range(_LABEL_DIGITS)], np.int32))
@@ -83,7 +83,11 @@ def _fused_kernel(out, img, mean, p):
             for w in range(ww):
                 s0[w], s1[w], s2[w] = src[w, 0], src[w, 1], src[w, 2]
         if has_mean:
-            m0, m1, m2 = mean[f, 0, top + h, a:a + ww], mean[f, 1, top + h, a:a + ww], mean[f, 2, top + h, a:a + ww]
+            m0, m1, m2 = (
+                mean[f, 0, top + h, a : a + ww],
+                mean[f, 1, top + h, a : a + ww],
+                mean[f, 2, top + h, a : a + ww],
+            )
             for w in range(ww):
                 d0[w] = s0[w] * i0 + o0 - m0[w]
                 d1[w] = s1[w] * i1 + o1 - m1[w]
@@ -112,9 +116,15 @@ def fused_operator():
         from nvidia.dali.plugin.numba.experimental import NumbaFunction
     except ImportError:
         return None
-    return NumbaFunction(run_fn=_fused_kernel, setup_fn=_fused_setup, out_types=[types.FLOAT],
-                         in_types=[types.UINT8, types.FLOAT, types.FLOAT], outs_ndim=[3], ins_ndim=[3, 4, 1],
-                         device="cpu")
+    return NumbaFunction(
+        run_fn=_fused_kernel,
+        setup_fn=_fused_setup,
+        out_types=[types.FLOAT],
+        in_types=[types.UINT8, types.FLOAT, types.FLOAT],
+        outs_ndim=[3],
+        ins_ndim=[3, 4, 1],
+        device="cpu",
+    )
 
 
 def _read(cfg: LoaderConfig, info: DatasetInfo, paths: list[str]):
@@ -122,10 +132,18 @@ def _read(cfg: LoaderConfig, info: DatasetInfo, paths: list[str]):
     from nvidia.dali import fn
 
     jpg, cls = fn.readers.webdataset(
-        paths=paths, index_paths=[index_path(p) for p in paths], ext=["jpg", "cls"],
-        missing_component_behavior="error", random_shuffle=cfg.mode == "train",
-        initial_fill=max(1, min(cfg.shuffle_buffer, info.total)), shard_id=cfg.rank,
-        num_shards=cfg.world_size, pad_last_batch=True, stick_to_shard=True, name="reader")
+        paths=paths,
+        index_paths=[index_path(p) for p in paths],
+        ext=["jpg", "cls"],
+        missing_component_behavior="error",
+        random_shuffle=cfg.mode == "train",
+        initial_fill=max(1, min(cfg.shuffle_buffer, info.total)),
+        shard_id=cfg.rank,
+        num_shards=cfg.world_size,
+        pad_last_batch=True,
+        stick_to_shard=True,
+        name="reader",
+    )
     return jpg, _parse_label(cls)
 
 
@@ -216,9 +234,17 @@ def _normalize_chain(img, info: DatasetInfo, crop: int, window, shift, norm, gpu
     mean = ch_mean.astype(np.float32).tolist() if shift is None else types.Constant(ch_mean.astype(np.float32)) - shift
     out = fn.crop_mirror_normalize(img, mirror=mirror, mean=mean, std=std, output_layout="CHW", dtype=types.FLOAT)
     if sub_mean:
-        out = out - fn.crop_mirror_normalize(_mean_image(info, gpu), crop=(crop, crop), crop_pos_x=_fraction(left, span),
-                                             crop_pos_y=_fraction(top, span), mirror=mirror, mean=[0.0, 0.0, 0.0],
-                                             std=std, output_layout="CHW", dtype=types.FLOAT)
+        out = out - fn.crop_mirror_normalize(
+            _mean_image(info, gpu),
+            crop=(crop, crop),
+            crop_pos_x=_fraction(left, span),
+            crop_pos_y=_fraction(top, span),
+            mirror=mirror,
+            mean=[0.0, 0.0, 0.0],
+            std=std,
+            output_layout="CHW",
+            dtype=types.FLOAT,
+        )
     return out
 
 
@@ -231,16 +257,34 @@ def _ten_views(jpg, info: DatasetInfo, crop: int, norm, gpu: bool):
     img = fn.cast(fn.decoders.image(jpg, output_type=types.RGB, **_decode_args(gpu)), dtype=types.FLOAT)
     if sub_mean:
         img = img - _mean_image(info, gpu)
-    views = [fn.crop_mirror_normalize(img, crop=(crop, crop), crop_pos_x=_fraction(left, span),
-                                      crop_pos_y=_fraction(top, span), mirror=mirror,
-                                      mean=ch_mean.astype(np.float32).tolist(), std=ch_std.astype(np.float32).tolist(),
-                                      output_layout="CHW", dtype=types.FLOAT)
-             for mirror in (0, 1) for top, left in ten_crop_offsets(info.size, crop)]
+    views = [
+        fn.crop_mirror_normalize(
+            img,
+            crop=(crop, crop),
+            crop_pos_x=_fraction(left, span),
+            crop_pos_y=_fraction(top, span),
+            mirror=mirror,
+            mean=ch_mean.astype(np.float32).tolist(),
+            std=ch_std.astype(np.float32).tolist(),
+            output_layout="CHW",
+            dtype=types.FLOAT,
+        )
+        for mirror in (0, 1)
+        for top, left in ten_crop_offsets(info.size, crop)
+    ]
     return fn.stack(*views)
 
 
-def build_pipeline(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], gpu: bool, device_id, seed: int,
-                   num_threads: int, fused: bool | None = None):
+def build_pipeline(
+    cfg: LoaderConfig,
+    info: DatasetInfo,
+    paths: list[str],
+    gpu: bool,
+    device_id,
+    seed: int,
+    num_threads: int,
+    fused: bool | None = None,
+):
     """The DALI pipeline for one epoch over `paths` (in reading order), this rank's shard.
 
     fused: use the one-pass CPU operator (None: on the CPU whenever numba is installed; ignored on
@@ -254,8 +298,14 @@ def build_pipeline(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], gpu: 
         raise ImgprepError("the loader's fused CPU operator needs numba: pip install numba")
     norm = normalization(cfg.normalize, info.stats)
 
-    @pipeline_def(batch_size=cfg.batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
-                  prefetch_queue_depth=2, exec_dynamic=True)
+    @pipeline_def(
+        batch_size=cfg.batch_size,
+        num_threads=num_threads,
+        device_id=device_id,
+        seed=seed,
+        prefetch_queue_depth=2,
+        exec_dynamic=True,
+    )
     def pipe():
         jpg, label = _read(cfg, info, paths)
         shift = _lighting_shift(cfg, info)  # drawn before the window: the random streams keep their order
@@ -264,8 +314,14 @@ def build_pipeline(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], gpu: 
         span = info.size - crop
         window = _window(cfg, span)
         top, left, _ = window
-        img = fn.decoders.image_crop(jpg, output_type=types.RGB, crop=(crop, crop), crop_pos_x=_fraction(left, span),
-                                     crop_pos_y=_fraction(top, span), **_decode_args(gpu))
+        img = fn.decoders.image_crop(
+            jpg,
+            output_type=types.RGB,
+            crop=(crop, crop),
+            crop_pos_x=_fraction(left, span),
+            crop_pos_y=_fraction(top, span),
+            **_decode_args(gpu),
+        )
         if op is not None:
             return _normalize_fused(op, img, info, window, shift, norm), label
         return _normalize_chain(img, info, crop, window, shift, norm, gpu), label

@@ -27,9 +27,23 @@ from .errors import ImgprepError
 from .fileio import atomic_file, json_bytes, write_atomic
 from .shards import index_path
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "MANIFEST", "REJECTS", "STATS_DIR", "MEAN_FILE", "STATS_FILE",
-           "build_manifest", "write_manifest", "read_manifest", "write_stats", "load_stats", "write_rejects",
-           "resolve_inside", "DatasetInfo"]
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "REJECTS",
+    "STATS_DIR",
+    "MEAN_FILE",
+    "STATS_FILE",
+    "build_manifest",
+    "write_manifest",
+    "read_manifest",
+    "write_stats",
+    "load_stats",
+    "write_rejects",
+    "resolve_inside",
+    "DatasetInfo",
+]
 
 FORMAT_NAME = "imgprep-webdataset"
 FORMAT_VERSION = 1  # version of the layout above; a reader refuses a newer one
@@ -49,8 +63,11 @@ def build_manifest(settings: dict, layout: str, classes: list[dict], splits: dic
         "source_layout": layout,
         "classes": classes,
         "splits": splits,
-        "sample": {"jpg": f"JPEG {size}x{size} RGB, quality {quality}",
-                   "cls": "class index, ASCII decimal", "json": "source path, original size, class name"},
+        "sample": {
+            "jpg": f"JPEG {size}x{size} RGB, quality {quality}",
+            "cls": "class index, ASCII decimal",
+            "json": "source path, original size, class name",
+        },
         "stats": f"{STATS_DIR}/{STATS_FILE}" if "train" in splits else None,
     }
 
@@ -78,13 +95,17 @@ def resolve_inside(root: str, rel, what: str) -> str:
     """The absolute path of `rel` under `root`, or ImgprepError when it leads outside `root`
     (an absolute path, `..`, or a symlink pointing elsewhere). Nothing is opened."""
     if not isinstance(rel, str) or not rel or os.path.isabs(rel) or "\\" in rel or "\0" in rel:
-        raise ImgprepError(f"{what}: path {rel!r} is not a relative path inside the dataset folder; "
-                           "the file is damaged or crafted: prepare the dataset again")
+        raise ImgprepError(
+            f"{what}: path {rel!r} is not a relative path inside the dataset folder; "
+            "the file is damaged or crafted: prepare the dataset again"
+        )
     base = os.path.realpath(root)
     path = os.path.realpath(os.path.join(base, rel))
     if os.path.commonpath([base, path]) != base:
-        raise ImgprepError(f"{what}: path {rel!r} leads outside the dataset folder {root}; "
-                           "the file is damaged or crafted: prepare the dataset again")
+        raise ImgprepError(
+            f"{what}: path {rel!r} leads outside the dataset folder {root}; "
+            "the file is damaged or crafted: prepare the dataset again"
+        )
     return path
 
 
@@ -100,9 +121,12 @@ def _check_shard(p: str, split: str, i: int, sh) -> None:
     where = f"splits.{split}.shards[{i}]"
     if not isinstance(sh, dict):
         raise _fail(p, f"{where} is not an object")
-    for key, ok in (("path", lambda v: isinstance(v, str)), ("count", lambda v: _is_int(v) and v >= 0),
-                    ("bytes", lambda v: _is_int(v) and v >= 0),
-                    ("sha256", lambda v: isinstance(v, str) and len(v) == 64)):
+    for key, ok in (
+        ("path", lambda v: isinstance(v, str)),
+        ("count", lambda v: _is_int(v) and v >= 0),
+        ("bytes", lambda v: _is_int(v) and v >= 0),
+        ("sha256", lambda v: isinstance(v, str) and len(v) == 64),
+    ):
         if key not in sh or not ok(sh[key]):
             raise _fail(p, f"{where}.{key} is missing or of the wrong type")
 
@@ -115,8 +139,9 @@ def validate_manifest(m, p: str) -> dict:
     if m.get("format") != FORMAT_NAME or not _is_int(version):
         raise _fail(p, "no 'format'/'format_version'")
     if version > FORMAT_VERSION:
-        raise ImgprepError(f"{p}: format version {version} is newer than this imgprep reads ({FORMAT_VERSION}); "
-                           "upgrade imgprep")
+        raise ImgprepError(
+            f"{p}: format version {version} is newer than this imgprep reads ({FORMAT_VERSION}); upgrade imgprep"
+        )
     config, classes, splits = m.get("config"), m.get("classes"), m.get("splits")
     if not isinstance(config, dict) or not _is_int(config.get("size")) or config["size"] < 1:
         raise _fail(p, "config.size is missing or not a positive whole number")
@@ -166,8 +191,9 @@ def load_stats(root: str, size: int | None = None) -> tuple[np.ndarray, dict]:
         raise ImgprepError(f"{d}/{STATS_FILE}: not the statistics `imgprep prepare` writes; prepare the dataset again")
     s = size or mean.shape[0]
     if mean.dtype != np.float32 or mean.shape != (s, s, 3):
-        raise ImgprepError(f"{d}/{MEAN_FILE}: {mean.dtype} {mean.shape}, expected float32 ({s}, {s}, 3); "
-                           "prepare the dataset again")
+        raise ImgprepError(
+            f"{d}/{MEAN_FILE}: {mean.dtype} {mean.shape}, expected float32 ({s}, {s}, 3); prepare the dataset again"
+        )
     return mean, st
 
 

@@ -121,8 +121,10 @@ class LocalExecutor:
     def _count_attempt(self, attempts: list[int], i: int, job: Job) -> None:
         attempts[i] += 1
         if attempts[i] >= self.max_attempts:
-            raise ImgprepError(f"{job.name} lost its worker process {self.max_attempts} times "
-                               "(out of memory? killed?); run the command again to resume")
+            raise ImgprepError(
+                f"{job.name} lost its worker process {self.max_attempts} times "
+                "(out of memory? killed?); run the command again to resume"
+            )
 
 
 class RayExecutor:
@@ -139,8 +141,13 @@ class RayExecutor:
         started = not ray.is_initialized()
         if started:
             try:
-                ray.init(address=self.address, num_cpus=None if self.address else self.workers,
-                         include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+                ray.init(
+                    address=self.address,
+                    num_cpus=None if self.address else self.workers,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level="ERROR",
+                )
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise ImgprepError(f"--ray-address {self.address}: cannot connect to Ray ({exc})") from None
         return ray, started
@@ -160,8 +167,10 @@ class RayExecutor:
                         result = ray.get(ref)
                     except ray.exceptions.RayError as exc:
                         msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                        raise ImgprepError(f"{job.name} failed {self.max_retries + 1} times on Ray ({msg}); "
-                                           "run the command again to resume") from None
+                        raise ImgprepError(
+                            f"{job.name} failed {self.max_retries + 1} times on Ray ({msg}); "
+                            "run the command again to resume"
+                        ) from None
                     on_progress(job.weight)
                     on_done(result)
         finally:

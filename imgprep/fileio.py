@@ -12,7 +12,15 @@ import os
 from collections.abc import Iterator
 from typing import IO
 
-__all__ = ["PARTIAL_SUFFIX", "partial_path", "AtomicWriter", "atomic_file", "write_atomic", "json_bytes", "write_json_atomic"]
+__all__ = [
+    "PARTIAL_SUFFIX",
+    "partial_path",
+    "AtomicWriter",
+    "atomic_file",
+    "write_atomic",
+    "json_bytes",
+    "write_json_atomic",
+]
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -31,10 +39,11 @@ class AtomicWriter:
 
     def __init__(self, path: str, mode: str = "wb", fsync: bool = True):
         self.path, self.tmp_path, self.fsync = path, partial_path(path), fsync
+        # open for as long as the writer streams; commit() or abort() closes it
         if "b" in mode:
-            self.file: IO = open(self.tmp_path, mode)
+            self.file: IO = open(self.tmp_path, mode)  # noqa: SIM115
         else:
-            self.file = open(self.tmp_path, mode, encoding="utf-8", newline="\n")
+            self.file = open(self.tmp_path, mode, encoding="utf-8", newline="\n")  # noqa: SIM115
 
     def commit(self) -> None:
         """Flush (and fsync) the file and rename it over `path`."""

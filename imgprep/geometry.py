@@ -12,8 +12,14 @@ import numpy as np
 
 from .constants import CROP_SIZE, STORED_SIZE
 
-__all__ = ["resize_target", "center_crop_offset", "train_crop", "source_window", "antialias_sigma",
-           "resize_center_crop"]
+__all__ = [
+    "resize_target",
+    "center_crop_offset",
+    "train_crop",
+    "source_window",
+    "antialias_sigma",
+    "resize_center_crop",
+]
 
 
 def resize_target(height: int, width: int, size: int) -> tuple[int, int]:
@@ -84,7 +90,8 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     sig_x, sig_y = antialias_sigma(sx), antialias_sigma(sy)
     # Below sigma 0.25 a 3-tap Gaussian has side weights < 3e-4: a no-op on uint8, skipped.
     if max(sig_x, sig_y) >= 0.25:
-        region = cv2.GaussianBlur(region, (0, 0), sigmaX=max(sig_x, 1e-3), sigmaY=max(sig_y, 1e-3),
-                                  borderType=cv2.BORDER_REFLECT)
+        region = cv2.GaussianBlur(
+            region, (0, 0), sigmaX=max(sig_x, 1e-3), sigmaY=max(sig_y, 1e-3), borderType=cv2.BORDER_REFLECT
+        )
     out = cv2.resize(region, (size, size), interpolation=cv2.INTER_LINEAR)
     return np.ascontiguousarray(out)

@@ -26,8 +26,17 @@ from .constants import PCA_LIGHTING_STD, SPLITS
 from .dataset import DatasetInfo
 from .errors import ImgprepError
 
-__all__ = ["LoaderConfig", "EpochPlan", "BaseLoader", "MODES", "BACKENDS", "DEVICES", "LAST_BATCH", "PAD_LABEL",
-           "resolve_device"]
+__all__ = [
+    "LoaderConfig",
+    "EpochPlan",
+    "BaseLoader",
+    "MODES",
+    "BACKENDS",
+    "DEVICES",
+    "LAST_BATCH",
+    "PAD_LABEL",
+    "resolve_device",
+]
 
 MODES = ("train", "eval", "ten_crop")
 BACKENDS = ("dali", "torch")
@@ -43,13 +52,15 @@ class LoaderConfig:
     root: str
     split: str = setting("train", "Split to read.", choices=SPLITS)
     batch_size: int = setting(256, "Samples per batch (per rank).", min=1)
-    mode: str = setting("train", "train: random crop, flip, PCA lighting; eval: centre crop; ten_crop: the "
-                        "paper's ten views.", choices=MODES)
+    mode: str = setting(
+        "train",
+        "train: random crop, flip, PCA lighting; eval: centre crop; ten_crop: the paper's ten views.",
+        choices=MODES,
+    )
     rank: int = setting(0, cli=False)
     world_size: int = setting(1, cli=False)
     backend: str = setting("dali", "dali, or the PyTorch fallback.", choices=BACKENDS)
-    device: str = setting("auto", "Where DALI decodes: auto (the GPU where there is one), cpu or gpu.",
-                          choices=DEVICES)
+    device: str = setting("auto", "Where DALI decodes: auto (the GPU where there is one), cpu or gpu.", choices=DEVICES)
     device_id: int | None = setting(None, cli=False)  # GPU index; default: rank % number of GPUs
     workers: int = setting(0, "Decoding threads (DALI) or DataLoader processes (torch); 0: all cores.", min=0)
     seed: int = setting(0, "Seed of the epoch order and the augmentation.")
@@ -72,8 +83,10 @@ class LoaderConfig:
             (0 <= self.rank < self.world_size, f"rank {self.rank} with world size {self.world_size}"),
             (self.normalize in NORMALIZE, f"normalize {self.normalize!r}: one of {', '.join(NORMALIZE)}"),
             (self.last_batch in LAST_BATCH, f"last_batch {self.last_batch!r}: one of {', '.join(LAST_BATCH)}"),
-            (self.lighting_scale in LIGHTING_SCALES,
-             f"lighting scale {self.lighting_scale!r}: one of {', '.join(LIGHTING_SCALES)}"),
+            (
+                self.lighting_scale in LIGHTING_SCALES,
+                f"lighting scale {self.lighting_scale!r}: one of {', '.join(LIGHTING_SCALES)}",
+            ),
             (self.lighting_std >= 0, f"lighting std {self.lighting_std}: must be >= 0"),
         ]
         for ok, msg in checks:
@@ -91,7 +104,7 @@ class EpochPlan:
     batches: int  # batches yielded by every rank
 
     @classmethod
-    def make(cls, info: DatasetInfo, cfg: LoaderConfig, epoch: int) -> "EpochPlan":
+    def make(cls, info: DatasetInfo, cfg: LoaderConfig, epoch: int) -> EpochPlan:
         n_sh = len(info.shards)
         shuffle = cfg.mode == "train"
         order = list(np.random.default_rng([cfg.seed, epoch]).permutation(n_sh)) if shuffle else list(range(n_sh))

@@ -19,8 +19,18 @@ from .loader_base import BACKENDS, MODES, PAD_LABEL, BaseLoader, EpochPlan, Load
 __all__ = ["LoaderConfig", "DatasetInfo", "EpochPlan", "BaseLoader", "make_loader", "MODES", "BACKENDS", "PAD_LABEL"]
 
 
-def make_loader(root: str, split: str = "train", batch_size: int = 256, mode: str = "train", *,
-                rank: int = 0, world_size: int = 1, backend: str = "dali", device: str = "auto", **kwargs):
+def make_loader(
+    root: str,
+    split: str = "train",
+    batch_size: int = 256,
+    mode: str = "train",
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    backend: str = "dali",
+    device: str = "auto",
+    **kwargs,
+):
     """A loader over a prepared dataset: iterate it for one epoch of `(images, labels)`.
 
     Args:
@@ -38,10 +48,21 @@ def make_loader(root: str, split: str = "train", batch_size: int = 256, mode: st
         `len()` is the number of batches per epoch; `set_epoch(e)` picks the epoch's order
         (iterating advances it by one).
     """
-    cfg = LoaderConfig(root=root, split=split, batch_size=batch_size, mode=mode, rank=rank,
-                       world_size=world_size, backend=backend, device=device, **kwargs)
+    cfg = LoaderConfig(
+        root=root,
+        split=split,
+        batch_size=batch_size,
+        mode=mode,
+        rank=rank,
+        world_size=world_size,
+        backend=backend,
+        device=device,
+        **kwargs,
+    )
     cfg.validate()
-    info = DatasetInfo.load(root, split, need_stats=cfg.normalize != "none" or (mode == "train" and cfg.lighting_std > 0))
+    info = DatasetInfo.load(
+        root, split, need_stats=cfg.normalize != "none" or (mode == "train" and cfg.lighting_std > 0)
+    )
     if cfg.crop == 0:
         cfg = replace(cfg, crop=train_crop(info.size))
     if info.total < cfg.world_size:
@@ -52,8 +73,9 @@ def make_loader(root: str, split: str = "train", batch_size: int = 256, mode: st
         try:
             import nvidia.dali  # noqa: F401
         except ImportError:
-            raise ImgprepError("backend 'dali' needs NVIDIA DALI: pip install nvidia-dali-cuda120 "
-                               "(or use backend='torch')") from None
+            raise ImgprepError(
+                "backend 'dali' needs NVIDIA DALI: pip install nvidia-dali-cuda120 (or use backend='torch')"
+            ) from None
         from .dali_loader import DaliLoader
 
         return DaliLoader(cfg, info)

@@ -43,19 +43,26 @@ class PrepareConfig:
     src: str
     out: str
     split: str = setting("train", "Split of SRC when it is a plain folder of class folders.", choices=SPLITS)
-    layout: str = setting("auto", "Source layout; auto detects ILSVRC2012 archives, Kaggle, class folders.",
-                          choices=LAYOUTS)
-    val_labels: str | None = setting(None, "Labels of a flat validation folder (or val tar): one WNID per line in "
-                                     "file-name order, or CSV file,wnid.", path=True)
+    layout: str = setting(
+        "auto", "Source layout; auto detects ILSVRC2012 archives, Kaggle, class folders.", choices=LAYOUTS
+    )
+    val_labels: str | None = setting(
+        None,
+        "Labels of a flat validation folder (or val tar): one WNID per line in file-name order, or CSV file,wnid.",
+        path=True,
+    )
     size: int = setting(STORED_SIZE, "Shorter side after resizing, and side of the centre crop.", min=8)
     quality: int = setting(JPEG_QUALITY, "JPEG quality.", min=1, max=100)
     shard_size: int = setting(SHARD_SIZE, "Samples per shard.", min=1)
     seed: int = setting(0, "Seed of the global shuffle.")
     workers: int = setting(0, "Worker processes (0: all cores, or the CPUs of the local Ray instance).", min=0)
-    executor: str = setting("local", "Run the units (one per shard) in a local process pool or as Ray tasks.",
-                            choices=EXECUTORS)
-    ray_address: str | None = setting(None, "Ray cluster to use (e.g. auto, ray://head:10001); default: start a "
-                                      "local Ray instance with --workers CPUs.")
+    executor: str = setting(
+        "local", "Run the units (one per shard) in a local process pool or as Ray tasks.", choices=EXECUTORS
+    )
+    ray_address: str | None = setting(
+        None,
+        "Ray cluster to use (e.g. auto, ray://head:10001); default: start a local Ray instance with --workers CPUs.",
+    )
 
     def dataset_settings(self) -> dict:
         """The settings that determine the output bytes (compared on rerun); not how they are run."""
@@ -118,7 +125,7 @@ def plan_units(index: SourceIndex, shard_size: int, seed: int) -> list[Unit]:
         # Keys are the shuffled position: unique, dot-free, and sorted in shard order.
         rows = [(f"{pos:08d}", items[i]) for pos, i in enumerate(perm)]
         for u, start in enumerate(range(0, len(rows), shard_size)):
-            units.append(Unit(split, u, rows[start:start + shard_size]))
+            units.append(Unit(split, u, rows[start : start + shard_size]))
     return units
 
 
@@ -158,8 +165,14 @@ class UnitJob:
 
 def _sample_meta(item: Item, img, classes: list[dict]) -> dict:
     cls = classes[item.label]
-    meta = {"source": item.ref, "class": cls["name"], "label": item.label, "width": img.width,
-            "height": img.height, "format": img.format}
+    meta = {
+        "source": item.ref,
+        "class": cls["name"],
+        "label": item.label,
+        "width": img.width,
+        "height": img.height,
+        "format": img.format,
+    }
     if "wnid" in cls:
         meta["wnid"] = cls["wnid"]
     if img.converted:
@@ -193,8 +206,14 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
                 n_converted += bool(img.converted)
                 for t in img.converted:
                     converted[t] = converted.get(t, 0) + 1
-                writer.write(key, {"cls": str(item.label).encode(), "jpg": jpeg,
-                                   "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()})
+                writer.write(
+                    key,
+                    {
+                        "cls": str(item.label).encode(),
+                        "jpg": jpeg,
+                        "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
+                    },
+                )
                 if acc is not None:
                     acc.add(pixels)
             if progress is not None:
@@ -208,9 +227,16 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
     except BaseException:
         writer.abort()
         raise
-    return {"unit": unit.name, "split": unit.split, "shard": shard, "rejects": rejects, "skipped": skipped,
-            "converted": converted, "converted_images": n_converted,
-            "stats": acc.to_arrays() if acc is not None else None}
+    return {
+        "unit": unit.name,
+        "split": unit.split,
+        "shard": shard,
+        "rejects": rejects,
+        "skipped": skipped,
+        "converted": converted,
+        "converted_images": n_converted,
+        "stats": acc.to_arrays() if acc is not None else None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,8 +245,11 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
 
 def _differences(saved: dict, wanted: dict) -> list[str]:
     flag = {"src": "SRC", "shard_size": "--shard-size"}
-    return [f"{flag.get(k, '--' + k.replace('_', '-'))} was {saved.get(k)!r}, now {wanted.get(k)!r}"
-            for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    return [
+        f"{flag.get(k, '--' + k.replace('_', '-'))} was {saved.get(k)!r}, now {wanted.get(k)!r}"
+        for k in sorted(set(saved) | set(wanted))
+        if saved.get(k) != wanted.get(k)
+    ]
 
 
 def _output_state(cfg: PrepareConfig) -> str:
@@ -242,8 +271,10 @@ def _output_state(cfg: PrepareConfig) -> str:
                 raise ImgprepError(f"{p}: unreadable; remove OUT or choose another folder") from None
             diff = _differences(saved, wanted)
             if diff:
-                raise ImgprepError(f"{out} holds a dataset prepared with other settings ({'; '.join(diff)}); "
-                                   "use the same settings to resume, or choose another OUT")
+                raise ImgprepError(
+                    f"{out} holds a dataset prepared with other settings ({'; '.join(diff)}); "
+                    "use the same settings to resume, or choose another OUT"
+                )
             return state
     if os.listdir(out):
         raise ImgprepError(f"{out}: not empty and not an imgprep dataset; choose an empty or new folder")
@@ -296,8 +327,12 @@ def _verify_records(state: _State, out: str) -> list[str]:
         if sh is None:
             continue
         p = os.path.join(out, sh["path"])
-        if (not os.path.exists(p) or not os.path.exists(index_path(p)) or os.path.getsize(p) != sh["bytes"]
-                or sha256_file(p) != sh["sha256"]):
+        if (
+            not os.path.exists(p)
+            or not os.path.exists(index_path(p))
+            or os.path.getsize(p) != sh["bytes"]
+            or sha256_file(p) != sh["sha256"]
+        ):
             bad_splits.add(rec["split"])
     if "train" in bad_splits:
         state.acc = StatsAccumulator(state.size)
@@ -331,8 +366,7 @@ def _open_state(cfg: PrepareConfig, kind: str, units: list[Unit], log) -> _State
     return state
 
 
-def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None] = print,
-            executor=None) -> dict:
+def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None] = print, executor=None) -> dict:
     """Run `prepare` end to end (or resume it). Returns a summary dict.
 
     Raises:
@@ -365,8 +399,10 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
     except BaseException as exc:
         state.save()  # keep every finished unit for the rerun
         if isinstance(exc, KeyboardInterrupt):
-            raise ImgprepError(f"interrupted; {len(state.records)} of {len(units)} shards are done; "
-                               "run the same command again to resume") from None
+            raise ImgprepError(
+                f"interrupted; {len(state.records)} of {len(units)} shards are done; "
+                "run the same command again to resume"
+            ) from None
         raise
     finally:
         bar.close()
@@ -381,8 +417,7 @@ def _progress_bar(total: int, enabled: bool):
 
     tqdm.monitor_interval = 0  # no monitor thread polling in the driver
 
-    return tqdm(total=total, unit="img", disable=not enabled, smoothing=0.1, dynamic_ncols=True,
-                desc="prepare")
+    return tqdm(total=total, unit="img", disable=not enabled, smoothing=0.1, dynamic_ncols=True, desc="prepare")
 
 
 def _split_record(items: list[Item], records: list[dict], skipped_in_index: int) -> dict:
@@ -437,8 +472,11 @@ def _summary(manifest: dict, seconds: float, processed: int) -> dict:
 
 
 def _summary_line(s: dict, out: str) -> str:
-    parts = ", ".join(f"{k} {v['count']:,} in {v['shards']} shard{'s' * (v['shards'] != 1)}"
-                      for k, v in s["splits"].items())
-    return (f"prepared {s['images']:,} images ({parts}); {s['converted']:,} converted, {s['rejected']:,} rejected "
-            f"(see {REJECTS}), {s['skipped']:,} skipped; {s['seconds']:.1f} s, "
-            f"{s['images_per_second'] or 0:,.0f} img/s -> {out}")
+    parts = ", ".join(
+        f"{k} {v['count']:,} in {v['shards']} shard{'s' * (v['shards'] != 1)}" for k, v in s["splits"].items()
+    )
+    return (
+        f"prepared {s['images']:,} images ({parts}); {s['converted']:,} converted, {s['rejected']:,} rejected "
+        f"(see {REJECTS}), {s['skipped']:,} skipped; {s['seconds']:.1f} s, "
+        f"{s['images_per_second'] or 0:,.0f} img/s -> {out}"
+    )

@@ -3,6 +3,7 @@ tables and PNG charts."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import platform
@@ -19,12 +20,18 @@ def environment() -> dict:
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ("imgprep", "torch", "nvidia-dali-cuda120", "numpy", "pillow", "opencv-python-headless", "simplejpeg",
-                "webdataset"):
-        try:
+    for pkg in (
+        "imgprep",
+        "torch",
+        "nvidia-dali-cuda120",
+        "numpy",
+        "pillow",
+        "opencv-python-headless",
+        "simplejpeg",
+        "webdataset",
+    ):
+        with contextlib.suppress(md.PackageNotFoundError):
             versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
     gpu = None
     try:
         import torch
@@ -33,15 +40,24 @@ def environment() -> dict:
             gpu = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except ImportError:
         pass
-    return {"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cores": cpu_count(), "python": platform.python_version(), "gpus": gpu,
-            "versions": versions}
+    return {
+        "machine": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cores": cpu_count(),
+        "python": platform.python_version(),
+        "gpus": gpu,
+        "versions": versions,
+    }
 
 
 def summarize(values: list[float]) -> dict:
     """Median and spread of repeated measurements."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values),
-            "runs": [round(v, 2) for v in values]}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "runs": [round(v, 2) for v in values],
+    }
 
 
 def write_json(path: str, obj: dict) -> None:
@@ -66,8 +82,10 @@ def text_table(rows: list[dict], columns: list[str]) -> str:
     """A plain aligned table for the terminal."""
     cells = [columns] + [[_fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(v.rjust(w) if j else v.ljust(w) for j, (v, w) in enumerate(zip(row, widths)))
-                     for row in cells)
+    return "\n".join(
+        "  ".join(v.rjust(w) if j else v.ljust(w) for j, (v, w) in enumerate(zip(row, widths, strict=True)))
+        for row in cells
+    )
 
 
 def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
@@ -78,8 +96,14 @@ def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
         w.writerows(rows)
 
 
-def bar_chart(path: str, labels: list[str], series: dict[str, list[float]], ylabel: str, title: str,
-              errors: dict[str, tuple[list[float], list[float]]] | None = None) -> None:
+def bar_chart(
+    path: str,
+    labels: list[str],
+    series: dict[str, list[float]],
+    ylabel: str,
+    title: str,
+    errors: dict[str, tuple[list[float], list[float]]] | None = None,
+) -> None:
     """Grouped bar chart (one group per label, one bar per series), PNG."""
     import matplotlib
 

@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from .fileio import AtomicWriter, write_atomic
 
-__all__ = ["DALI_INDEX_VERSION", "ShardWriter", "ShardInfo", "tar_header", "index_path", "dali_index_text",
-           "read_dali_index", "iter_samples", "sha256_file", "split_key"]
+__all__ = [
+    "DALI_INDEX_VERSION",
+    "ShardWriter",
+    "ShardInfo",
+    "tar_header",
+    "index_path",
+    "dali_index_text",
+    "read_dali_index",
+    "iter_samples",
+    "sha256_file",
+    "split_key",
+]
 
 # DALI's `wds2idx` index format version, written on the first line of every `.idx` file.
 DALI_INDEX_VERSION = "v1.2"
@@ -34,7 +44,7 @@ def tar_header(name: str, size: int) -> bytes:
     if len(raw) > 100:
         raise ValueError(f"member name {name!r} longer than 100 bytes")
     h = bytearray(_BLOCK)
-    h[0:len(raw)] = raw
+    h[0 : len(raw)] = raw
     h[100:108] = b"0000444\0"
     h[108:116] = b"0000000\0"
     h[116:124] = b"0000000\0"
@@ -53,7 +63,7 @@ def split_key(name: str) -> tuple[str, str]:
     dot = name.find(".", base)
     if dot < 0:
         return name, ""
-    return name[:dot], name[dot + 1:]
+    return name[:dot], name[dot + 1 :]
 
 
 class _HashingFile:

@@ -25,8 +25,17 @@ from dataclasses import dataclass, field
 
 from .errors import ImgprepError
 
-__all__ = ["Item", "ClassInfo", "Source", "SourceIndex", "discover", "LAYOUTS", "scan_tar",
-           "parse_devkit", "devkit_val_wnids"]
+__all__ = [
+    "Item",
+    "ClassInfo",
+    "Source",
+    "SourceIndex",
+    "discover",
+    "LAYOUTS",
+    "scan_tar",
+    "parse_devkit",
+    "devkit_val_wnids",
+]
 
 LAYOUTS = ("auto", "folders", "ilsvrc", "kaggle")
 TRAIN_TAR, VAL_TAR, DEVKIT = "ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"
@@ -151,8 +160,10 @@ def read_val_labels(path: str, files: list[str]) -> list[str]:
         return [by_stem[_stem(f)] for f in files]
     labels = [r[0].split()[0] for r in rows]
     if len(labels) != len(files):
-        raise ImgprepError(f"{path}: {len(labels)} labels for {len(files)} validation files; "
-                           "expected one label per line in sorted file-name order")
+        raise ImgprepError(
+            f"{path}: {len(labels)} labels for {len(files)} validation files; "
+            "expected one label per line in sorted file-name order"
+        )
     return labels
 
 
@@ -199,7 +210,7 @@ def parse_devkit(path: str) -> tuple[dict[int, tuple[str, str]], list[int]]:
         raise ImgprepError(f"{path}: no data/meta.mat with 'synsets'; is this ILSVRC2012_devkit_t12.tar.gz?")
     s = np.atleast_1d(meta["synsets"])
     leaves = {}
-    for sid, wnid, words, nchild in zip(s["ILSVRC2012_ID"], s["WNID"], s["words"], s["num_children"]):
+    for sid, wnid, words, nchild in zip(s["ILSVRC2012_ID"], s["WNID"], s["words"], s["num_children"], strict=True):
         if int(nchild) == 0:
             leaves[int(sid)] = (str(wnid), str(words))
     return leaves, truth or []
@@ -257,8 +268,10 @@ def _index_of(classes: list[ClassInfo]) -> dict[str, int]:
 def _label_all(wnids: list[str], index: dict[str, int], where: str) -> list[int]:
     unknown = sorted({w for w in wnids if w not in index})
     if unknown:
-        raise ImgprepError(f"{where}: validation class {unknown[0]!r} is not a training class "
-                           f"({len(unknown)} unknown); every split must use the training classes")
+        raise ImgprepError(
+            f"{where}: validation class {unknown[0]!r} is not a training class "
+            f"({len(unknown)} unknown); every split must use the training classes"
+        )
     return [index[w] for w in wnids]
 
 
@@ -301,8 +314,10 @@ def _discover_ilsvrc(src: str, devkit_required: bool = True) -> SourceIndex:
     if has_val and val_wnids:
         archives.append(val_tar)
         labels = _label_all(val_wnids, index, devkit)
-        splits["val"] = [Item(f"{VAL_TAR}/{name}", lab, len(archives) - 1, off, size)
-                         for (name, off, size), lab in zip(val_members, labels)]
+        splits["val"] = [
+            Item(f"{VAL_TAR}/{name}", lab, len(archives) - 1, off, size)
+            for (name, off, size), lab in zip(val_members, labels, strict=True)
+        ]
         skipped.setdefault("val", 0)
     return SourceIndex(Source(src, archives), "ilsvrc", classes, splits, skipped)
 
@@ -312,10 +327,8 @@ def _discover_kaggle(src: str) -> SourceIndex:
     mapping = os.path.join(src, "LOC_synset_mapping.txt")
     words = kaggle_words(mapping) if os.path.isfile(mapping) else {}
     train_rel = os.path.join(KAGGLE_DATA, "train")
-    if os.path.isdir(os.path.join(src, train_rel)):
-        wnids = _class_dirs(os.path.join(src, train_rel))
-    else:
-        wnids = sorted(words)
+    has_train = os.path.isdir(os.path.join(src, train_rel))
+    wnids = _class_dirs(os.path.join(src, train_rel)) if has_train else sorted(words)
     if not wnids:
         raise ImgprepError(f"{data}: no train/<wnid>/ folders and no LOC_synset_mapping.txt; cannot tell the classes")
     classes = [ClassInfo(w, words.get(w, "")) for w in wnids]
@@ -339,7 +352,7 @@ def _discover_kaggle(src: str) -> SourceIndex:
         if missing:
             raise ImgprepError(f"{sol}: no label for {missing[0]} ({len(missing)} validation files unlabelled)")
         labs = _label_all([labels[_stem(r)] for r in refs], index, sol)
-        splits["val"], skipped["val"] = [Item(r, lab) for r, lab in zip(refs, labs)], hidden
+        splits["val"], skipped["val"] = [Item(r, lab) for r, lab in zip(refs, labs, strict=True)], hidden
     return SourceIndex(Source(src), "kaggle", classes, splits, skipped)
 
 
@@ -353,7 +366,9 @@ def _discover_folders(src: str, split: str, val_labels: str | None) -> SourceInd
     flat_val = "val" in split_dirs and not per_split["val"]
     if not names and not (flat_val and class_split == "val"):
         where = os.path.join(src, split_dirs[class_split])
-        raise ImgprepError(f"{where.rstrip(os.sep)}: no class folders found; expected one sub-folder of images per class")
+        raise ImgprepError(
+            f"{where.rstrip(os.sep)}: no class folders found; expected one sub-folder of images per class"
+        )
     classes = [ClassInfo(n) for n in names]
     index = _index_of(classes)
     splits, skipped = {}, {}
@@ -364,16 +379,19 @@ def _discover_folders(src: str, split: str, val_labels: str | None) -> SourceInd
             if not refs:
                 continue
             if not val_labels:
-                raise ImgprepError(f"{os.path.join(src, d)}: flat validation folder needs --val-labels FILE "
-                                   "(one WNID per line in file-name order, or CSV file,wnid)")
+                raise ImgprepError(
+                    f"{os.path.join(src, d)}: flat validation folder needs --val-labels FILE "
+                    "(one WNID per line in file-name order, or CSV file,wnid)"
+                )
             labs = _label_all(read_val_labels(val_labels, refs), index, val_labels)
-            splits[s], skipped[s] = [Item(r, lab) for r, lab in zip(refs, labs)], hidden
+            splits[s], skipped[s] = [Item(r, lab) for r, lab in zip(refs, labs, strict=True)], hidden
             continue
         unknown = [c for c in per_split[s] if c not in index]
         if unknown:
             raise ImgprepError(
                 f"{os.path.join(src, d)}: class folder {unknown[0]!r} is not a class of the {class_split} split "
-                f"({len(unknown)} unknown); every split must use the {class_split} classes")
+                f"({len(unknown)} unknown); every split must use the {class_split} classes"
+            )
         hidden = sum(1 for e in os.scandir(split_root) if not e.is_dir() or not _visible(e.name))
         items = []
         for c in per_split[s]:
@@ -415,10 +433,14 @@ def discover(src: str, split: str = "train", layout: str = "auto", val_labels: s
         index = _discover_ilsvrc(src, devkit_required=not val_labels)
         if val_labels and os.path.isfile(os.path.join(src, VAL_TAR)) and "val" not in index.splits:
             members = sorted(scan_tar(os.path.join(src, VAL_TAR)), key=lambda m: os.path.basename(m[0]))
-            labs = _label_all(read_val_labels(val_labels, [m[0] for m in members]), _index_of(index.classes), val_labels)
+            labs = _label_all(
+                read_val_labels(val_labels, [m[0] for m in members]), _index_of(index.classes), val_labels
+            )
             index.source.archives.append(os.path.abspath(os.path.join(src, VAL_TAR)))
             a = len(index.source.archives) - 1
-            index.splits["val"] = [Item(f"{VAL_TAR}/{n}", lab, a, o, s) for (n, o, s), lab in zip(members, labs)]
+            index.splits["val"] = [
+                Item(f"{VAL_TAR}/{n}", lab, a, o, s) for (n, o, s), lab in zip(members, labs, strict=True)
+            ]
     elif kind == "kaggle":
         index = _discover_kaggle(src)
     else:

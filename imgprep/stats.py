@@ -47,7 +47,7 @@ class StatsAccumulator:
         self.gram += gram(image)
         self.images += 1
 
-    def merge(self, other: "StatsAccumulator") -> None:
+    def merge(self, other: StatsAccumulator) -> None:
         """Add another accumulator's sums (exact)."""
         if other.size != self.size:
             raise ValueError(f"cannot merge statistics of size {other.size} into size {self.size}")
@@ -60,7 +60,7 @@ class StatsAccumulator:
         return {"sum_image": self.sum_image, "gram": self.gram, "images": np.array(self.images)}
 
     @classmethod
-    def from_arrays(cls, arrays) -> "StatsAccumulator":
+    def from_arrays(cls, arrays) -> StatsAccumulator:
         """Inverse of `to_arrays`."""
         acc = cls(int(arrays["sum_image"].shape[0]))
         acc.sum_image = np.array(arrays["sum_image"], np.int64)
@@ -123,8 +123,10 @@ def finalize(acc: StatsAccumulator) -> DatasetStats:
     s = [int(v) for v in acc.sum_image.sum(axis=(0, 1))]  # per-channel pixel sums
     # cov_ij = (n G_ij - s_i s_j) / n^2 in exact rationals: no cancellation at any scale.
     cov = np.array(
-        [[float(Fraction(n_pix * int(acc.gram[i, j]) - s[i] * s[j], n_pix * n_pix)) for j in range(3)]
-         for i in range(3)]
+        [
+            [float(Fraction(n_pix * int(acc.gram[i, j]) - s[i] * s[j], n_pix * n_pix)) for j in range(3)]
+            for i in range(3)
+        ]
     )
     mean = np.array([float(Fraction(v, n_pix)) for v in s])
     std = np.sqrt(np.maximum(np.diag(cov), 0.0))

@@ -31,8 +31,9 @@ class SynthConfig:
     out: str
     classes: int = setting(10, "Classes.", min=1)
     per_class: int = setting(50, "Training images per class.", min=1)
-    val_per_class: int | None = setting(None, "Validation images per class [default: per-class / 5, at least 1].",
-                                        min=0)
+    val_per_class: int | None = setting(
+        None, "Validation images per class [default: per-class / 5, at least 1].", min=0
+    )
     seed: int = setting(0, "Seed: every image is a function of (seed, split, class, number).")
     min_side: int = setting(150, "Shortest shorter side of an image.", min=1)
     max_side: int = setting(600, "Longest shorter side of an image.", min=1)

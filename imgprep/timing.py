@@ -64,8 +64,12 @@ class Throughput:
             "images": self.images,
             "batches": self.steps,
             "images_per_second": round(ips, 1) if ips else None,
-            "batch_latency_ms": {"median": round(1000 * float(np.median(lat)), 2),
-                                 "p90": round(1000 * float(np.percentile(lat, 90)), 2)} if lat else None,
+            "batch_latency_ms": {
+                "median": round(1000 * float(np.median(lat)), 2),
+                "p90": round(1000 * float(np.percentile(lat, 90)), 2),
+            }
+            if lat
+            else None,
         }
 
 

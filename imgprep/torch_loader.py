@@ -66,8 +66,9 @@ class SampleStream(torch.utils.data.IterableDataset):
         def samples():
             for s, first, count in _split(self.segments, n_workers, worker):
                 # the split over ranks and workers is ours (sample ranges), not webdataset's (whole shards)
-                ds = wds.WebDataset(info.shards[s], shardshuffle=False, empty_check=False, nodesplitter=None,
-                                    workersplitter=None)
+                ds = wds.WebDataset(
+                    info.shards[s], shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None
+                )
                 for sample in itertools.islice(ds, first, first + count):
                     yield sample["jpg"], int(sample["cls"].decode())
 
@@ -79,8 +80,11 @@ class SampleStream(torch.utils.data.IterableDataset):
         for jpg, label in stream:
             img = simplejpeg.decode_jpeg(jpg, "RGB")
             if cfg.mode == "ten_crop":
-                views = [reference_view(img, mean_img, t, l, crop, f, zero, ch_mean, ch_std)
-                         for f in (False, True) for t, l in ten_crop_offsets(size, crop)]
+                views = [
+                    reference_view(img, mean_img, top, left, crop, flip, zero, ch_mean, ch_std)
+                    for flip in (False, True)
+                    for top, left in ten_crop_offsets(size, crop)
+                ]
                 yield np.stack(views), label
                 continue
             if train and cfg.fixed_window is None:
@@ -90,8 +94,9 @@ class SampleStream(torch.utils.data.IterableDataset):
             flip = cfg.fixed_flip if cfg.fixed_flip is not None else (train and bool(rng.random() < 0.5))
             shift = zero
             if train and cfg.lighting_std > 0:
-                shift = lighting_shift(rng.normal(0, cfg.lighting_std, 3), info.stats["eigval"],
-                                       info.stats["eigvec"], cfg.lighting_scale)
+                shift = lighting_shift(
+                    rng.normal(0, cfg.lighting_std, 3), info.stats["eigval"], info.stats["eigvec"], cfg.lighting_scale
+                )
             yield reference_view(img, mean_img, top, left, crop, flip, shift, ch_mean, ch_std), label
 
 
@@ -119,10 +124,15 @@ class TorchLoader(BaseLoader):
     def _batches(self, plan: EpochPlan):
         stream = SampleStream(self.cfg, self.info, plan, self.epoch)
         n_workers = min(self.workers, max(1, plan.stop - plan.start))
-        dl = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=n_workers,
-                                         prefetch_factor=4 if n_workers else None,
-                                         pin_memory=self.device == "gpu", persistent_workers=False,
-                                         multiprocessing_context=pool_context() if n_workers else None)
+        dl = torch.utils.data.DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=n_workers,
+            prefetch_factor=4 if n_workers else None,
+            pin_memory=self.device == "gpu",
+            persistent_workers=False,
+            multiprocessing_context=pool_context() if n_workers else None,
+        )
         b = self.cfg.batch_size
         dev = torch.device("cuda" if self.device == "gpu" else "cpu")
         rest_x, rest_y = [], []  # partial batches (one per worker at most), merged at the end
@@ -135,7 +145,7 @@ class TorchLoader(BaseLoader):
         if rest_x:
             x, y = torch.cat(rest_x), torch.cat(rest_y)
             for i in range(0, len(y), b):
-                xi, yi = x[i:i + b], y[i:i + b]
+                xi, yi = x[i : i + b], y[i : i + b]
                 valid = len(yi)
                 if valid < b:
                     xi = torch.cat([xi, xi.new_zeros((b - valid,) + tuple(xi.shape[1:]))])

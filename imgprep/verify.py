@@ -91,12 +91,10 @@ def verify(out: str, workers: int = 1) -> dict:
     size, n_classes = m["config"]["size"], len(m["classes"])
     jobs = [(_shard_path(out, sh), sh, size, n_classes, False) for s in m["splits"].values() for sh in s["shards"]]
     problems = [p for ps, _ in _map(_check_shard, jobs, workers) for p in ps]
-    for name in ([os.path.join(STATS_DIR, MEAN_FILE), os.path.join(STATS_DIR, STATS_FILE)]
-                 if m.get("stats") else []):
+    for name in [os.path.join(STATS_DIR, MEAN_FILE), os.path.join(STATS_DIR, STATS_FILE)] if m.get("stats") else []:
         if not os.path.exists(os.path.join(out, name)):
             problems.append(f"{name}: missing")
-    return {"problems": problems, "shards": len(jobs),
-            "samples": sum(s["count"] for s in m["splits"].values())}
+    return {"problems": problems, "shards": len(jobs), "samples": sum(s["count"] for s in m["splits"].values())}
 
 
 def recompute_stats(out: str, workers: int = 1) -> dict:

@@ -21,7 +21,9 @@ def prepared128(synth_src, tmp_path_factory):
     from imgprep.prepare import PrepareConfig, prepare
 
     out = str(tmp_path_factory.mktemp("prepared128") / "out")
-    prepare(PrepareConfig(synth_src, out, size=128, shard_size=8, seed=1, workers=2), progress=False, log=lambda s: None)
+    prepare(
+        PrepareConfig(synth_src, out, size=128, shard_size=8, seed=1, workers=2), progress=False, log=lambda s: None
+    )
     return out
 
 

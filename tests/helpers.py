@@ -51,7 +51,7 @@ def write_odd_files(class_dir: str, seed: int = 0) -> dict[str, str]:
     Image.fromarray(rgb).convert("P").save(b, "GIF")
     put("palette", "palette.gif", b.getvalue())
     b = io.BytesIO()
-    Image.fromarray((rgb[..., 1].astype(np.uint16) * 257)).save(b, "PNG")
+    Image.fromarray(rgb[..., 1].astype(np.uint16) * 257).save(b, "PNG")
     put("16bit", "deep.png", b.getvalue())
     put("progressive", "progressive.jpg", jpeg_bytes(rgb, progressive=True))
     b = io.BytesIO()
@@ -70,5 +70,8 @@ def write_odd_files(class_dir: str, seed: int = 0) -> dict[str, str]:
 
 def tree(root: str) -> dict[str, bytes]:
     """{relative path: bytes} of every file under root: for byte-for-byte output comparisons."""
-    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
-            for d, _, fs in os.walk(root) for f in fs}
+    return {
+        os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+        for d, _, fs in os.walk(root)
+        for f in fs
+    }

@@ -8,12 +8,15 @@ import os
 import tarfile
 
 import numpy as np
-
 from helpers import jpeg_bytes, smooth_rgb
 
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]
-WORDS = {"n01440764": "tench, Tinca tinca", "n01443537": "goldfish, Carassius auratus",
-         "n01484850": "great white shark", "n01491361": "tiger shark, Galeocerdo cuvieri"}
+WORDS = {
+    "n01440764": "tench, Tinca tinca",
+    "n01443537": "goldfish, Carassius auratus",
+    "n01484850": "great white shark",
+    "n01491361": "tiger shark, Galeocerdo cuvieri",
+}
 # ILSVRC2012_IDs deliberately NOT in sorted-WNID order (as in the real meta.mat)
 IDS = {"n01440764": 3, "n01443537": 1, "n01484850": 4, "n01491361": 2}
 
@@ -35,8 +38,9 @@ def val_set(n: int, seed: int = 7) -> list[tuple[str, bytes]]:
     """n (wnid, jpeg) validation images in file order, classes interleaved irregularly."""
     rng = np.random.default_rng(seed)
     imgs = images(n, seed)
-    return [(WNIDS[int(rng.integers(0, len(WNIDS)))], imgs[WNIDS[i % len(WNIDS)]][i // len(WNIDS) % n])
-            for i in range(n)]
+    return [
+        (WNIDS[int(rng.integers(0, len(WNIDS)))], imgs[WNIDS[i % len(WNIDS)]][i // len(WNIDS) % n]) for i in range(n)
+    ]
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -49,12 +53,22 @@ def write_meta_mat(path: str) -> None:
     """data/meta.mat with leaf synsets (IDs 1-4, unsorted) and two internal synsets."""
     import scipy.io
 
-    dt = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("gloss", "O"), ("num_children", "O"),
-          ("children", "O"), ("wordnet_height", "O"), ("num_train_images", "O")]
+    dt = [
+        ("ILSVRC2012_ID", "O"),
+        ("WNID", "O"),
+        ("words", "O"),
+        ("gloss", "O"),
+        ("num_children", "O"),
+        ("children", "O"),
+        ("wordnet_height", "O"),
+        ("num_train_images", "O"),
+    ]
     rows = [(IDS[w], w, WORDS[w], "a fish", 0, np.zeros((0,), np.uint8), 0, 10) for w in WNIDS]
     rows.sort(key=lambda r: r[0])
-    rows += [(5, "n02512053", "fish", "any of various vertebrates", 2, np.array([1, 3]), 1, 0),
-             (6, "n01471682", "vertebrate, craniate", "animals having a bony skeleton", 1, np.array([5]), 2, 0)]
+    rows += [
+        (5, "n02512053", "fish", "any of various vertebrates", 2, np.array([1, 3]), 1, 0),
+        (6, "n01471682", "vertebrate, craniate", "animals having a bony skeleton", 1, np.array([5]), 2, 0),
+    ]
     scipy.io.savemat(path, {"synsets": np.array(rows, dtype=dt).reshape(-1, 1)})
 
 

@@ -32,8 +32,21 @@ def check_outputs(tmp_path, name):
 
 
 def test_bench_prepare(synth_src, tmp_path):
-    out = run("bench", "prepare", synth_src, "--images", 12, "--workers", "1,2", "--repeats", 2,
-              "--json-out", tmp_path / "p.json", "--plot", tmp_path / "p.png")
+    out = run(
+        "bench",
+        "prepare",
+        synth_src,
+        "--images",
+        12,
+        "--workers",
+        "1,2",
+        "--repeats",
+        2,
+        "--json-out",
+        tmp_path / "p.json",
+        "--plot",
+        tmp_path / "p.png",
+    )
     res = check_outputs(tmp_path, "p")
     assert [r["variant"] for r in res["results"]] == ["naive Pillow", "imgprep w=1", "imgprep w=2"]
     for r in res["results"]:
@@ -42,16 +55,48 @@ def test_bench_prepare(synth_src, tmp_path):
 
 
 def test_bench_load(data, tmp_path):
-    run("bench", "load", data, "--batch-sizes", 4, "--workers", 1, "--steps", 2, "--repeats", 1,
-        "--json-out", tmp_path / "l.json", "--plot", tmp_path / "l.png")
+    run(
+        "bench",
+        "load",
+        data,
+        "--batch-sizes",
+        4,
+        "--workers",
+        1,
+        "--steps",
+        2,
+        "--repeats",
+        1,
+        "--json-out",
+        tmp_path / "l.json",
+        "--plot",
+        tmp_path / "l.png",
+    )
     res = check_outputs(tmp_path, "l")
     assert {r["loader"] for r in res["results"]} == {"dali (cpu)", "torch", "baseline"}
     assert all(r["images_per_second"] > 0 for r in res["results"])
 
 
 def test_bench_train(data, tmp_path):
-    run("bench", "train", data, "--batch-size", 4, "--steps", 2, "--repeats", 1, "--width-mult", 0.125,
-              "--workers", 1, "--json-out", tmp_path / "t.json", "--plot", tmp_path / "t.png")
+    run(
+        "bench",
+        "train",
+        data,
+        "--batch-size",
+        4,
+        "--steps",
+        2,
+        "--repeats",
+        1,
+        "--width-mult",
+        0.125,
+        "--workers",
+        1,
+        "--json-out",
+        tmp_path / "t.json",
+        "--plot",
+        tmp_path / "t.png",
+    )
     res = check_outputs(tmp_path, "t")
     row = res["results"][0]
     assert row["placement"] == "cpu" and row["limited_by"] in ("model", "data")
@@ -61,10 +106,15 @@ def test_bench_train(data, tmp_path):
 EXP_ARGS = ["--epochs", 1, "--steps-per-epoch", 1, "--width-mult", 0.125, "--batch-size", 4, "--workers", 1]
 
 
-@pytest.mark.parametrize("name,extra,n_rows", [
-    ("ablate-conv", [], 6), ("dropout", ["--dropouts", "0,0.5"], 2),
-    ("batch-momentum", ["--batch-sizes", "4,8", "--momenta", "0.9"], 2), ("activation", ["--target-error", "1.0"], 2),
-])
+@pytest.mark.parametrize(
+    "name,extra,n_rows",
+    [
+        ("ablate-conv", [], 6),
+        ("dropout", ["--dropouts", "0,0.5"], 2),
+        ("batch-momentum", ["--batch-sizes", "4,8", "--momenta", "0.9"], 2),
+        ("activation", ["--target-error", "1.0"], 2),
+    ],
+)
 def test_experiments(data, tmp_path, name, extra, n_rows):
     out = tmp_path / name
     run("experiment", name, data, "--out", out, *EXP_ARGS, *extra)

@@ -4,9 +4,9 @@ import io
 
 import numpy as np
 import pytest
+from helpers import jpeg_bytes, smooth_rgb, write_odd_files
 from PIL import Image, ImageOps
 
-from helpers import jpeg_bytes, smooth_rgb, write_odd_files
 from imgprep.codec import apply_orientation, decode_rgb, encode_jpeg, sniff_format
 from imgprep.errors import DecodeError, NotAnImage
 
@@ -33,8 +33,9 @@ def odd(tmp_path_factory):
     return {k: (n, (d / n).read_bytes()) for k, n in files.items()}
 
 
-@pytest.mark.parametrize("kind", ["grayscale", "cmyk", "png_as_jpeg", "alpha", "palette", "16bit", "progressive",
-                                  "exif_rotated"])
+@pytest.mark.parametrize(
+    "kind", ["grayscale", "cmyk", "png_as_jpeg", "alpha", "palette", "16bit", "progressive", "exif_rotated"]
+)
 def test_odd_kinds_decode_to_rgb(odd, kind):
     name, data = odd[kind]
     img = decode_rgb(data, name)
@@ -69,8 +70,9 @@ def test_apply_orientation_matches_pillow(orientation):
     assert np.abs(decode_rgb(data, "x.jpg").pixels.astype(int) - pil_reference(data).astype(int)).max() <= 1
 
 
-@pytest.mark.parametrize("kind,match", [("truncated", "truncated"), ("empty", "empty"),
-                                        ("not_image_ext", "not an image")])
+@pytest.mark.parametrize(
+    "kind,match", [("truncated", "truncated"), ("empty", "empty"), ("not_image_ext", "not an image")]
+)
 def test_undecodable_files_raise_decode_error(odd, kind, match):
     name, data = odd[kind]
     with pytest.raises(DecodeError, match=match):

@@ -26,16 +26,30 @@ def test_two_ranks_equal_one_process_at_the_same_global_batch(data, tmp_path):
     run, record = tmp_path / "run", tmp_path / "rec"
     record.mkdir()
     env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([TORCHRUN, "--nproc-per-node", "2", "--master-port", "29517",
-                        os.path.join(ROOT, "tests", "ddp_script.py"), data, str(run), str(record)],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            TORCHRUN,
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29517",
+            os.path.join(ROOT, "tests", "ddp_script.py"),
+            data,
+            str(run),
+            str(record),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     r0, r1 = torch.load(record / "rank0.pt", weights_only=False), torch.load(record / "rank1.pt", weights_only=False)
     assert len(r0) == len(r1) == 3
     # identical weights on both ranks after every step
     assert [s["checksum"] for s in r0] == [s["checksum"] for s in r1]
     # the ranks read different samples (4 each of the global batch of 8)
-    for a, b in zip(r0, r1):
+    for a, b in zip(r0, r1, strict=True):
         assert a["images"].shape[0] == b["images"].shape[0] == 4
         d = (a["images"][:, None] - b["images"][None]).abs().flatten(2).mean(2)
         assert d.min() > 1e-3
@@ -45,7 +59,7 @@ def test_two_ranks_equal_one_process_at_the_same_global_batch(data, tmp_path):
     init_kaiming(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-1, reduction="sum")
-    for a, b in zip(r0, r1):
+    for a, b in zip(r0, r1, strict=True):
         x, y = torch.cat([a["images"], b["images"]]), torch.cat([a["labels"], b["labels"]])
         loss = loss_fn(model(x), y) / (y >= 0).sum()
         opt.zero_grad()
@@ -57,6 +71,21 @@ def test_two_ranks_equal_one_process_at_the_same_global_batch(data, tmp_path):
         torch.testing.assert_close(ck["model"][k], v, atol=1e-5, rtol=1e-4)
     # only rank 0 wrote the run folder; and the run resumes in one process (another world size)
     assert sorted(os.listdir(run)) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
-    last = train(TrainConfig(data, str(run), epochs=2, batch_size=8, init="kaiming", width_mult=0.125, dropout=0.0,
-                             workers=1, seed=5, steps_per_epoch=3), resume=True, progress=False, log=lambda s: None)
+    last = train(
+        TrainConfig(
+            data,
+            str(run),
+            epochs=2,
+            batch_size=8,
+            init="kaiming",
+            width_mult=0.125,
+            dropout=0.0,
+            workers=1,
+            seed=5,
+            steps_per_epoch=3,
+        ),
+        resume=True,
+        progress=False,
+        log=lambda s: None,
+    )
     assert last["epoch"] == 2

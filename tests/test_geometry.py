@@ -2,16 +2,24 @@
 
 import numpy as np
 import pytest
+from helpers import smooth_rgb
 from PIL import Image
 
-from helpers import smooth_rgb
 from imgprep.geometry import antialias_sigma, center_crop_offset, resize_center_crop, resize_target, source_window
 
 
-@pytest.mark.parametrize("h,w,expect", [
-    (375, 500, (256, 341)), (500, 375, (341, 256)), (256, 256, (256, 256)),
-    (2, 3, (256, 384)), (90, 2400, (256, 6827)), (2400, 90, (6827, 256)), (1, 1, (256, 256)),
-])
+@pytest.mark.parametrize(
+    "h,w,expect",
+    [
+        (375, 500, (256, 341)),
+        (500, 375, (341, 256)),
+        (256, 256, (256, 256)),
+        (2, 3, (256, 384)),
+        (90, 2400, (256, 6827)),
+        (2400, 90, (6827, 256)),
+        (1, 1, (256, 256)),
+    ],
+)
 def test_resize_target_shorter_side_exact(h, w, expect):
     assert resize_target(h, w, 256) == expect
     rh, rw = resize_target(h, w, 256)
@@ -37,8 +45,8 @@ def reference(img: np.ndarray, size: int) -> np.ndarray:
     h, w = img.shape[:2]
     rh, rw = resize_target(h, w, size)
     r = np.asarray(Image.fromarray(img).resize((rw, rh), Image.BILINEAR))
-    t, l = center_crop_offset(rh, rw, size)
-    return r[t:t + size, l:l + size]
+    top, left = center_crop_offset(rh, rw, size)
+    return r[top : top + size, left : left + size]
 
 
 @pytest.mark.parametrize("h,w", [(375, 500), (500, 375), (900, 1200), (1800, 600), (200, 150), (256, 256)])

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from imgprep.errors import ImgprepError
 from imgprep.dataset import DatasetInfo
+from imgprep.errors import ImgprepError
 from imgprep.loaders import make_loader as _make_loader
 from imgprep.shards import ShardWriter, iter_samples
 
@@ -19,9 +19,9 @@ def reference_view(image, mean_image, top, left, crop, flip, shift, channel_mean
     """The paper's view in plain NumPy, written here independently of imgprep.augment (which the
     torch fallback runs): window, + lighting shift, - mean-image window, per-channel normalize,
     mirror, HWC -> CHW. image, mean_image: (S, S, 3); returns float32 (3, crop, crop)."""
-    x = image[top:top + crop, left:left + crop].astype(np.float64) + np.asarray(shift, np.float64)
+    x = image[top : top + crop, left : left + crop].astype(np.float64) + np.asarray(shift, np.float64)
     if mean_image is not None:
-        x -= mean_image[top:top + crop, left:left + crop]
+        x -= mean_image[top : top + crop, left : left + crop]
     x = (x - np.asarray(channel_mean, np.float64)) / np.asarray(channel_std, np.float64)
     if flip:
         x = x[:, ::-1]
@@ -64,8 +64,12 @@ def decoded(prepared, split):
 @pytest.fixture(scope="module")
 def ref(prepared):
     info = DatasetInfo.load(prepared, "train")
-    return {"train": decoded(prepared, "train"), "val": decoded(prepared, "val"), "mean": info.mean_image,
-            "stats": info.stats}
+    return {
+        "train": decoded(prepared, "train"),
+        "val": decoded(prepared, "val"),
+        "mean": info.mean_image,
+        "stats": info.stats,
+    }
 
 
 def collect(loader):
@@ -81,7 +85,7 @@ def match(views, labels, refs, make_ref, tol):
     """Index of the reference sample each view equals (within tol); checks the label too."""
     cands = [make_ref(img) for _, img in refs]
     found = []
-    for v, y in zip(views, labels):
+    for v, y in zip(views, labels, strict=True):
         if y < 0:
             continue
         d = [np.abs(v - c).mean() for c in cands]
@@ -131,8 +135,17 @@ def test_drop_last_batch(prepared, backend):
 @pytest.mark.parametrize("flip", [False, True])
 def test_known_window_and_flip_equal_reference(prepared, ref, backend, flip):
     top, left = 3, 5
-    loader = make_loader(prepared, "train", 8, "train", backend=backend, lighting_std=0.0, fixed_window=(top, left),
-                         fixed_flip=flip, workers=1)
+    loader = make_loader(
+        prepared,
+        "train",
+        8,
+        "train",
+        backend=backend,
+        lighting_std=0.0,
+        fixed_window=(top, left),
+        fixed_flip=flip,
+        workers=1,
+    )
     x, y = collect(loader)
 
     def make(im):
@@ -140,7 +153,7 @@ def test_known_window_and_flip_equal_reference(prepared, ref, backend, flip):
 
     found = match(x, y, ref["train"], make, tol=1.0)
     assert sorted(found) == list(range(24))
-    for v, i in zip(x[y >= 0], found):  # up to a small decode tolerance, pixel by pixel
+    for v, i in zip(x[y >= 0], found, strict=True):  # up to a small decode tolerance, pixel by pixel
         assert np.abs(v - make(ref["train"][i][1])).max() <= 12
 
 
@@ -165,8 +178,18 @@ def test_lighting_shift_lies_on_the_pca_axes_with_the_right_spread(prepared, ref
     vec, scales = np.asarray(ref["stats"]["eigvec"]), lighting_scales(ref["stats"]["eigval"])
     coefs = []
     for epoch in range(8):
-        loader = make_loader(prepared, "train", 8, "train", backend=backend, lighting_std=sigma, fixed_window=(4, 4),
-                             fixed_flip=False, workers=1, seed=11)
+        loader = make_loader(
+            prepared,
+            "train",
+            8,
+            "train",
+            backend=backend,
+            lighting_std=sigma,
+            fixed_window=(4, 4),
+            fixed_flip=False,
+            workers=1,
+            seed=11,
+        )
         loader.set_epoch(epoch)
         x, y = collect(loader)
 
@@ -174,7 +197,7 @@ def test_lighting_shift_lies_on_the_pca_axes_with_the_right_spread(prepared, ref
             return reference_view(im, ref["mean"], 4, 4, CROP, False, np.zeros(3), np.zeros(3), np.ones(3))
 
         found = match(x, y, ref["train"], make, tol=3 * sigma * scales[0] + 1.0)
-        for v, i in zip(x[y >= 0], found):
+        for v, i in zip(x[y >= 0], found, strict=True):
             diff = (v - make(ref["train"][i][1])).reshape(3, -1)  # (3, pixels)
             shift = np.median(diff, axis=1)
             assert np.abs(diff - shift[:, None]).mean() < 1.0  # one RGB vector added to every pixel
@@ -183,7 +206,7 @@ def test_lighting_shift_lies_on_the_pca_axes_with_the_right_spread(prepared, ref
             coefs.append(a)
     coefs = np.array(coefs)  # (192, 3)
     assert len(coefs) == 8 * 24
-    assert np.all(np.abs(coefs.mean(0)) < 0.04) and np.all((0.07 < coefs.std(0)) & (coefs.std(0) < 0.13))
+    assert np.all(np.abs(coefs.mean(0)) < 0.04) and np.all((coefs.std(0) > 0.07) & (coefs.std(0) < 0.13))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -194,12 +217,17 @@ def test_ten_views_equal_reference_crops(prepared, ref, backend):
     offs = ten_crop_offsets(S, CROP)
 
     def make(im):
-        return np.stack([reference_view(im, ref["mean"], t, l, CROP, f, np.zeros(3), np.zeros(3), np.ones(3))
-                         for f in (False, True) for t, l in offs])
+        return np.stack(
+            [
+                reference_view(im, ref["mean"], top, left, CROP, flip, np.zeros(3), np.zeros(3), np.ones(3))
+                for flip in (False, True)
+                for top, left in offs
+            ]
+        )
 
     found = match(x, y, ref["val"], make, tol=1.5)
     assert sorted(found) == list(range(8))
-    for v, i in zip(x, found):
+    for v, i in zip(x, found, strict=True):
         r = make(ref["val"][i][1])
         for k in range(10):
             assert np.abs(v[k] - r[k]).mean() < 1.5
@@ -270,8 +298,9 @@ def test_dali_parses_every_label_0_to_999(tmp_path):
 
     @pipeline_def(batch_size=1000, num_threads=1, device_id=None)
     def pipe():
-        cls = fn.readers.webdataset(paths=[str(tmp_path / "l-000000.tar")], index_paths=[str(tmp_path / "l-000000.idx")],
-                                    ext=["cls"])
+        cls = fn.readers.webdataset(
+            paths=[str(tmp_path / "l-000000.tar")], index_paths=[str(tmp_path / "l-000000.idx")], ext=["cls"]
+        )
         return _parse_label(cls)
 
     p = pipe()

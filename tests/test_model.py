@@ -20,13 +20,19 @@ def test_layer_shapes_at_224():
     for tower, t in (("a", m.a), ("b", m.b)):
         for name, stage in t.stages.items():
             conv = stage[0]
-            conv.register_forward_hook(lambda mod, i, o, k=f"{tower}.{name}": shapes.__setitem__(k, (tuple(i[0].shape), tuple(o.shape))))
+            conv.register_forward_hook(
+                lambda mod, i, o, k=f"{tower}.{name}": shapes.__setitem__(k, (tuple(i[0].shape), tuple(o.shape)))
+            )
     with torch.no_grad():
         out = m(torch.randn(2, 3, 224, 224))
     assert out.shape == (2, 1000)
-    expect = {"conv1": ((2, 3, 224, 224), (2, 48, 55, 55)), "conv2": ((2, 48, 27, 27), (2, 128, 27, 27)),
-              "conv3": ((2, 256, 13, 13), (2, 192, 13, 13)), "conv4": ((2, 192, 13, 13), (2, 192, 13, 13)),
-              "conv5": ((2, 192, 13, 13), (2, 128, 13, 13))}
+    expect = {
+        "conv1": ((2, 3, 224, 224), (2, 48, 55, 55)),
+        "conv2": ((2, 48, 27, 27), (2, 128, 27, 27)),
+        "conv3": ((2, 256, 13, 13), (2, 192, 13, 13)),
+        "conv4": ((2, 192, 13, 13), (2, 192, 13, 13)),
+        "conv5": ((2, 192, 13, 13), (2, 128, 13, 13)),
+    }
     for tower in "ab":
         for name, s in expect.items():
             assert shapes[f"{tower}.{name}"] == s
@@ -87,7 +93,7 @@ def test_two_placements_agree():
     assert torch.equal(y1, y2)
     y1.sum().backward()
     y2.sum().backward()
-    for (n, p1), (_, p2) in zip(one.named_parameters(), two.named_parameters()):
+    for (n, p1), (_, p2) in zip(one.named_parameters(), two.named_parameters(), strict=True):
         assert torch.equal(p1.grad, p2.grad), n
 
 
@@ -105,8 +111,9 @@ def test_tower_isolation():
         g = torch.autograd.grad(acts[f"a.{own}"].sum(), acts[f"b.{upstream}"], retain_graph=True, allow_unused=True)[0]
         assert g is None or not g.any(), f"tower A {own} depends on tower B {upstream}"
     # and tower B's conv1/conv2 weights get no gradient from tower A's conv2
-    gs = torch.autograd.grad(acts["a.conv2"].sum(), [b_params["stages.conv1.0.weight"]], retain_graph=True,
-                             allow_unused=True)
+    gs = torch.autograd.grad(
+        acts["a.conv2"].sum(), [b_params["stages.conv1.0.weight"]], retain_graph=True, allow_unused=True
+    )
     assert gs[0] is None or not gs[0].any()
     # conv3 is where the towers meet: tower A's conv3 does depend on tower B's conv2
     g = torch.autograd.grad(acts["a.conv3"].sum(), acts["b.conv2"], retain_graph=True)[0]

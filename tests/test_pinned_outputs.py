@@ -45,8 +45,9 @@ def test_shards_and_statistics_are_byte_identical_to_the_recorded_ones(tmp_path,
         pytest.skip(f"hashes recorded with {RECORDED_WITH}; installed {_installed()}")
     src, out = str(tmp_path / "src"), str(tmp_path / "out")
     synthesize(SynthConfig(src, classes=3, per_class=5, val_per_class=2, seed=7, min_side=60, max_side=140))
-    prepare(PrepareConfig(src, out, size=64, shard_size=4, seed=11, workers=workers), progress=False,
-            log=lambda s: None)
+    prepare(
+        PrepareConfig(src, out, size=64, shard_size=4, seed=11, workers=workers), progress=False, log=lambda s: None
+    )
     got = {}
     for d, _, files in os.walk(out):
         for f in files:

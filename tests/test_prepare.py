@@ -6,12 +6,11 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import tree, write_odd_files
 
-from helpers import write_odd_files
 from imgprep.errors import ImgprepError
 from imgprep.prepare import PrepareConfig, prepare, process_image
 from imgprep.shards import iter_samples, sha256_file
-from helpers import tree
 
 QUIET = dict(progress=False, log=lambda s: None)
 
@@ -19,7 +18,6 @@ QUIET = dict(progress=False, log=lambda s: None)
 def manifest(out):
     with open(os.path.join(out, "manifest.json")) as f:
         return json.load(f)
-
 
 
 def test_manifest_shards_and_labels(prepared, synth_src):
@@ -38,7 +36,7 @@ def test_manifest_shards_and_labels(prepared, synth_src):
             assert os.path.exists(p[:-4] + ".idx")
             samples = list(iter_samples(p))
             assert len(samples) == sh["count"] <= 5
-            for key, comp in samples:
+            for _key, comp in samples:
                 meta = json.loads(comp["json"])
                 label = int(comp["cls"].decode())
                 cls_dir = meta["source"].split("/")[1]
@@ -89,11 +87,13 @@ def test_odd_files_converted_rejected_skipped(tmp_path):
     s = m["splits"]["train"]
     assert s["count"] == 2 * 8  # the eight decodable kinds per class
     assert s["rejected"] == 2 * 3 and s["skipped"] == 2 * 2  # README.txt and .DS_Store
-    assert s["conversions"] == {k: 2 for k in ("16bit", "alpha", "cmyk", "exif_rotated", "grayscale", "palette",
-                                                "png_as_jpeg")}
+    assert s["conversions"] == {
+        k: 2 for k in ("16bit", "alpha", "cmyk", "exif_rotated", "grayscale", "palette", "png_as_jpeg")
+    }
     rejects = [json.loads(line) for line in open(os.path.join(out, "rejects.jsonl"))]
     assert sorted(r["path"] for r in rejects) == sorted(
-        f"train/{c}/{kinds[k]}" for c in "ab" for k in ("truncated", "empty", "not_image_ext"))
+        f"train/{c}/{kinds[k]}" for c in "ab" for k in ("truncated", "empty", "not_image_ext")
+    )
     reasons = {r["path"].split("/")[-1]: r["reason"] for r in rejects}
     assert "truncated" in reasons["truncated.JPEG"] and reasons["empty.JPEG"] == "empty file"
     assert summary["rejected"] == 6 and summary["converted"] == 2 * 7
@@ -106,7 +106,9 @@ def test_workers_do_not_change_output_and_rerun_changes_nothing(synth_src, prepa
     assert a == b  # byte-identical with 1 and 2 workers (the `prepared` fixture used 2)
     before = {p: os.stat(os.path.join(out1, p)).st_mtime_ns for p in a}
     logs = []
-    s = prepare(PrepareConfig(synth_src, out1, size=64, shard_size=5, seed=3, workers=2), progress=False, log=logs.append)
+    s = prepare(
+        PrepareConfig(synth_src, out1, size=64, shard_size=5, seed=3, workers=2), progress=False, log=logs.append
+    )
     assert s["already_complete"] and "already complete" in logs[0]
     assert {p: os.stat(os.path.join(out1, p)).st_mtime_ns for p in a} == before
 
@@ -169,10 +171,16 @@ def test_val_class_unknown_to_train_is_an_error(synth_src, tmp_path):
     assert not os.path.exists(tmp_path / "o")
 
 
-@pytest.mark.parametrize("setup,match", [
-    ("missing", "no such folder"), ("empty", "empty"), ("no_classes", "no class folders"),
-    ("file", "not a folder"), ("no_files", "hold no files"),
-])
+@pytest.mark.parametrize(
+    "setup,match",
+    [
+        ("missing", "no such folder"),
+        ("empty", "empty"),
+        ("no_classes", "no class folders"),
+        ("file", "not a folder"),
+        ("no_files", "hold no files"),
+    ],
+)
 def test_bad_sources(tmp_path, setup, match):
     src = tmp_path / "src"
     if setup == "empty":

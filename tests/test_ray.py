@@ -7,15 +7,14 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from ray import cloudpickle  # noqa: E402
-
 import crashing  # noqa: E402
 from helpers import tree  # noqa: E402
+from ray import cloudpickle  # noqa: E402
+
 from imgprep.prepare import PrepareConfig, prepare  # noqa: E402
 
 cloudpickle.register_pickle_by_value(crashing)  # Ray workers do not see tests/ on their path
 QUIET = dict(progress=False, log=lambda s: None)
-
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import sys
 import time
 
 import pytest
-
 from crashing import CrashingSource
 from helpers import tree
+
 from imgprep.prepare import PrepareConfig, prepare
 
 QUIET = dict(progress=False, log=lambda s: None)
@@ -37,8 +37,14 @@ def slow_env(tmp_path):
 
 
 def _start_cli(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "imgprep.cli.main", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "imgprep.cli.main", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _wait_for_shards(out: str, n: int) -> None:
@@ -57,8 +63,20 @@ def _rerun(args: list[str]) -> str:
 
 
 def _args(src: str, out: str, workers: int) -> list[str]:
-    return ["prepare", src, out, "--size", "48", "--shard-size", "3", "--seed", "5", "--workers", str(workers),
-            "--no-progress"]
+    return [
+        "prepare",
+        src,
+        out,
+        "--size",
+        "48",
+        "--shard-size",
+        "3",
+        "--seed",
+        "5",
+        "--workers",
+        str(workers),
+        "--no-progress",
+    ]
 
 
 def test_kill_9_then_rerun_is_byte_identical(synth_src, tmp_path, slow_env):

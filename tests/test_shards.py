@@ -10,10 +10,20 @@ import tarfile
 import numpy as np
 import pytest
 
-from imgprep.shards import ShardWriter, dali_index_text, iter_samples, read_dali_index, sha256_file, split_key, tar_header
+from imgprep.shards import (
+    ShardWriter,
+    dali_index_text,
+    iter_samples,
+    read_dali_index,
+    sha256_file,
+    split_key,
+    tar_header,
+)
 
-SAMPLES = [(f"{i:08d}", {"cls": str(i * 7).encode(), "jpg": bytes([i]) * (300 + 517 * i), "json": b'{"i":%d}' % i})
-           for i in range(5)]
+SAMPLES = [
+    (f"{i:08d}", {"cls": str(i * 7).encode(), "jpg": bytes([i]) * (300 + 517 * i), "json": b'{"i":%d}' % i})
+    for i in range(5)
+]
 
 
 def write(tmp_path, samples=SAMPLES):
@@ -51,9 +61,9 @@ def test_index_offsets_point_at_the_data(tmp_path):
     data = (tmp_path / "s-000000.tar").read_bytes()
     index = read_dali_index(str(tmp_path / "s-000000.idx"))
     assert len(index) == 5
-    for (key, comps), entry in zip(SAMPLES, index):
+    for (key, comps), entry in zip(SAMPLES, index, strict=True):
         for ext, off, size, name in entry:
-            assert name == f"{key}.{ext}" and data[off:off + size] == comps[ext]
+            assert name == f"{key}.{ext}" and data[off : off + size] == comps[ext]
 
 
 @pytest.mark.skipif(shutil.which("tar") is None, reason="wds2idx needs GNU tar")
@@ -62,8 +72,9 @@ def test_index_equals_dalis_wds2idx(tmp_path):
     if not os.path.exists(wds2idx):
         pytest.skip("DALI's wds2idx not installed")
     write(tmp_path)
-    subprocess.run([wds2idx, str(tmp_path / "s-000000.tar"), str(tmp_path / "ref.idx")], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [wds2idx, str(tmp_path / "s-000000.tar"), str(tmp_path / "ref.idx")], check=True, stdout=subprocess.DEVNULL
+    )
     assert (tmp_path / "ref.idx").read_text() == (tmp_path / "s-000000.idx").read_text()
 
 
@@ -111,9 +122,14 @@ def test_prepared_shards_read_with_dali_cpu(prepared):
 
     @pipeline_def(batch_size=total, num_threads=1, device_id=None)
     def pipe():
-        jpg, cls, meta = fn.readers.webdataset(paths=tars, index_paths=[t[:-4] + ".idx" for t in tars],
-                                               ext=["jpg", "cls", "json"], missing_component_behavior="error",
-                                               random_shuffle=False, name="r")
+        jpg, cls, meta = fn.readers.webdataset(
+            paths=tars,
+            index_paths=[t[:-4] + ".idx" for t in tars],
+            ext=["jpg", "cls", "json"],
+            missing_component_behavior="error",
+            random_shuffle=False,
+            name="r",
+        )
         return fn.decoders.image(jpg, device="cpu", output_type=types.RGB), cls, meta
 
     p = pipe()

@@ -6,8 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from imagenet_fixtures import IDS, WNIDS, WORDS, build_ilsvrc, build_kaggle, images, val_set
+
 from imgprep.errors import ImgprepError
 from imgprep.prepare import PrepareConfig, prepare
 from imgprep.shards import iter_samples
@@ -81,7 +81,9 @@ def test_prepare_from_ilsvrc_archives(ilsvrc, data, tmp_path):
     assert m["classes"] == [{"index": i, "name": WORDS[w], "wnid": w} for i, w in enumerate(WNIDS)]
     assert m["splits"]["train"]["count"] == 4 * N_TRAIN and m["splits"]["val"]["count"] == N_VAL
     for label, meta, _ in samples(out, "train"):
-        assert WNIDS[label] == meta["wnid"] and meta["source"].startswith(f"ILSVRC2012_img_train.tar/{meta['wnid']}.tar/")
+        assert WNIDS[label] == meta["wnid"] and meta["source"].startswith(
+            f"ILSVRC2012_img_train.tar/{meta['wnid']}.tar/"
+        )
     check_val_labels(out, data[1])
 
 
@@ -98,7 +100,9 @@ def test_archives_and_folders_give_the_same_pixels(ilsvrc, kaggle, tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     prepare(PrepareConfig(ilsvrc, a, size=32, workers=1), **QUIET)
     prepare(PrepareConfig(kaggle, b, size=32, workers=1), **QUIET)
-    assert json.load(open(os.path.join(a, "stats", "stats.json"))) == json.load(open(os.path.join(b, "stats", "stats.json")))
+    assert json.load(open(os.path.join(a, "stats", "stats.json"))) == json.load(
+        open(os.path.join(b, "stats", "stats.json"))
+    )
     assert np.array_equal(np.load(os.path.join(a, "stats", "mean.npy")), np.load(os.path.join(b, "stats", "mean.npy")))
 
 
@@ -111,7 +115,9 @@ def test_flat_val_folder_with_label_file(kaggle, data, tmp_path, fmt):
     if fmt == "lines":
         labels.write_text("".join(f"{w}\n" for w, _ in val))
     else:
-        labels.write_text("file,wnid\n" + "".join(f"ILSVRC2012_val_{i + 1:08d}.JPEG,{w}\n" for i, (w, _) in enumerate(val)))
+        labels.write_text(
+            "file,wnid\n" + "".join(f"ILSVRC2012_val_{i + 1:08d}.JPEG,{w}\n" for i, (w, _) in enumerate(val))
+        )
     out = str(tmp_path / "out")
     prepare(PrepareConfig(str(src), out, size=32, val_labels=str(labels), workers=1), **QUIET)
     check_val_labels(out, val)

@@ -29,7 +29,9 @@ def test_deterministic_and_layout(tmp_path):
             files = sorted(os.listdir(os.path.join(a, split, c)))
             assert len(files) == n
             for f in files:
-                assert open(os.path.join(a, split, c, f), "rb").read() == open(os.path.join(b, split, c, f), "rb").read()
+                assert (
+                    open(os.path.join(a, split, c, f), "rb").read() == open(os.path.join(b, split, c, f), "rb").read()
+                )
 
 
 def test_jpeg_sizes_like_photos(tmp_path):
@@ -45,7 +47,7 @@ def test_classes_are_learnable_from_content():
 
     def feat(img):
         h, w = img.shape[:2]
-        c = img[h // 4: 3 * h // 4, w // 4: 3 * w // 4].reshape(-1, 3) // 64
+        c = img[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4].reshape(-1, 3) // 64
         return np.bincount(c[:, 0] * 16 + c[:, 1] * 4 + c[:, 2], minlength=64) / len(c)
 
     n_cls = 6

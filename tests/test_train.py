@@ -39,7 +39,11 @@ def test_training_reduces_the_loss_and_writes_the_run(data, tmp_path):
     conf = json.load(open(tmp_path / "r" / "config.json"))
     assert conf["normalize"] == "mean_image_std" and conf["num_classes"] == 4
     ck = torch.load(tmp_path / "r" / CHECKPOINT, weights_only=True)
-    assert ck["epoch"] == 4 and ck["step"] == 12 and {"model", "optimizer", "scheduler", "rng", "config", "model_config"} <= set(ck)
+    assert (
+        ck["epoch"] == 4
+        and ck["step"] == 12
+        and {"model", "optimizer", "scheduler", "rng", "config", "model_config"} <= set(ck)
+    )
 
 
 def test_resume_is_exact(data, tmp_path):

@@ -3,13 +3,14 @@ it, so a user sees whether the model or the data path limits training."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict
 
 import torch
 from torch import nn
 
-from imgprep.report import environment, summarize
 from imgprep.loader_base import PAD_LABEL
+from imgprep.report import environment, summarize
 from imgprep.timing import Throughput, real_samples
 
 from .config import AlexNetConfig, TrainBenchConfig
@@ -58,24 +59,44 @@ def bench_train(cfg: TrainBenchConfig, log=print) -> dict:
     for placement in cfg.placements or available_placements():
         devs = parse_devices(placement)
         gpu = devs[0].type == "cuda"
-        loader = make_loader(cfg.data, "train", cfg.batch_size, backend=cfg.backend, device="gpu" if gpu else "cpu",
-                             workers=cfg.workers, normalize="mean_image_std")
+        loader = make_loader(
+            cfg.data,
+            "train",
+            cfg.batch_size,
+            backend=cfg.backend,
+            device="gpu" if gpu else "cpu",
+            workers=cfg.workers,
+            normalize="mean_image_std",
+        )
         n_cls, crop = len(loader.info.classes), loader.cfg.crop
         model = build_model(AlexNetConfig(n_cls, cfg.width_mult), "kaiming", devs, seed=0, channels_last=True)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
         x = torch.randn(cfg.batch_size, 3, crop, crop, device=devs[0])
         y = torch.randint(0, n_cls, (cfg.batch_size,), device=devs[0])
-        synthetic = summarize([_train_rate(model, opt, iter(lambda: (x, y), None), cfg.steps, devs[0])
-                               for _ in range(cfg.repeats)])
-        fed = summarize([_train_rate(model, opt, _loader_batches(loader), cfg.steps, devs[0]) for _ in range(cfg.repeats)])
+        synthetic = summarize(
+            [_train_rate(model, opt, itertools.repeat((x, y)), cfg.steps, devs[0]) for _ in range(cfg.repeats)]
+        )
+        fed = summarize(
+            [_train_rate(model, opt, _loader_batches(loader), cfg.steps, devs[0]) for _ in range(cfg.repeats)]
+        )
         only = summarize([loader_rate(loader, cfg.steps) for _ in range(cfg.repeats)])
-        row = {"placement": placement, "model_synthetic": synthetic["median"], "model_synthetic_min": synthetic["min"],
-               "model_synthetic_max": synthetic["max"], "training_with_loader": fed["median"],
-               "training_with_loader_min": fed["min"], "training_with_loader_max": fed["max"],
-               "loader_only": only["median"], "loader_only_min": only["min"], "loader_only_max": only["max"],
-               "limited_by": "data" if only["median"] < synthetic["median"] else "model",
-               "loader_device": loader.device}
+        row = {
+            "placement": placement,
+            "model_synthetic": synthetic["median"],
+            "model_synthetic_min": synthetic["min"],
+            "model_synthetic_max": synthetic["max"],
+            "training_with_loader": fed["median"],
+            "training_with_loader_min": fed["min"],
+            "training_with_loader_max": fed["max"],
+            "loader_only": only["median"],
+            "loader_only_min": only["min"],
+            "loader_only_max": only["max"],
+            "limited_by": "data" if only["median"] < synthetic["median"] else "model",
+            "loader_device": loader.device,
+        }
         rows.append(row)
-        log(f"  {placement}: model {synthetic['median']:.0f} img/s, with loader {fed['median']:.0f} img/s, "
-            f"loader alone {only['median']:.0f} img/s -> limited by {row['limited_by']}")
+        log(
+            f"  {placement}: model {synthetic['median']:.0f} img/s, with loader {fed['median']:.0f} img/s, "
+            f"loader alone {only['median']:.0f} img/s -> limited by {row['limited_by']}"
+        )
     return {"benchmark": "train", "config": asdict(cfg), "environment": environment(), "results": rows}

@@ -10,8 +10,17 @@ from imgprep.config import setting
 from imgprep.constants import PCA_LIGHTING_STD
 from imgprep.loader_base import BACKENDS, NORMALIZE
 
-__all__ = ["CONV_LAYERS", "ACTIVATIONS", "INIT_NAMES", "EXPERIMENT_NAMES", "AlexNetConfig", "TrainConfig", "ExperimentConfig",
-           "TrainBenchConfig", "DemoConfig"]
+__all__ = [
+    "CONV_LAYERS",
+    "ACTIVATIONS",
+    "INIT_NAMES",
+    "EXPERIMENT_NAMES",
+    "AlexNetConfig",
+    "TrainConfig",
+    "ExperimentConfig",
+    "TrainBenchConfig",
+    "DemoConfig",
+]
 
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 ACTIVATIONS = ("relu", "tanh")  # section 3.1 compares the two
@@ -19,7 +28,12 @@ ACTIVATIONS = ("relu", "tanh")  # section 3.1 compares the two
 INIT_NAMES = ("paper", "kaiming")
 NORMALIZE_CHOICES = ("auto", *NORMALIZE)
 # the reviewer's open questions, each a series of trainings (`imgprep experiment NAME`)
-EXPERIMENT_NAMES = ("ablate-conv", "dropout", "batch-momentum", "activation")  # auto: the one that fits the init (runtime.AUTO_NORMALIZE)
+EXPERIMENT_NAMES = (
+    "ablate-conv",
+    "dropout",
+    "batch-momentum",
+    "activation",
+)  # auto: the one that fits the init (runtime.AUTO_NORMALIZE)
 
 
 @dataclass(frozen=True)
@@ -62,15 +76,18 @@ class TrainConfig:
     width_mult: float = setting(1.0, "Width multiplier of every layer.", min=0, min_open=True)
     dropout: float = setting(0.5, "Dropout of fc6 and fc7.", min=0, max=1, max_open=True)
     activation: str = setting("relu", "Non-linearity.", choices=ACTIVATIONS)
-    remove: tuple[str, ...] = setting(help="Leave out a conv layer (repeatable).", choices=CONV_LAYERS,
-                                      default_factory=tuple)
+    remove: tuple[str, ...] = setting(
+        help="Leave out a conv layer (repeatable).", choices=CONV_LAYERS, default_factory=tuple
+    )
     backend: str = setting("dali", "Loader backend.", choices=BACKENDS)
-    devices: str = setting("auto", "auto, cpu, cuda:0, or cuda:0,cuda:1 (tower A, tower B: the paper's two-GPU "
-                           "split).")
+    devices: str = setting("auto", "auto, cpu, cuda:0, or cuda:0,cuda:1 (tower A, tower B: the paper's two-GPU split).")
     workers: int = setting(0, "Loader workers (0: all cores).", min=0)
     seed: int = setting(0, "Seed of the weights, the data order and the augmentation.")
-    normalize: str = setting("auto", "Pixel normalization (auto: mean image for the paper's init, also divided "
-                             "by the std for He init).", choices=NORMALIZE_CHOICES)
+    normalize: str = setting(
+        "auto",
+        "Pixel normalization (auto: mean image for the paper's init, also divided by the std for He init).",
+        choices=NORMALIZE_CHOICES,
+    )
     lighting_std: float = setting(PCA_LIGHTING_STD, "Std of the PCA lighting coefficients (0: off).", min=0)
     bf16: bool = setting(True, "bf16 autocast on a GPU.")
     channels_last: bool = setting(True, "channels_last memory format on a GPU.")
@@ -109,10 +126,21 @@ class ExperimentConfig:
         return self
 
     def train_config(self, name: str, **kw) -> TrainConfig:
-        return TrainConfig(self.data, os.path.join(self.out, "runs", name), epochs=self.epochs,
-                           batch_size=kw.pop("batch_size", self.batch_size), lr=kw.pop("lr", self.lr), init=self.init,
-                           width_mult=self.width_mult, backend=self.backend, workers=self.workers, seed=self.seed,
-                           steps_per_epoch=self.steps_per_epoch, lr_patience=2, **kw)
+        return TrainConfig(
+            self.data,
+            os.path.join(self.out, "runs", name),
+            epochs=self.epochs,
+            batch_size=kw.pop("batch_size", self.batch_size),
+            lr=kw.pop("lr", self.lr),
+            init=self.init,
+            width_mult=self.width_mult,
+            backend=self.backend,
+            workers=self.workers,
+            seed=self.seed,
+            steps_per_epoch=self.steps_per_epoch,
+            lr_patience=2,
+            **kw,
+        )
 
 
 @dataclass(frozen=True)
@@ -126,8 +154,9 @@ class TrainBenchConfig:
     width_mult: float = setting(1.0, "Width multiplier of the network.", min=0, min_open=True)
     backend: str = setting("dali", "Loader backend.", choices=BACKENDS)
     workers: int = setting(0, "Loader workers (0: all cores).", min=0)
-    placements: tuple[str, ...] = setting((), "Placements separated by ';', e.g. 'cpu;cuda:0;cuda:0,cuda:1' "
-                                          "[default: every available].", sep=";")
+    placements: tuple[str, ...] = setting(
+        (), "Placements separated by ';', e.g. 'cpu;cuda:0;cuda:0,cuda:1' [default: every available].", sep=";"
+    )
 
 
 @dataclass(frozen=True)
@@ -137,8 +166,9 @@ class DemoConfig:
     out: str = setting("demo-out", "Working folder (replaced).", path=True)
     classes: int = setting(10, "Classes to synthesize.", min=2)
     per_class: int = setting(100, "Training images per class.", min=1)
-    val_per_class: int | None = setting(None, "Validation images per class [default: per-class / 5, at least 1].",
-                                        min=1)
+    val_per_class: int | None = setting(
+        None, "Validation images per class [default: per-class / 5, at least 1].", min=1
+    )
     epochs: int = setting(12, "Training epochs.", min=1)
     width_mult: float = setting(0.25, "Width multiplier of the network.", min=0, min_open=True)
     batch_size: int = setting(64, "Batch size.", min=1)

@@ -33,8 +33,14 @@ def predict(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device, ctx=None, channels_last: bool = False,
-             distributed: bool = False) -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    loader,
+    device: torch.device,
+    ctx=None,
+    channels_last: bool = False,
+    distributed: bool = False,
+) -> dict:
     """Top-1/top-5 error over one epoch of `loader` (padding labels are skipped).
 
     Args:

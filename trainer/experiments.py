@@ -39,15 +39,20 @@ def _run(tc: TrainConfig, log) -> dict:
     else:
         log(f"  {os.path.basename(tc.run_dir)}: training {tc.epochs} epochs")
         train(tc, resume=os.path.exists(ck_path), progress=False, log=lambda s: None)
-    epochs = [json.loads(x) for x in open(os.path.join(tc.run_dir, "metrics.jsonl")) if '"type": "epoch"' in x]
+    with open(os.path.join(tc.run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+        epochs = [json.loads(x) for x in f if '"type": "epoch"' in x]
     by_epoch = {e["epoch"]: e for e in epochs}  # a resumed run may repeat lines; the last one wins
     return {"epochs": [by_epoch[k] for k in sorted(by_epoch)]}
 
 
 def _final(res: dict) -> dict:
     last = res["epochs"][-1]
-    return {"val_top1_error": last.get("val_top1_error"), "val_top5_error": last.get("val_top5_error"),
-            "train_top1_error": last["train_top1_error"], "train_loss": last["train_loss"]}
+    return {
+        "val_top1_error": last.get("val_top1_error"),
+        "val_top5_error": last.get("val_top5_error"),
+        "train_top1_error": last["train_top1_error"],
+        "train_loss": last["train_loss"],
+    }
 
 
 def ablate_conv(cfg: ExperimentConfig, log) -> tuple[list[dict], list[str]]:
@@ -57,14 +62,18 @@ def ablate_conv(cfg: ExperimentConfig, log) -> tuple[list[dict], list[str]]:
         rows.append({"removed": name, **_final(res)})
     full = rows[0]["val_top1_error"]
     for r in rows:
-        r["top1_change"] = (r["val_top1_error"] - full) if full is not None and r["val_top1_error"] is not None else None
+        r["top1_change"] = (
+            (r["val_top1_error"] - full) if full is not None and r["val_top1_error"] is not None else None
+        )
     return rows, ["removed", "val_top1_error", "val_top5_error", "top1_change", "train_top1_error"]
 
 
 def dropout(cfg: ExperimentConfig, log) -> tuple[list[dict], list[str]]:
     rows = [{"dropout": p, **_final(_run(cfg.train_config(f"dropout-{p}", dropout=p), log))} for p in cfg.dropouts]
     for r in rows:
-        r["generalization_gap"] = r["val_top1_error"] - r["train_top1_error"] if r["val_top1_error"] is not None else None
+        r["generalization_gap"] = (
+            r["val_top1_error"] - r["train_top1_error"] if r["val_top1_error"] is not None else None
+        )
     return rows, ["dropout", "val_top1_error", "val_top5_error", "train_top1_error", "generalization_gap"]
 
 
@@ -83,15 +92,23 @@ def activation(cfg: ExperimentConfig, log) -> tuple[list[dict], list[str]]:
     for act in ("relu", "tanh"):
         res = _run(cfg.train_config(f"activation-{act}", activation=act), log)
         reach = next((e for e in res["epochs"] if e["train_top1_error"] <= cfg.target_error), None)
-        rows.append({"activation": act, "target_train_error": cfg.target_error,
-                     "epochs_to_target": reach["epoch"] if reach else None,
-                     "seconds_to_target": round(sum(e["seconds"] for e in res["epochs"][:reach["epoch"]]), 2) if reach else None,
-                     **_final(res)})
+        rows.append(
+            {
+                "activation": act,
+                "target_train_error": cfg.target_error,
+                "epochs_to_target": reach["epoch"] if reach else None,
+                "seconds_to_target": round(sum(e["seconds"] for e in res["epochs"][: reach["epoch"]]), 2)
+                if reach
+                else None,
+                **_final(res),
+            }
+        )
     return rows, ["activation", "target_train_error", "epochs_to_target", "train_top1_error", "val_top1_error"]
 
 
-EXPERIMENTS: dict[str, Callable] = dict(zip(EXPERIMENT_NAMES, (ablate_conv, dropout, batch_momentum, activation),
-                                            strict=True))
+EXPERIMENTS: dict[str, Callable] = dict(
+    zip(EXPERIMENT_NAMES, (ablate_conv, dropout, batch_momentum, activation), strict=True)
+)
 
 
 def run_experiment(name: str, cfg: ExperimentConfig, log=print) -> list[dict]:
@@ -104,15 +121,21 @@ def run_experiment(name: str, cfg: ExperimentConfig, log=print) -> list[dict]:
     rows, columns = EXPERIMENTS[name](cfg, log)
     write_csv(os.path.join(cfg.out, "results.csv"), rows, columns)
     with atomic_file(os.path.join(cfg.out, "results.md"), "w") as f:
-        f.write(f"# {name}\n\n{cfg.epochs} epochs, width x{cfg.width_mult}, batch {cfg.batch_size}, lr {cfg.lr}, "
-                f"init {cfg.init}, seed {cfg.seed}\n\n" + markdown_table(rows, columns))
+        f.write(
+            f"# {name}\n\n{cfg.epochs} epochs, width x{cfg.width_mult}, batch {cfg.batch_size}, lr {cfg.lr}, "
+            f"init {cfg.init}, seed {cfg.seed}\n\n" + markdown_table(rows, columns)
+        )
     if name == "activation":  # wall-clock time varies between machines and runs: kept apart
         write_csv(os.path.join(cfg.out, "timing.csv"), rows, ["activation", "epochs_to_target", "seconds_to_target"])
     key = columns[0] if name != "batch-momentum" else None
     labels = [str(r[key]) for r in rows] if key else [f"b{r['batch_size']} m{r['momentum']}" for r in rows]
     metric = "epochs_to_target" if name == "activation" else "val_top1_error"
-    bar_chart(os.path.join(cfg.out, "chart.png"), labels,
-              {metric: [r[metric] if r[metric] is not None else float("nan") for r in rows]}, metric.replace("_", " "),
-              f"{name} ({cfg.epochs} epochs, width x{cfg.width_mult})")
+    bar_chart(
+        os.path.join(cfg.out, "chart.png"),
+        labels,
+        {metric: [r[metric] if r[metric] is not None else float("nan") for r in rows]},
+        metric.replace("_", " "),
+        f"{name} ({cfg.epochs} epochs, width x{cfg.width_mult})",
+    )
     log(text_table(rows, columns))
     return rows

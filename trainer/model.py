@@ -30,8 +30,13 @@ from .config import CONV_LAYERS, AlexNetConfig
 __all__ = ["AlexNetConfig", "TwoTowerAlexNet", "CONV_LAYERS", "init_paper", "init_kaiming"]
 
 # (out channels per tower, kernel, stride, padding, sees both towers) -- section 3.5
-_CONV = {"conv1": (48, 11, 4, 2, False), "conv2": (128, 5, 1, 2, False), "conv3": (192, 3, 1, 1, True),
-         "conv4": (192, 3, 1, 1, False), "conv5": (128, 3, 1, 1, False)}
+_CONV = {
+    "conv1": (48, 11, 4, 2, False),
+    "conv2": (128, 5, 1, 2, False),
+    "conv3": (192, 3, 1, 1, True),
+    "conv4": (192, 3, 1, 1, False),
+    "conv5": (128, 3, 1, 1, False),
+}
 _FC = 2048  # fc6 and fc7 units per tower
 _LRN = dict(size=5, alpha=1e-4, beta=0.75, k=2.0)  # section 3.3
 _POOL_AFTER = ("conv1", "conv2", "conv5")  # overlapping max-pool 3/2, section 3.4
@@ -81,7 +86,7 @@ class TwoTowerAlexNet(nn.Module):
         self.fc8 = nn.Linear(2 * self.a.fc_units, cfg.num_classes)
         self.devices = (torch.device("cpu"), torch.device("cpu"))
 
-    def place(self, dev_a: str | torch.device, dev_b: str | torch.device | None = None) -> "TwoTowerAlexNet":
+    def place(self, dev_a: str | torch.device, dev_b: str | torch.device | None = None) -> TwoTowerAlexNet:
         """Put tower A (and fc8) on dev_a and tower B on dev_b (default: dev_a)."""
         da, db = torch.device(dev_a), torch.device(dev_b if dev_b is not None else dev_a)
         self.a.to(da)
@@ -127,6 +132,6 @@ def init_paper(model: TwoTowerAlexNet) -> None:
 def init_kaiming(model: TwoTowerAlexNet) -> None:
     """He-normal weights (fan-in, ReLU gain), zero biases: trains from the first epoch at small
     scale, where the paper's init stalls. Expects inputs of unit scale (normalize by std)."""
-    for name, m in _convs_and_fcs(model):
+    for _name, m in _convs_and_fcs(model):
         nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
         nn.init.zeros_(m.bias)

@@ -14,8 +14,18 @@ from imgprep.fileio import atomic_file
 from .config import INIT_NAMES, AlexNetConfig
 from .model import TwoTowerAlexNet, init_kaiming, init_paper
 
-__all__ = ["CHECKPOINT", "INITS", "AUTO_NORMALIZE", "parse_devices", "build_model", "autocast",
-           "save_checkpoint", "load_checkpoint", "model_config_from", "evaluate_run"]
+__all__ = [
+    "CHECKPOINT",
+    "INITS",
+    "AUTO_NORMALIZE",
+    "parse_devices",
+    "build_model",
+    "autocast",
+    "save_checkpoint",
+    "load_checkpoint",
+    "model_config_from",
+    "evaluate_run",
+]
 
 CHECKPOINT = "checkpoint.pt"
 INITS = dict(zip(INIT_NAMES, (init_paper, init_kaiming), strict=True))
@@ -45,8 +55,9 @@ def parse_devices(spec: str, local_rank: int = 0, shift: bool = False) -> tuple[
         if d.type == "cuda":
             idx = (d.index or 0) + (local_rank * len(parts) if shift else 0)
             if idx >= n_gpu:
-                raise ImgprepError(f"--devices: {p} named (cuda:{idx} for this rank) but {n_gpu} CUDA "
-                                   f"GPU{'s' * (n_gpu != 1)} visible")
+                raise ImgprepError(
+                    f"--devices: {p} named (cuda:{idx} for this rank) but {n_gpu} CUDA GPU{'s' * (n_gpu != 1)} visible"
+                )
             d = torch.device("cuda", idx)
         elif d.type != "cpu":
             raise ImgprepError(f"--devices: {p!r}: only cpu and cuda devices are supported")
@@ -98,8 +109,9 @@ def load_checkpoint(run_dir: str) -> dict:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for foreign or damaged files
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ImgprepError(f"{p}: not a checkpoint this version can read safely ({msg[:200]}); "
-                           "nothing in it was run") from None
+        raise ImgprepError(
+            f"{p}: not a checkpoint this version can read safely ({msg[:200]}); nothing in it was run"
+        ) from None
     keys = {"model", "optimizer", "scheduler", "epoch", "step", "config", "model_config", "rng"}
     missing = sorted(keys - set(ckpt)) if isinstance(ckpt, dict) else sorted(keys)
     if missing:
@@ -107,8 +119,15 @@ def load_checkpoint(run_dir: str) -> dict:
     return ckpt
 
 
-def evaluate_run(run_dir: str, data: str, ten_crop: bool = False, backend: str = "dali", devices: str = "auto",
-                 batch_size: int = 64, workers: int = 0) -> dict:
+def evaluate_run(
+    run_dir: str,
+    data: str,
+    ten_crop: bool = False,
+    backend: str = "dali",
+    devices: str = "auto",
+    batch_size: int = 64,
+    workers: int = 0,
+) -> dict:
     """Top-1/top-5 error of a run's last checkpoint on the validation split of `data`."""
     from imgprep.loaders import make_loader
 
@@ -120,9 +139,16 @@ def evaluate_run(run_dir: str, data: str, ten_crop: bool = False, backend: str =
     model = TwoTowerAlexNet(mcfg)
     model.load_state_dict(ckpt["model"])
     model.place(*devs)
-    loader = make_loader(data, "val", batch_size, "ten_crop" if ten_crop else "eval", backend=backend,
-                         device="gpu" if devs[0].type == "cuda" else "cpu", workers=workers,
-                         normalize=ckpt["config"]["normalize"])
+    loader = make_loader(
+        data,
+        "val",
+        batch_size,
+        "ten_crop" if ten_crop else "eval",
+        backend=backend,
+        device="gpu" if devs[0].type == "cuda" else "cpu",
+        workers=workers,
+        normalize=ckpt["config"]["normalize"],
+    )
     n_classes = len(loader.info.classes)
     if n_classes != mcfg.num_classes:
         raise ImgprepError(f"{data}: {n_classes} classes, but the model of {run_dir} has {mcfg.num_classes}")

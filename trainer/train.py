@@ -25,8 +25,7 @@ from imgprep.loader_base import PAD_LABEL
 from .config import AlexNetConfig, TrainConfig
 from .evaluate import evaluate, topk_correct
 from .model import TwoTowerAlexNet
-from .runtime import (AUTO_NORMALIZE, CHECKPOINT, autocast, build_model, load_checkpoint, parse_devices,
-                      save_checkpoint)
+from .runtime import AUTO_NORMALIZE, CHECKPOINT, autocast, build_model, load_checkpoint, parse_devices, save_checkpoint
 
 __all__ = ["TrainConfig", "train", "setup", "train_one_epoch", "end_of_epoch", "Run"]
 
@@ -80,14 +79,17 @@ def _check_resume(cfg: TrainConfig, mcfg: AlexNetConfig, resume: bool) -> dict |
     ckpt_path = os.path.join(cfg.run_dir, CHECKPOINT)
     if not resume:
         if os.path.exists(ckpt_path):
-            raise ImgprepError(f"{cfg.run_dir}: already holds a run; pass --resume to continue it, "
-                               "or choose another RUN_DIR")
+            raise ImgprepError(
+                f"{cfg.run_dir}: already holds a run; pass --resume to continue it, or choose another RUN_DIR"
+            )
         return None
     ckpt = load_checkpoint(cfg.run_dir)
     if ckpt["model_config"] != asdict(mcfg):
         diff = [k for k in asdict(mcfg) if ckpt["model_config"].get(k) != asdict(mcfg)[k]]
-        raise ImgprepError(f"{ckpt_path}: checkpoint of another architecture ({', '.join(diff)} differ); "
-                           "use the run's settings or another RUN_DIR")
+        raise ImgprepError(
+            f"{ckpt_path}: checkpoint of another architecture ({', '.join(diff)} differ); "
+            "use the run's settings or another RUN_DIR"
+        )
     return ckpt
 
 
@@ -104,8 +106,15 @@ def _init_distributed(world: int, devices) -> None:
 def _loaders(cfg: TrainConfig, normalize: str, rank: int, world: int, gpu: bool, has_val: bool):
     from imgprep.loaders import make_loader
 
-    kw = dict(rank=rank, world_size=world, backend=cfg.backend, device="gpu" if gpu else "cpu", workers=cfg.workers,
-              seed=cfg.seed, normalize=normalize)
+    kw = dict(
+        rank=rank,
+        world_size=world,
+        backend=cfg.backend,
+        device="gpu" if gpu else "cpu",
+        workers=cfg.workers,
+        seed=cfg.seed,
+        normalize=normalize,
+    )
     per_rank = cfg.batch_size // world
     train_loader = make_loader(cfg.data, "train", per_rank, "train", lighting_std=cfg.lighting_std, **kw)
     val_loader = make_loader(cfg.data, "val", per_rank, "eval", **kw) if has_val else None
@@ -135,16 +144,22 @@ def setup(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     if rank == 0:
         os.makedirs(cfg.run_dir, exist_ok=True)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=cfg.lr_patience,
-                                                       min_lr=cfg.lr * 0.1**cfg.lr_drops * 0.999)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=0.1, patience=cfg.lr_patience, min_lr=cfg.lr * 0.1**cfg.lr_drops * 0.999
+    )
     net = model
     if world > 1:
         same = devices[0] == devices[1] and devices[0].type == "cuda"
         net = nn.parallel.DistributedDataParallel(model, device_ids=[devices[0]] if same else None)
     train_loader, val_loader = _loaders(cfg, normalize, rank, world, devices[0].type == "cuda", has_val)
-    resolved = {**asdict(cfg), "num_classes": mcfg.num_classes, "normalize": normalize,
-                "devices_resolved": [str(d) for d in devices], "world_size": world,
-                "batch_per_rank": cfg.batch_size // world}
+    resolved = {
+        **asdict(cfg),
+        "num_classes": mcfg.num_classes,
+        "normalize": normalize,
+        "devices_resolved": [str(d) for d in devices],
+        "world_size": world,
+        "batch_per_rank": cfg.batch_size // world,
+    }
     run = Run(cfg, resolved, mcfg, devices, rank, world, model, net, opt, sched, train_loader, val_loader)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -155,7 +170,8 @@ def setup(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
         log(f"resuming {cfg.run_dir} after epoch {run.start_epoch}")
     if run.main:
         write_json_atomic(os.path.join(cfg.run_dir, "config.json"), resolved)
-        run.metrics = open(os.path.join(cfg.run_dir, "metrics.jsonl"), "a")
+        # an append-only log, open for the whole run and closed by train()
+        run.metrics = open(os.path.join(cfg.run_dir, "metrics.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
     return run
 
 
@@ -192,10 +208,16 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, on_step: Callab
         bar.update(1)
         if run.main and (run.step % cfg.log_every == 0 or i == n_batches - 1):
             now = time.perf_counter()
-            rec = {"type": "step", "epoch": epoch + 1, "step": run.step, "loss": round(loss.item(), 5),
-                   "top1_error": round(1 - c1 / max(1, valid), 4), "top5_error": round(1 - c5 / max(1, valid), 4),
-                   "lr": run.opt.param_groups[0]["lr"],
-                   "images_per_second": round(seen_log * run.world / (now - t_log), 1)}
+            rec = {
+                "type": "step",
+                "epoch": epoch + 1,
+                "step": run.step,
+                "loss": round(loss.item(), 5),
+                "top1_error": round(1 - c1 / max(1, valid), 4),
+                "top5_error": round(1 - c5 / max(1, valid), 4),
+                "lr": run.opt.param_groups[0]["lr"],
+                "images_per_second": round(seen_log * run.world / (now - t_log), 1),
+            }
             run.log_metrics(rec)
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{rec['lr']:.0e}")
             t_log, seen_log = now, 0
@@ -212,10 +234,16 @@ def end_of_epoch(run: Run, epoch: int, sums: torch.Tensor, seconds: float, log: 
         dist.all_reduce(s)
         sums = s.cpu()
     loss_sum, h1, h5, n = sums.tolist()
-    last = {"type": "epoch", "epoch": epoch + 1, "train_loss": loss_sum / max(1, n),
-            "train_top1_error": 1 - h1 / max(1, n), "train_top5_error": 1 - h5 / max(1, n),
-            "lr": run.opt.param_groups[0]["lr"], "seconds": round(seconds, 2),
-            "images_per_second": round(n / seconds, 1) if seconds else None}
+    last = {
+        "type": "epoch",
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / max(1, n),
+        "train_top1_error": 1 - h1 / max(1, n),
+        "train_top5_error": 1 - h5 / max(1, n),
+        "lr": run.opt.param_groups[0]["lr"],
+        "seconds": round(seconds, 2),
+        "images_per_second": round(n / seconds, 1) if seconds else None,
+    }
     if run.val_loader is not None:
         v = evaluate(run.model, run.val_loader, run.devices[0], run.autocast(), run.channels_last, run.world > 1)
         last.update(val_top1_error=v["top1_error"], val_top5_error=v["top5_error"], val_images=v["images"])
@@ -223,16 +251,30 @@ def end_of_epoch(run: Run, epoch: int, sums: torch.Tensor, seconds: float, log: 
     if run.main:
         run.log_metrics(last)
         run.metrics.flush()
-        save_checkpoint(run.cfg.run_dir, {
-            "model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
-            "epoch": epoch + 1, "step": run.step, "config": run.resolved, "model_config": asdict(run.model_config),
-            "rng": {"torch": torch.get_rng_state()}})
+        save_checkpoint(
+            run.cfg.run_dir,
+            {
+                "model": run.model.state_dict(),
+                "optimizer": run.opt.state_dict(),
+                "scheduler": run.sched.state_dict(),
+                "epoch": epoch + 1,
+                "step": run.step,
+                "config": run.resolved,
+                "model_config": asdict(run.model_config),
+                "rng": {"torch": torch.get_rng_state()},
+            },
+        )
         log(_epoch_line(last))
     return last
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log: Callable[[str], None] = print,
-          on_step: Callable | None = None) -> dict:
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    on_step: Callable | None = None,
+) -> dict:
     """Train (or resume) a run; returns the last epoch's metrics.
 
     Under torchrun (WORLD_SIZE > 1) each process is one data-parallel rank: it reads its own part
@@ -254,8 +296,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, log: Ca
 
 
 def _epoch_line(m: dict) -> str:
-    s = (f"epoch {m['epoch']}: train loss {m['train_loss']:.3f}, train top-1 error {m['train_top1_error']:.1%}, "
-         f"{m['images_per_second'] or 0:,.0f} img/s")
+    s = (
+        f"epoch {m['epoch']}: train loss {m['train_loss']:.3f}, train top-1 error {m['train_top1_error']:.1%}, "
+        f"{m['images_per_second'] or 0:,.0f} img/s"
+    )
     if "val_top1_error" in m:
         s += f"; val top-1/top-5 error {m['val_top1_error']:.1%} / {m['val_top5_error']:.1%}"
     return s + f"; lr {m['lr']:.0e}"
