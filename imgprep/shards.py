@@ -38,7 +38,7 @@ def tar_header(name: str, size: int) -> bytes:
     """A POSIX ustar header for a regular file: mode 0444, owner 0:0, mtime 0, no owner names.
 
     Byte-identical to what Python's tarfile writes for such a member; building it directly is
-    ~10x cheaper, which matters at three members per image.
+    much cheaper, which matters at three members per image.
     """
     raw = name.encode("utf-8")
     if len(raw) > 100:

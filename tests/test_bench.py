@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import statistics
 
 import pytest
 from click.testing import CliRunner
@@ -49,8 +50,9 @@ def test_bench_prepare(synth_src, tmp_path):
     )
     res = check_outputs(tmp_path, "p")
     assert [r["variant"] for r in res["results"]] == ["naive Pillow", "imgprep w=1", "imgprep w=2"]
-    for r in res["results"]:
-        assert r["min"] <= r["images_per_second"] <= r["max"] and len(r["runs"]) == 2
+    for r in res["results"]:  # the figure is the median of the runs, the spread their min and max
+        assert len(r["runs"]) == 2 and r["images_per_second"] == pytest.approx(statistics.median(r["runs"]), abs=0.01)
+        assert (r["min"], r["max"]) == pytest.approx((min(r["runs"]), max(r["runs"])), abs=0.01)
     assert "imgprep w=2" in out
 
 
@@ -99,7 +101,8 @@ def test_bench_train(data, tmp_path):
     )
     res = check_outputs(tmp_path, "t")
     row = res["results"][0]
-    assert row["placement"] == "cpu" and row["limited_by"] in ("model", "data")
+    assert row["placement"] == "cpu"
+    assert row["limited_by"] == ("data" if row["loader_only"] < row["model_synthetic"] else "model")
     assert row["model_synthetic"] > 0 and row["training_with_loader"] > 0 and row["loader_only"] > 0
 
 

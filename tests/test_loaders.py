@@ -11,6 +11,7 @@ from PIL import Image
 
 from imgprep.dataset import DatasetInfo
 from imgprep.errors import ImgprepError
+from imgprep.loader_base import PAD_LABEL, EpochPlan
 from imgprep.loaders import make_loader as _make_loader
 from imgprep.shards import ShardWriter, iter_samples
 
@@ -121,6 +122,40 @@ def test_ranks_disjoint_complete_and_equal_length(prepared, ref, backend):
         assert len(y) == len(loader) * 4
         seen += match(x, y, ref["train"], lambda im: centre(im, ref["mean"]), tol=1.5)
     assert len(lengths) == 1
+    assert sorted(seen) == list(range(24))  # disjoint and together complete
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uneven_ranks_follow_the_epoch_plan(prepared, ref, backend):
+    """24 samples over 5 ranks in batches of 3: ranks of 4 and 5 samples, 2 batches each, the rest padding;
+    each rank reads exactly its range of the epoch's (permuted) shard order."""
+    info = DatasetInfo.load(prepared, "train")
+    first_of_shard = np.cumsum([0, *info.counts])  # index in `ref` (manifest order) of each shard's first sample
+    seen = []
+    for rank in range(5):
+        loader = make_loader(
+            prepared,
+            "train",
+            3,
+            "train",
+            backend=backend,
+            rank=rank,
+            world_size=5,
+            workers=1,
+            seed=7,
+            fixed_window=(4, 4),
+            fixed_flip=False,
+            lighting_std=0.0,
+        )
+        loader.set_epoch(1)
+        plan = EpochPlan.make(info, loader.cfg, 1)
+        want = [int(first_of_shard[s]) + first + k for s, first, n in plan.segments(info.counts) for k in range(n)]
+        x, y = collect(loader)
+        assert len(loader) == 2 and len(y) == 6 and len(want) == [4, 5, 5, 5, 5][rank]  # [r*24//5, (r+1)*24//5)
+        assert (y == PAD_LABEL).sum() == 6 - len(want)
+        found = match(x, y, ref["train"], lambda im: centre(im, ref["mean"]), tol=1.5)
+        assert sorted(found) == sorted(want)
+        seen += found
     assert sorted(seen) == list(range(24))  # disjoint and together complete
 
 
@@ -278,12 +313,6 @@ def test_random_windows_and_flips_take_the_mean_image_with_them(identical, backe
     raw = make_loader(identical, "train", 48, "train", backend=backend, lighting_std=0.0, normalize="none", workers=1)
     r = collect(raw)[0].reshape(48, -1)
     assert len({tuple(np.round(v[:40] / 20)) for v in r}) > 10  # ...and the windows and flips do vary
-
-
-def test_cpu_default_is_the_fused_operator():
-    from imgprep.dali_loader import fused_operator
-
-    assert fused_operator() is not None  # numba is a dependency: the fast path is what CI tests
 
 
 def test_dali_parses_every_label_0_to_999(tmp_path):

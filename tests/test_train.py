@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from imgprep.errors import ImgprepError
+from imgprep.loaders import make_loader
 from imgprep.prepare import PrepareConfig, prepare
 from imgprep.trainer.config import AlexNetConfig, TrainConfig
 from imgprep.trainer.evaluate import predict, topk_correct
@@ -74,11 +75,32 @@ def test_ten_crop_is_the_mean_of_the_ten_softmaxes():
     assert torch.allclose(got, want, atol=1e-6)
 
 
+def _errors_by_hand(run_dir, data, mode):
+    """Top-1 and top-5 error of a run's checkpoint computed here with plain torch."""
+    ck = torch.load(os.path.join(run_dir, CHECKPOINT), weights_only=True)
+    model = TwoTowerAlexNet(AlexNetConfig(**{**ck["model_config"], "remove": ()})).eval()
+    model.load_state_dict(ck["model"])
+    probs, labels = [], []
+    with torch.no_grad():
+        for x, y in make_loader(data, "val", 5, mode, workers=1, normalize=ck["config"]["normalize"]):
+            keep = y >= 0
+            views = x[keep] if mode == "eval" else x[keep].flatten(0, 1)
+            p = torch.softmax(model(views), 1)
+            probs.append(p if mode == "eval" else p.view(-1, 10, p.shape[1]).mean(1))
+            labels.append(y[keep])
+    p, y = torch.cat(probs), torch.cat(labels)
+    rank = (p > p.gather(1, y[:, None])).sum(1)  # classes scored above the true one
+    return float((rank >= 1).double().mean()), float((rank >= 5).double().mean()), len(y)
+
+
 def test_evaluate_run_centre_and_ten_crop(data, tmp_path):
-    train(cfg(data, tmp_path / "e", epochs=1), **QUIET)
-    c = evaluate_run(str(tmp_path / "e"), data, ten_crop=False, workers=1)
-    t = evaluate_run(str(tmp_path / "e"), data, ten_crop=True, workers=1)
-    assert c["images"] == t["images"] == 8 and 0 <= c["top1_error"] <= 1 and 0 <= t["top5_error"] <= t["top1_error"]
+    run_dir = str(tmp_path / "e")
+    train(cfg(data, run_dir, epochs=1), **QUIET)
+    for ten_crop, mode in ((False, "eval"), (True, "ten_crop")):
+        r = evaluate_run(run_dir, data, ten_crop=ten_crop, workers=1)
+        top1, top5, n = _errors_by_hand(run_dir, data, mode)
+        assert r["images"] == n == 8 and r["epoch"] == 1 and r["ten_crop"] == ten_crop
+        assert (r["top1_error"], r["top5_error"]) == pytest.approx((top1, top5))
 
 
 def test_topk_ignores_padding():
