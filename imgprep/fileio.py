@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterator
 from typing import IO
 
+from .errors import ImgprepError
+
 __all__ = [
     "PARTIAL_SUFFIX",
     "partial_path",
@@ -101,3 +103,59 @@ def write_json_atomic(path: str, obj) -> None:
     if d:
         os.makedirs(d, exist_ok=True)
     write_atomic(path, json_bytes(obj))
+
+
+def _lock_holder(st: os.stat_result) -> int | None:
+    """PID holding a flock on the file with this stat, from /proc/locks (Linux), else None."""
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(st.st_ino):
+                    return int(parts[4])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class FolderLock:
+    """An exclusive advisory lock on a folder, held by this process until `release()` or its end.
+
+    The lock is `flock` on the folder itself: nothing is written, and the kernel drops it when the
+    process dies (kill -9 included), so a stale lock cannot exist. A second holder is refused at
+    once with a one-line error naming the process that holds it. Where the platform has no
+    `flock` (Windows), no lock is taken.
+
+    Args:
+        path: an existing folder.
+        what: how the folder is named in the error ("OUT", "RUN_DIR").
+    """
+
+    def __init__(self, path: str, what: str):
+        self.path, self._fd = path, None
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(os.fstat(fd))
+            os.close(fd)
+            who = f"process {holder}" if holder else "another process"
+            raise ImgprepError(f"{path}: {what} is in use by {who} (another imgprep run writing there); "
+                               f"wait for it to finish or choose another {what}") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock (closing the descriptor)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

@@ -25,7 +25,7 @@ from .constants import JPEG_QUALITY, SHARD_SIZE, SPLITS, STORED_SIZE
 from .dataset import MANIFEST, REJECTS, build_manifest, read_manifest, write_manifest, write_rejects, write_stats
 from .errors import DecodeError, ImgprepError, NotAnImage
 from .executors import EXECUTORS, make_executor
-from .fileio import PARTIAL_SUFFIX, atomic_file, json_bytes, write_atomic
+from .fileio import PARTIAL_SUFFIX, FolderLock, atomic_file, json_bytes, write_atomic
 from .geometry import resize_center_crop
 from .shards import ShardWriter, index_path, sha256_file
 from .sources import LAYOUTS, Item, Source, SourceIndex, discover
@@ -257,8 +257,6 @@ def _output_state(cfg: PrepareConfig) -> str:
     out = cfg.out
     if not os.path.exists(out):
         return "new"
-    if not os.path.isdir(out):
-        raise ImgprepError(f"{out}: exists and is not a folder; choose another OUT")
     wanted = cfg.dataset_settings()
     for rel, state in ((MANIFEST, "complete"), (os.path.join(STATE_DIR, "config.json"), "resume")):
         p = os.path.join(out, rel)
@@ -374,6 +372,19 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
     """
     cfg.validate()
     index = discover(cfg.src, cfg.split, cfg.layout, cfg.val_labels)
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise ImgprepError(f"{cfg.out}: exists and is not a folder; choose another OUT")
+    created = not os.path.exists(cfg.out)
+    os.makedirs(cfg.out, exist_ok=True)
+    try:
+        with FolderLock(cfg.out, "OUT"):  # one writer per OUT, for the whole run
+            return _prepare_into(cfg, index, progress, log, executor)
+    finally:
+        if created and not os.listdir(cfg.out):  # refused before anything was written
+            os.rmdir(cfg.out)
+
+
+def _prepare_into(cfg: PrepareConfig, index: SourceIndex, progress: bool, log, executor) -> dict:
     kind = _output_state(cfg)
     if kind == "complete":
         summary = {**_summary(read_manifest(cfg.out), 0.0, 0), "already_complete": True}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from imgprep.errors import ImgprepError
-from imgprep.fileio import write_json_atomic
+from imgprep.fileio import FolderLock, write_json_atomic
 from imgprep.loader_base import PAD_LABEL
 
 from .config import AlexNetConfig, TrainConfig
@@ -53,6 +53,7 @@ class Run:
     start_epoch: int = 0
     step: int = 0
     metrics: IO | None = None  # metrics.jsonl (rank 0 only)
+    lock: FolderLock | None = None  # RUN_DIR's writer lock (rank 0 only)
 
     @property
     def main(self) -> bool:
@@ -123,7 +124,29 @@ def _loaders(cfg: TrainConfig, normalize: str, rank: int, world: int, gpu: bool,
 
 def setup(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = print) -> Run:
     """Check the settings and the dataset, build the model, optimizer, scheduler and loaders, and
-    restore the checkpoint when resuming."""
+    restore the checkpoint when resuming. Rank 0 holds RUN_DIR's lock until the run ends: one
+    writer per run folder."""
+    if _dist_env()[0] != 0:
+        return _build_run(cfg, resume, log)
+    if os.path.exists(cfg.run_dir) and not os.path.isdir(cfg.run_dir):
+        raise ImgprepError(f"{cfg.run_dir}: exists and is not a folder; choose another --run")
+    created = not os.path.exists(cfg.run_dir)
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    lock = None
+    try:
+        lock = FolderLock(cfg.run_dir, "RUN_DIR")
+        run = _build_run(cfg, resume, log)
+        run.lock = lock
+        return run
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        if created and not os.listdir(cfg.run_dir):  # refused before anything was written
+            os.rmdir(cfg.run_dir)
+        raise
+
+
+def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Run:
     from imgprep.dataset import DatasetInfo, read_manifest
 
     rank, world, local_rank = _dist_env()
@@ -141,8 +164,6 @@ def setup(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     ckpt = _check_resume(cfg, mcfg, resume)
     model = build_model(mcfg, cfg.init, devices, cfg.seed, cfg.channels_last)
     _init_distributed(world, devices)
-    if rank == 0:
-        os.makedirs(cfg.run_dir, exist_ok=True)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=0.1, patience=cfg.lr_patience, min_lr=cfg.lr * 0.1**cfg.lr_drops * 0.999
@@ -292,6 +313,8 @@ def train(
     finally:
         if run.metrics is not None:
             run.metrics.close()
+        if run.lock is not None:
+            run.lock.release()
     return last
 
 

@@ -1,0 +1,300 @@
+"""Hostile and damaged input (issue 12): nothing runs code from a file, nothing outside the dataset is
+read, two writers never share a folder. Each case gets one line on stderr and no traceback."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from imgprep.cli.main import main
+from imgprep.errors import ImgprepError
+from imgprep.fileio import FolderLock
+from imgprep.prepare import PrepareConfig, prepare
+
+QUIET = dict(progress=False, log=lambda s: None)
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(r, *words):
+    assert r.exit_code == 1, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in r.output, r.output
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def data(prepared128, tmp_path):
+    """A private copy of a small prepared dataset, free to damage."""
+    out = tmp_path / "data"
+    shutil.copytree(prepared128, out)
+    return out
+
+
+def edit_manifest(out, fn):
+    p = out / "manifest.json"
+    m = json.loads(p.read_text())
+    m = fn(m)
+    p.write_text(json.dumps(m))
+
+
+# --- 1. a checkpoint runs no code ---------------------------------------------------------------
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.fixture(scope="module")
+def trained(prepared128, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    r = run(
+        "train",
+        prepared128,
+        "--run",
+        run_dir,
+        "--epochs",
+        1,
+        "--steps-per-epoch",
+        1,
+        "--batch-size",
+        8,
+        "--init",
+        "kaiming",
+        "--width-mult",
+        0.125,
+        "--workers",
+        1,
+        "--no-progress",
+    )
+    assert r.exit_code == 0, r.output
+    return run_dir
+
+
+def test_a_crafted_checkpoint_runs_nothing(prepared128, trained, tmp_path):
+    import torch
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    marker = tmp_path / "pwned"
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    ckpt["config"]["payload"] = Exploit(marker)  # a valid checkpoint that also carries a payload
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    one_line_error(
+        run("eval", run_dir, "--data", prepared128, "--workers", 1), "checkpoint.pt", "nothing in it was run"
+    )
+    one_line_error(
+        run(
+            "train",
+            prepared128,
+            "--run",
+            run_dir,
+            "--resume",
+            "--epochs",
+            2,
+            "--width-mult",
+            0.125,
+            "--init",
+            "kaiming",
+            "--workers",
+            1,
+            "--no-progress",
+        ),
+        "checkpoint.pt",
+    )
+    assert not marker.exists()
+
+
+def test_a_foreign_file_as_checkpoint_is_one_line(prepared128, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint at all")
+    one_line_error(run("eval", tmp_path / "run", "--data", prepared128, "--workers", 1), "checkpoint.pt")
+
+
+# --- 2. the manifest is validated, its paths stay inside the dataset ----------------------------
+
+
+def test_a_shard_path_outside_the_dataset_is_refused_before_opening(data):
+    edit_manifest(
+        data,
+        lambda m: {
+            **m,
+            "splits": {
+                **m["splits"],
+                "train": {
+                    **m["splits"]["train"],
+                    "shards": [{**m["splits"]["train"]["shards"][0], "path": "../../../../etc/passwd"}]
+                    + m["splits"]["train"]["shards"][1:],
+                },
+            },
+        },
+    )
+    for args in (("verify", data), ("load", data, "--steps", 1, "--workers", 1), ("stats", data)):
+        line = one_line_error(run(*args), "leads outside the dataset folder")
+        assert "root:" not in line  # nothing of /etc/passwd is shown
+
+
+def test_an_absolute_path_to_a_valid_shard_elsewhere_is_refused(data, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    first = data / "train" / "train-000000.tar"
+    shutil.copy(first, elsewhere / "x.tar")
+    shutil.copy(str(first)[:-4] + ".idx", elsewhere / "x.idx")
+
+    def point_away(m):
+        m["splits"]["train"]["shards"][0]["path"] = str(elsewhere / "x.tar")
+        return m
+
+    edit_manifest(data, point_away)
+    one_line_error(run("verify", data), "not a relative path inside the dataset folder")
+    one_line_error(run("load", data, "--steps", 1, "--workers", 1), "not a relative path inside the dataset folder")
+
+
+def test_a_shard_symlinked_to_outside_is_refused(data, tmp_path):
+    first = data / "train" / "train-000000.tar"
+    outside = tmp_path / "outside.tar"
+    shutil.move(first, outside)
+    os.symlink(outside, first)
+    one_line_error(run("load", data, "--steps", 1, "--workers", 1), "leads outside the dataset folder")
+
+
+@pytest.mark.parametrize(
+    "content", ["{}", "[]", "null", '"text"', '{"format": "imgprep-webdataset"}', "not json at all"]
+)
+def test_a_manifest_of_the_wrong_shape_is_one_line(data, content):
+    (data / "manifest.json").write_text(content)
+    for args in (("verify", data), ("load", data, "--steps", 1, "--workers", 1), ("stats", data)):
+        one_line_error(run(*args), "manifest")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "splits_not_object",
+        "shards_not_list",
+        "count_is_text",
+        "path_is_number",
+        "size_missing",
+        "classes_empty",
+        "newer_version",
+    ],
+)
+def test_a_manifest_with_wrong_types_is_one_line(data, damage):
+    def edit(m):
+        train = m["splits"]["train"]
+        if damage == "splits_not_object":
+            m["splits"] = 5
+        elif damage == "shards_not_list":
+            train["shards"] = "train-000000.tar"
+        elif damage == "count_is_text":
+            train["shards"][0]["count"] = "8"
+        elif damage == "path_is_number":
+            train["shards"][0]["path"] = 7
+        elif damage == "size_missing":
+            del m["config"]["size"]
+        elif damage == "classes_empty":
+            m["classes"] = []
+        else:
+            m["format_version"] = 99
+        return m
+
+    edit_manifest(data, edit)
+    for args in (("verify", data), ("load", data, "--steps", 1, "--workers", 1)):
+        one_line_error(run(*args), "manifest.json")
+    r = run("train", data, "--run", data.parent / "r", "--epochs", 1, "--workers", 1, "--no-progress")
+    one_line_error(r, "manifest.json")
+    assert not (data.parent / "r").exists()
+
+
+# --- 3. one writer per folder -------------------------------------------------------------------
+
+
+def test_a_second_prepare_into_a_locked_out_is_refused(synth_src, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with FolderLock(str(out), "OUT"), pytest.raises(ImgprepError, match=f"in use by process {os.getpid()}"):
+        prepare(PrepareConfig(synth_src, str(out), size=32), **QUIET)
+    assert os.listdir(out) == []
+    prepare(PrepareConfig(synth_src, str(out), size=32, workers=1), **QUIET)  # the lock died with its holder
+    assert (out / "manifest.json").exists()
+
+
+def test_two_prepare_processes_into_one_out(synth_src, tmp_path):
+    """The first run holds OUT to the end; the second gets one line naming it; the result verifies."""
+    out = tmp_path / "out"
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import time\nfrom imgprep import sources\n_r = sources.Source.read\n"
+        "def slow(self, item):\n    time.sleep(0.02)\n    return _r(self, item)\nsources.Source.read = slow\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": f"{slow}{os.pathsep}{root}"}
+    args = [
+        sys.executable,
+        "-m",
+        "imgprep.cli.main",
+        "prepare",
+        synth_src,
+        str(out),
+        "--size",
+        "40",
+        "--shard-size",
+        "3",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
+    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (out / "train").is_dir():
+        time.sleep(0.01)
+    second = subprocess.run(
+        args[:-5] + ["--shard-size", "4", "--workers", "1", "--no-progress"], capture_output=True, text=True
+    )
+    assert second.returncode == 1
+    lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"in use by process {first.pid}" in lines[0], second.stderr
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert run("verify", out).exit_code == 0
+
+
+def test_a_second_train_into_a_locked_run_dir_is_refused(prepared128, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with FolderLock(str(run_dir), "RUN_DIR"):
+        r = run(
+            "train",
+            prepared128,
+            "--run",
+            run_dir,
+            "--epochs",
+            1,
+            "--steps-per-epoch",
+            1,
+            "--batch-size",
+            8,
+            "--init",
+            "kaiming",
+            "--width-mult",
+            0.125,
+            "--workers",
+            1,
+            "--no-progress",
+        )
+    one_line_error(r, "RUN_DIR is in use by process")
+    assert os.listdir(run_dir) == []
