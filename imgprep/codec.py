@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .constants import MAX_PIXELS
 from .errors import DecodeError, NotAnImage
 
 __all__ = ["sniff_format", "DecodedImage", "decode_rgb", "encode_jpeg", "apply_orientation", "IMAGE_EXTENSIONS"]
@@ -106,7 +108,24 @@ def _fast_jpeg(data: bytes) -> np.ndarray | None:
         return None
 
 
-def decode_rgb(data: bytes, name: str = "", min_side: int = 0) -> DecodedImage:
+def _open(data: bytes, max_pixels: int | None):
+    """Pillow's lazy open (header only), refusing an image over `max_pixels` before any decoding.
+    Pillow's own bomb warning is silenced: this limit is the one that applies."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError:
+            im = None
+    if im is None or (max_pixels is not None and im.size[0] * im.size[1] > max_pixels):
+        size = f"{im.size[0]}x{im.size[1]} ({im.size[0] * im.size[1]:,} pixels)" if im else "its pixel count"
+        raise DecodeError(f"image of {size} is over the limit of {max_pixels or MAX_PIXELS:,} pixels (--max-pixels)")
+    return im
+
+
+def decode_rgb(data: bytes, name: str = "", min_side: int = 0, max_pixels: int | None = MAX_PIXELS) -> DecodedImage:
     """Decode image bytes into RGB uint8, applying EXIF orientation.
 
     Args:
@@ -114,13 +133,15 @@ def decode_rgb(data: bytes, name: str = "", min_side: int = 0) -> DecodedImage:
         name: the file name, only to notice a content/extension mismatch (PNG saved as .JPEG).
         min_side: when > 0 a large JPEG may be decoded at 1/2, 1/4 or 1/8 scale (DCT scaling) as
             long as its shorter side stays >= min_side; a cheap and properly filtered reduction.
+        max_pixels: an image with more pixels (read from its header) is refused before decoding:
+            it bounds the memory one image can take. None: no limit of ours.
     Returns:
         DecodedImage.
     Raises:
         NotAnImage: the content is no image format (and the name does not claim one).
         DecodeError: an image that cannot be decoded (empty, truncated, corrupt).
     """
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     fmt = sniff_format(data[:16])
     ext = os.path.splitext(name)[1].lower()
@@ -134,7 +155,7 @@ def decode_rgb(data: bytes, name: str = "", min_side: int = 0) -> DecodedImage:
     if ext in _EXT_FORMAT and _EXT_FORMAT[ext] != fmt:
         converted.append(f"{fmt}_as_{_EXT_FORMAT[ext]}")
     try:
-        im = Image.open(io.BytesIO(data))
+        im = _open(data, max_pixels)
         orientation = im.getexif().get(0x0112, 1) if fmt in ("jpeg", "tiff", "png", "webp") else 1
         w0, h0 = im.size
         if orientation in _ROTATING:
@@ -175,7 +196,7 @@ def _to_rgb(im, converted: list[str]) -> np.ndarray:
     if mode == "RGB":
         return np.asarray(im)
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        a = np.asarray(im).astype(np.int64)
+        a = np.asarray(im)  # uint16 (I;16*) or int32 (I): no wider copy, this can be a large image
         if mode != "I" or a.max(initial=0) > 255:
             a = a >> 8  # 16-bit range to 8 bits
         converted.append("16bit")

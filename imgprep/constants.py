@@ -19,3 +19,10 @@ JPEG_QUALITY = 95
 SHARD_SIZE = 1000
 
 SPLITS = ("train", "val")
+
+# Largest image accepted, in pixels, checked from the header before decoding: Pillow's warning
+# threshold (about 8.9k x 8.9k); ImageNet's largest images are far below it. It bounds the memory
+# one image takes in a worker (figures in the README).
+MAX_PIXELS = 89_478_485
+# Pillow refuses to open anything over twice its warning threshold, whatever we allow.
+MAX_PIXELS_CEILING = 2 * MAX_PIXELS

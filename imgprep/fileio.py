@@ -144,8 +144,10 @@ class FolderLock:
             holder = _lock_holder(os.fstat(fd))
             os.close(fd)
             who = f"process {holder}" if holder else "another process"
-            raise ImgprepError(f"{path}: {what} is in use by {who} (another imgprep run writing there); "
-                               f"wait for it to finish or choose another {what}") from None
+            raise ImgprepError(
+                f"{path}: {what} is in use by {who} (another imgprep run writing there); "
+                f"wait for it to finish or choose another {what}"
+            ) from None
         self._fd = fd
 
     def release(self) -> None:

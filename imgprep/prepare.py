@@ -21,7 +21,7 @@ import numpy as np
 from ._mp import resolve_workers
 from .codec import decode_rgb, encode_jpeg
 from .config import setting
-from .constants import JPEG_QUALITY, SHARD_SIZE, SPLITS, STORED_SIZE
+from .constants import JPEG_QUALITY, MAX_PIXELS, MAX_PIXELS_CEILING, SHARD_SIZE, SPLITS, STORED_SIZE
 from .dataset import MANIFEST, REJECTS, build_manifest, read_manifest, write_manifest, write_rejects, write_stats
 from .errors import DecodeError, ImgprepError, NotAnImage
 from .executors import EXECUTORS, make_executor
@@ -55,6 +55,13 @@ class PrepareConfig:
     quality: int = setting(JPEG_QUALITY, "JPEG quality.", min=1, max=100)
     shard_size: int = setting(SHARD_SIZE, "Samples per shard.", min=1)
     seed: int = setting(0, "Seed of the global shuffle.")
+    max_pixels: int = setting(
+        MAX_PIXELS,
+        "Refuse (list in rejects.jsonl) an image with more pixels, read from its "
+        "header before decoding: bounds the memory of one image.",
+        min=1,
+        max=MAX_PIXELS_CEILING,
+    )
     workers: int = setting(0, "Worker processes (0: all cores, or the CPUs of the local Ray instance).", min=0)
     executor: str = setting(
         "local", "Run the units (one per shard) in a local process pool or as Ray tasks.", choices=EXECUTORS
@@ -80,6 +87,8 @@ class PrepareConfig:
             raise ImgprepError(f"--size {self.size}: must be at least 8 pixels")
         if not 1 <= self.quality <= 100:
             raise ImgprepError(f"--quality {self.quality}: must be between 1 and 100")
+        if not 1 <= self.max_pixels <= MAX_PIXELS_CEILING:
+            raise ImgprepError(f"--max-pixels {self.max_pixels}: between 1 and {MAX_PIXELS_CEILING:,}")
         if self.shard_size < 1:
             raise ImgprepError(f"--shard-size {self.shard_size}: must be at least 1")
         if self.workers < 0:
@@ -129,7 +138,7 @@ def plan_units(index: SourceIndex, shard_size: int, seed: int) -> list[Unit]:
     return units
 
 
-def process_image(data: bytes, name: str, size: int, quality: int):
+def process_image(data: bytes, name: str, size: int, quality: int, max_pixels: int | None = MAX_PIXELS):
     """Decode, resize the shorter side to `size`, centre-crop, re-encode.
 
     Returns:
@@ -137,7 +146,7 @@ def process_image(data: bytes, name: str, size: int, quality: int):
     Raises:
         DecodeError, NotAnImage.
     """
-    img = decode_rgb(data, name, min_side=size)
+    img = decode_rgb(data, name, min_side=size, max_pixels=max_pixels)
     pixels = resize_center_crop(img.pixels, size)
     return encode_jpeg(pixels, quality), pixels, img
 
@@ -153,6 +162,7 @@ class UnitJob:
     size: int
     quality: int
     with_stats: bool  # accumulate the training statistics
+    max_pixels: int = MAX_PIXELS
 
     @property
     def name(self) -> str:
@@ -180,6 +190,11 @@ def _sample_meta(item: Item, img, classes: list[dict]) -> dict:
     return meta
 
 
+def _max_file_bytes(max_pixels: int) -> int:
+    """No image file needs more than 4 bytes per pixel (uncompressed RGBA) plus its headers."""
+    return 4 * max_pixels + (1 << 20)
+
+
 def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dict:
     """Process one unit and write its shard (and index) under `job.out`; return its record.
 
@@ -194,8 +209,8 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
     try:
         for key, item in unit.items:
             try:
-                data = job.source.read(item)
-                jpeg, pixels, img = process_image(data, item.ref, job.size, job.quality)
+                data = job.source.read(item, max_bytes=_max_file_bytes(job.max_pixels))
+                jpeg, pixels, img = process_image(data, item.ref, job.size, job.quality, job.max_pixels)
             except NotAnImage:
                 skipped += 1
             except (DecodeError, OSError) as exc:
@@ -243,7 +258,12 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
 # Driver: output-folder checks, resume state, execution, final files.
 
 
+# settings added after format 1; an OUT written before them used their defaults
+_LATER_SETTINGS = {"max_pixels": MAX_PIXELS}
+
+
 def _differences(saved: dict, wanted: dict) -> list[str]:
+    saved = {**_LATER_SETTINGS, **saved}
     flag = {"src": "SRC", "shard_size": "--shard-size"}
     return [
         f"{flag.get(k, '--' + k.replace('_', '-'))} was {saved.get(k)!r}, now {wanted.get(k)!r}"
@@ -395,7 +415,10 @@ def _prepare_into(cfg: PrepareConfig, index: SourceIndex, progress: bool, log, e
     state = _open_state(cfg, kind, units, log)
     todo = [u for u in units if u.name not in state.records]
     classes = [c.to_json(i) for i, c in enumerate(index.classes)]
-    jobs = [UnitJob(index.source, u, classes, cfg.out, cfg.size, cfg.quality, u.split == "train") for u in todo]
+    jobs = [
+        UnitJob(index.source, u, classes, cfg.out, cfg.size, cfg.quality, u.split == "train", cfg.max_pixels)
+        for u in todo
+    ]
     total = sum(job.weight for job in jobs)
     if executor is None:
         executor = make_executor(cfg.executor, min(resolve_workers(cfg.workers), max(1, len(todo))), cfg.ray_address)

@@ -20,6 +20,7 @@ import csv
 import io
 import os
 import re
+import stat
 import tarfile
 from dataclasses import dataclass, field
 
@@ -82,11 +83,20 @@ class Source:
     def __setstate__(self, state):
         self.__init__(state["root"], state["archives"])
 
-    def read(self, item: Item) -> bytes:
-        """The bytes of one item."""
+    def read(self, item: Item, max_bytes: int | None = None) -> bytes:
+        """The bytes of one item. OSError for a file that is no longer a regular file (never blocks
+        on a FIFO) or that is larger than `max_bytes`."""
         if item.archive < 0:
-            with open(os.path.join(self.root, item.ref), "rb") as f:
+            fd = os.open(os.path.join(self.root, item.ref), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise OSError("not a regular file")
+                if max_bytes is not None and st.st_size > max_bytes:
+                    raise OSError(f"{st.st_size:,} bytes, over the limit of {max_bytes:,} for one image")
                 return f.read()
+        if max_bytes is not None and item.size > max_bytes:
+            raise OSError(f"{item.size:,} bytes, over the limit of {max_bytes:,} for one image")
         fd = self._fds.get(item.archive)
         if fd is None:
             fd = self._fds[item.archive] = os.open(self.archives[item.archive], os.O_RDONLY)
@@ -111,29 +121,83 @@ def _visible(name: str) -> bool:
     return not name.startswith(".") and not name.startswith("__")
 
 
+def _list(path: str) -> list[os.DirEntry]:
+    """The entries of a folder sorted by name; ImgprepError (not silence) when it cannot be listed."""
+    try:
+        with os.scandir(path) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        raise ImgprepError(
+            f"{path}: cannot list this folder ({exc.strerror or exc}); fix its permissions or move it out of SRC"
+        ) from None
+
+
+def _stat(entry: os.DirEntry) -> os.stat_result | None:
+    """The stat of what an entry points to (symlinks followed), None for a broken link."""
+    try:
+        return entry.stat()
+    except OSError:
+        return None
+
+
 def _class_dirs(path: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir() and _visible(e.name))
+    return [e.name for e in _list(path) if _visible(e.name) and (st := _stat(e)) and stat.S_ISDIR(st.st_mode)]
 
 
-def _walk(root: str, rel: str) -> tuple[list[str], int]:
-    """Relative paths of the visible files under root/rel (recursively, sorted), and the hidden count."""
-    refs, hidden = [], 0
-    for dirpath, dirnames, filenames in os.walk(os.path.join(root, rel), followlinks=True):
-        hidden += sum(1 for d in dirnames if not _visible(d))
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
-        for name in sorted(filenames):
-            if not _visible(name):
-                hidden += 1
-                continue
-            refs.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
-    return refs, hidden
+class _SplitWalk:
+    """The image files of one split. Symbolic links are followed, but no folder is entered twice
+    (a link back to the split, to a class folder or to an ancestor is a loop, or a second path to
+    files already listed) and no file is listed twice (two links to one file): each is skipped and
+    counted, as are hidden entries, broken links and FIFOs, sockets and devices (never opened)."""
 
+    def __init__(self, root: str, top_rels: list[str]):
+        self.root = root
+        self.skipped = 0
+        self.seen_files: set[tuple[int, int]] = set()
+        self.seen_dirs = {self._key(os.stat(os.path.join(root, rel))) for rel in top_rels}
 
-def _flat_files(root: str, rel: str) -> tuple[list[str], int]:
-    """Visible files directly in root/rel (sorted by name), and the count of hidden ones."""
-    names = sorted(e.name for e in os.scandir(os.path.join(root, rel)) if e.is_file())
-    vis = [n for n in names if _visible(n)]
-    return [f"{rel}/{n}" if rel else n for n in vis], len(names) - len(vis)
+    @staticmethod
+    def _key(st: os.stat_result) -> tuple[int, int]:
+        return st.st_dev, st.st_ino
+
+    def _file(self, st: os.stat_result | None) -> bool:
+        """Whether an entry is a regular file not listed yet (counting it as skipped otherwise)."""
+        if st is None or not stat.S_ISREG(st.st_mode) or self._key(st) in self.seen_files:
+            self.skipped += 1
+            return False
+        self.seen_files.add(self._key(st))
+        return True
+
+    def files(self, rel: str) -> list[str]:
+        """Relative paths (with /) of the files under root/rel, recursively: each folder's files
+        in name order, then its sub-folders in name order."""
+        refs, subdirs = [], []
+        for e in _list(os.path.join(self.root, rel)):
+            st = _stat(e)
+            if not _visible(e.name):
+                self.skipped += 1
+            elif st is not None and stat.S_ISDIR(st.st_mode):
+                if self._key(st) in self.seen_dirs:
+                    self.skipped += 1
+                else:
+                    self.seen_dirs.add(self._key(st))
+                    subdirs.append(e.name)
+            elif self._file(st):
+                refs.append(f"{rel}/{e.name}" if rel else e.name)
+        for d in subdirs:
+            refs += self.files(f"{rel}/{d}" if rel else d)
+        return refs
+
+    def flat_files(self, rel: str) -> list[str]:
+        """The files directly in root/rel (a flat validation folder); folders there are skipped."""
+        refs = []
+        for e in _list(os.path.join(self.root, rel)):
+            st = _stat(e)
+            if not _visible(e.name) or (st is not None and stat.S_ISDIR(st.st_mode)):
+                self.skipped += 1
+            elif self._file(st):
+                refs.append(f"{rel}/{e.name}" if rel else e.name)
+        return refs
 
 
 def _stem(name: str) -> str:
@@ -334,25 +398,24 @@ def _discover_kaggle(src: str) -> SourceIndex:
     classes = [ClassInfo(w, words.get(w, "")) for w in wnids]
     index = _index_of(classes)
     splits, skipped = {}, {}
-    if os.path.isdir(os.path.join(src, train_rel)):
-        items, hidden = [], 0
-        for w in wnids:
-            refs, h = _walk(src, f"{train_rel}/{w}".replace(os.sep, "/"))
-            hidden += h
-            items += [Item(r, index[w]) for r in refs]
-        splits["train"], skipped["train"] = items, hidden
+    if has_train:
+        rels = [f"{train_rel}/{w}".replace(os.sep, "/") for w in wnids]
+        walk = _SplitWalk(src, [train_rel, *rels])
+        splits["train"] = [Item(r, index[w]) for w, rel in zip(wnids, rels, strict=True) for r in walk.files(rel)]
+        skipped["train"] = walk.skipped
     val_rel = os.path.join(KAGGLE_DATA, "val").replace(os.sep, "/")
     if os.path.isdir(os.path.join(src, val_rel)):
         sol = os.path.join(src, "LOC_val_solution.csv")
         if not os.path.isfile(sol):
             raise ImgprepError(f"{src}: {val_rel}/ needs LOC_val_solution.csv beside ILSVRC/ for its labels")
         labels = kaggle_val_labels(sol)
-        refs, hidden = _flat_files(src, val_rel)
+        walk = _SplitWalk(src, [val_rel])
+        refs = walk.flat_files(val_rel)
         missing = [r for r in refs if _stem(r) not in labels]
         if missing:
             raise ImgprepError(f"{sol}: no label for {missing[0]} ({len(missing)} validation files unlabelled)")
         labs = _label_all([labels[_stem(r)] for r in refs], index, sol)
-        splits["val"], skipped["val"] = [Item(r, lab) for r, lab in zip(refs, labs, strict=True)], hidden
+        splits["val"], skipped["val"] = [Item(r, lab) for r, lab in zip(refs, labs, strict=True)], walk.skipped
     return SourceIndex(Source(src), "kaggle", classes, splits, skipped)
 
 
@@ -375,7 +438,8 @@ def _discover_folders(src: str, split: str, val_labels: str | None) -> SourceInd
     for s, d in split_dirs.items():
         split_root = os.path.join(root, d) if d else root
         if s == "val" and flat_val:
-            refs, hidden = _flat_files(root, d)
+            walk = _SplitWalk(root, [d])
+            refs = walk.flat_files(d)
             if not refs:
                 continue
             if not val_labels:
@@ -384,7 +448,7 @@ def _discover_folders(src: str, split: str, val_labels: str | None) -> SourceInd
                     "(one WNID per line in file-name order, or CSV file,wnid)"
                 )
             labs = _label_all(read_val_labels(val_labels, refs), index, val_labels)
-            splits[s], skipped[s] = [Item(r, lab) for r, lab in zip(refs, labs, strict=True)], hidden
+            splits[s], skipped[s] = [Item(r, lab) for r, lab in zip(refs, labs, strict=True)], walk.skipped
             continue
         unknown = [c for c in per_split[s] if c not in index]
         if unknown:
@@ -392,13 +456,11 @@ def _discover_folders(src: str, split: str, val_labels: str | None) -> SourceInd
                 f"{os.path.join(src, d)}: class folder {unknown[0]!r} is not a class of the {class_split} split "
                 f"({len(unknown)} unknown); every split must use the {class_split} classes"
             )
-        hidden = sum(1 for e in os.scandir(split_root) if not e.is_dir() or not _visible(e.name))
-        items = []
-        for c in per_split[s]:
-            refs, h = _walk(root, f"{d}/{c}" if d else c)
-            hidden += h
-            items += [Item(r, index[c]) for r in refs]
-        splits[s], skipped[s] = items, hidden
+        strays = sum(1 for e in _list(split_root) if not e.is_dir() or not _visible(e.name))
+        rels = [f"{d}/{c}" if d else c for c in per_split[s]]
+        walk = _SplitWalk(root, [d, *rels])
+        splits[s] = [Item(r, index[c]) for c, rel in zip(per_split[s], rels, strict=True) for r in walk.files(rel)]
+        skipped[s] = strays + walk.skipped
     return SourceIndex(Source(root), "split-folders" if has_splits else "class-folders", classes, splits, skipped)
 
 

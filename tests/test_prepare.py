@@ -126,11 +126,11 @@ def interrupt_after(monkeypatch, reads: int) -> None:
 
     real, count = sources.Source.read, [0]
 
-    def read(self, item):
+    def read(self, item, **kw):
         count[0] += 1
         if count[0] > reads:
             raise KeyboardInterrupt
-        return real(self, item)
+        return real(self, item, **kw)
 
     monkeypatch.setattr(sources.Source, "read", read)
 

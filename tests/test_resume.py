@@ -21,9 +21,9 @@ SLOW_READS = """
 import time
 from imgprep import sources
 _read = sources.Source.read
-def slow(self, item):
+def slow(self, item, **kw):
     time.sleep(0.02)
-    return _read(self, item)
+    return _read(self, item, **kw)
 sources.Source.read = slow
 """
 

@@ -239,7 +239,7 @@ def test_two_prepare_processes_into_one_out(synth_src, tmp_path):
     slow.mkdir()
     (slow / "sitecustomize.py").write_text(
         "import time\nfrom imgprep import sources\n_r = sources.Source.read\n"
-        "def slow(self, item):\n    time.sleep(0.02)\n    return _r(self, item)\nsources.Source.read = slow\n"
+        "def slow(self, item, **kw):\n    time.sleep(0.02)\n    return _r(self, item, **kw)\nsources.Source.read = slow\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {**os.environ, "PYTHONPATH": f"{slow}{os.pathsep}{root}"}
