@@ -298,3 +298,152 @@ def test_a_second_train_into_a_locked_run_dir_is_refused(prepared128, tmp_path):
         )
     one_line_error(r, "RUN_DIR is in use by process")
     assert os.listdir(run_dir) == []
+
+
+# --- 4. what a source folder may hold ------------------------------------------------------------
+
+
+def small_set(tmp_path, per_class=4):
+    from imgprep.synth import SynthConfig, synthesize
+
+    src = tmp_path / "s"
+    synthesize(SynthConfig(str(src), classes=2, per_class=per_class, val_per_class=0, min_side=40, max_side=60))
+    return src
+
+
+def labels_by_source(out):
+    from imgprep.shards import iter_samples
+
+    m = json.loads((out / "manifest.json").read_text())
+    found = []
+    for sh in m["splits"]["train"]["shards"]:
+        for _, c in iter_samples(str(out / sh["path"])):
+            meta = json.loads(c["json"])
+            found.append((meta["source"], int(c["cls"])))
+    return m, sorted(found)
+
+
+def test_a_directory_symlink_to_the_parent_neither_loops_nor_mislabels(tmp_path):
+    src = small_set(tmp_path)
+    first = sorted(os.listdir(src / "train"))[0]
+    os.symlink("..", src / "train" / first / "updir")  # the issue's reproduction
+    os.symlink(".", src / "train" / first / "loop")  # and a loop onto itself
+    out = tmp_path / "out"
+    prepare(PrepareConfig(str(src), str(out), size=32, workers=1), **QUIET)
+    m, found = labels_by_source(out)
+    classes = sorted(os.listdir(src / "train"))
+    assert len(found) == 8 and m["splits"]["train"]["skipped"] == 2
+    assert all(source.split("/")[1] == classes[label] for source, label in found)
+
+
+def test_a_file_reached_twice_is_listed_once_and_a_folder_named_like_an_image_is_a_folder(tmp_path):
+    src = small_set(tmp_path)
+    a, b = sorted(os.listdir(src / "train"))
+    one = sorted(os.listdir(src / "train" / a))[0]
+    os.symlink(os.path.join("..", a, one), src / "train" / b / "same.jpg")  # one file in two classes
+    (src / "train" / b / "album.jpg").mkdir()  # a folder with an image's name: walked into
+    shutil.copy(src / "train" / b / sorted(os.listdir(src / "train" / b))[0], src / "train" / b / "album.jpg" / "x.jpg")
+    out = tmp_path / "out"
+    prepare(PrepareConfig(str(src), str(out), size=32, workers=1), **QUIET)
+    m, found = labels_by_source(out)
+    sources = [s for s, _ in found]
+    assert len(found) == 9 and f"train/{b}/album.jpg/x.jpg" in sources and f"train/{b}/same.jpg" not in sources
+    assert m["splits"]["train"]["skipped"] == 1 and m["splits"]["train"]["rejected"] == 0
+
+
+def test_fifos_are_skipped_unopened(tmp_path):
+    src = small_set(tmp_path)
+    os.mkfifo(src / "train" / sorted(os.listdir(src / "train"))[0] / "p.jpg")
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imgprep.cli.main",
+            "prepare",
+            str(src),
+            str(out),
+            "--size",
+            "32",
+            "--workers",
+            "1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["splits"]["train"]["count"] == 8 and m["splits"]["train"]["skipped"] == 1
+
+
+def test_a_class_folder_that_cannot_be_listed_is_an_error_not_silence(tmp_path, monkeypatch):
+    src = small_set(tmp_path)
+    locked = str(src / "train" / sorted(os.listdir(src / "train"))[1])
+    scandir = os.scandir
+
+    def refuse(path="."):  # root reads any folder, so the permission error is simulated
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    with pytest.raises(ImgprepError, match="cannot list this folder .Permission denied"):
+        prepare(PrepareConfig(str(src), str(tmp_path / "out"), size=32, workers=1), **QUIET)
+    assert not (tmp_path / "out").exists()
+
+
+# --- 6. the pixel limit, from the header -------------------------------------------------------
+
+
+def png_header_only(width, height, bit_depth=16):
+    """A PNG whose header claims width x height (grayscale) and whose data is a few bytes: a bomb's shape."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("limit", [None, 8000])
+def test_images_over_the_pixel_limit_are_rejected_before_decoding(tmp_path, limit):
+    from helpers import jpeg_bytes, smooth_rgb
+
+    src = small_set(tmp_path, per_class=2)
+    cls = src / "train" / sorted(os.listdir(src / "train"))[0]
+    (cls / "bomb.png").write_bytes(png_header_only(13000, 13000))  # 169 Mpx, 16-bit
+    (cls / "big.jpg").write_bytes(jpeg_bytes(smooth_rgb(100, 100)))  # 10,000 px: over a limit of 8000
+    out = tmp_path / "out"
+    extra = ["--max-pixels", str(limit)] if limit else []
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imgprep.cli.main",
+            "prepare",
+            str(src),
+            str(out),
+            "--size",
+            "32",
+            "--workers",
+            "1",
+            "--no-progress",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
+    rejects = {
+        json.loads(x)["path"].rsplit("/", 1)[1]: json.loads(x)["reason"]
+        for x in (out / "rejects.jsonl").read_text().splitlines()
+    }
+    assert "13000x13000 (169,000,000 pixels) is over the limit" in rejects["bomb.png"]
+    assert ("big.jpg" in rejects) == (limit is not None)
+    if limit:  # the synthetic images (at most 60x120 = 7200 px) pass
+        assert "over the limit of 8,000 pixels" in rejects["big.jpg"] and len(rejects) == 2
