@@ -38,6 +38,7 @@ __all__ = [
     "build_manifest",
     "write_manifest",
     "read_manifest",
+    "batch_within",
     "write_stats",
     "load_stats",
     "write_rejects",
@@ -172,6 +173,13 @@ def read_manifest(root: str) -> dict:
     except (OSError, ValueError) as exc:
         raise ImgprepError(f"{p}: unreadable manifest ({exc})") from None
     return validate_manifest(m, p)
+
+
+def batch_within(root: str, split: str, batch_size: int, world_size: int = 1) -> int:
+    """`batch_size`, or less where the split gives each of `world_size` ranks fewer samples: for
+    evaluation, where a batch larger than the split would only be padding."""
+    s = read_manifest(root)["splits"].get(split)
+    return max(1, min(batch_size, -(-s["count"] // world_size))) if s else batch_size
 
 
 def load_stats(root: str, size: int | None = None) -> tuple[np.ndarray, dict]:

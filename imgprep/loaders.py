@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from .dataset import DatasetInfo
@@ -67,6 +68,10 @@ def make_loader(
         cfg = replace(cfg, crop=train_crop(info.size))
     if info.total < cfg.world_size:
         raise ImgprepError(f"{root}: the {split} split has {info.total} samples, fewer than the {cfg.world_size} ranks")
+    per_rank = math.ceil(info.total / cfg.world_size)
+    if cfg.batch_size > per_rank:  # refused before any buffer of that size is allocated
+        raise ImgprepError(f"--batch-size {cfg.batch_size}: larger than the {per_rank} samples each rank reads of the "
+                           f"{split} split ({info.total} in all); use at most {per_rank}")
     if not 0 < cfg.crop <= info.size:
         raise ImgprepError(f"crop {cfg.crop}: must be between 1 and the stored size {info.size}")
     if cfg.backend == "dali":

@@ -9,6 +9,7 @@ and writes the statistics, the reject list and the manifest at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -202,8 +203,12 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
     converted counts, and (with_stats) the exact statistics sums of the stored pixels.
     """
     unit = job.unit
-    os.makedirs(os.path.join(job.out, unit.split), exist_ok=True)
-    writer = ShardWriter(os.path.join(job.out, unit.path))
+    path = os.path.join(job.out, unit.path)
+    try:
+        os.makedirs(os.path.join(job.out, unit.split), exist_ok=True)
+        writer = ShardWriter(path)
+    except OSError as exc:
+        raise _write_error(exc, path) from None
     acc = StatsAccumulator(job.size) if job.with_stats else None
     rejects, skipped, converted, n_converted = [], 0, {}, 0
     try:
@@ -239,6 +244,9 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
         else:
             info = writer.close()
             shard = {"path": unit.path, "count": info.count, "bytes": info.bytes, "sha256": info.sha256}
+    except OSError as exc:  # the source's errors became rejects above: this is writing the shard
+        writer.abort()
+        raise _write_error(exc, path) from None
     except BaseException:
         writer.abort()
         raise
@@ -399,9 +407,16 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
     try:
         with FolderLock(cfg.out, "OUT"):  # one writer per OUT, for the whole run
             return _prepare_into(cfg, index, progress, log, executor)
+    except OSError as exc:  # reading errors are rejects, so this is writing OUT: disk full, permissions
+        raise _write_error(exc, cfg.out) from None
     finally:
         if created and not os.listdir(cfg.out):  # refused before anything was written
             os.rmdir(cfg.out)
+
+
+def _write_error(exc: OSError, where: str) -> ImgprepError:
+    return ImgprepError(f"{exc.filename or where}: cannot write ({exc.strerror or exc}); free space or fix "
+                        "permissions there, then run the same command again to resume")
 
 
 def _prepare_into(cfg: PrepareConfig, index: SourceIndex, progress: bool, log, executor) -> dict:
@@ -431,7 +446,8 @@ def _prepare_into(cfg: PrepareConfig, index: SourceIndex, progress: bool, log, e
     try:
         executor.run(run_unit, jobs, on_done, bar.update)
     except BaseException as exc:
-        state.save()  # keep every finished unit for the rerun
+        with contextlib.suppress(OSError):  # keep every finished unit for the rerun (if the disk lets us)
+            state.save()
         if isinstance(exc, KeyboardInterrupt):
             raise ImgprepError(
                 f"interrupted; {len(state.records)} of {len(units)} shards are done; "

@@ -447,3 +447,87 @@ def test_images_over_the_pixel_limit_are_rejected_before_decoding(tmp_path, limi
     assert ("big.jpg" in rejects) == (limit is not None)
     if limit:  # the synthetic images (at most 60x120 = 7200 px) pass
         assert "over the limit of 8,000 pixels" in rejects["big.jpg"] and len(rejects) == 2
+
+
+# --- 7. a batch larger than the split -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_a_batch_larger_than_the_split_is_refused_before_allocating(prepared128, backend):
+    r = run("load", prepared128, "--batch-size", 100000, "--backend", backend, "--workers", 1)
+    one_line_error(r, "--batch-size 100000", "use at most 24")
+
+
+# --- 8. a full disk ---------------------------------------------------------------------------
+
+
+def partials(out):
+    return [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs if f.endswith(".partial")]
+
+
+def test_disk_full_while_writing_a_shard_is_one_line_and_resumes_identically(
+    synth_src, prepared, tmp_path, monkeypatch
+):
+    import errno
+
+    from helpers import tree
+    from imgprep import shards
+
+    written, real = [0], shards._HashingFile.write
+
+    def write(self, b):
+        written[0] += len(b)
+        if written[0] > 40_000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, b)
+
+    out = tmp_path / "out"
+    args = ("prepare", synth_src, out, "--size", 64, "--shard-size", 5, "--seed", 3, "--workers", 1, "--no-progress")
+    with monkeypatch.context() as m:
+        m.setattr(shards._HashingFile, "write", write)
+        line = one_line_error(run(*args), "cannot write (No space left on device)", "run the same command again")
+    assert ".tar" in line and not partials(out) and not (out / "manifest.json").exists()
+    r = run(*args)  # space freed
+    assert r.exit_code == 0 and "resuming" in r.output, r.output
+    assert tree(out) == tree(prepared)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    d = tmp_path / "tiny"
+    d.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(d)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root (and a kernel that allows it)")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_a_real_full_disk_is_one_line_and_the_rerun_after_freeing_space_is_identical(synth_src, prepared, tiny_disk):
+    from helpers import tree
+
+    out = tiny_disk / "out"
+    args = [
+        sys.executable,
+        "-m",
+        "imgprep.cli.main",
+        "prepare",
+        synth_src,
+        str(out),
+        "--size",
+        "64",
+        "--shard-size",
+        "5",
+        "--seed",
+        "3",
+        "--workers",
+        "2",
+        "--no-progress",
+    ]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and "No space left on device" in lines[0], r.stderr
+    assert not partials(out)
+    subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_disk)], check=True)  # space freed
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert tree(out) == tree(prepared)

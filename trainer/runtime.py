@@ -129,6 +129,7 @@ def evaluate_run(
     workers: int = 0,
 ) -> dict:
     """Top-1/top-5 error of a run's last checkpoint on the validation split of `data`."""
+    from imgprep.dataset import batch_within
     from imgprep.loaders import make_loader
 
     from .evaluate import evaluate
@@ -142,7 +143,7 @@ def evaluate_run(
     loader = make_loader(
         data,
         "val",
-        batch_size,
+        batch_within(data, "val", batch_size),
         "ten_crop" if ten_crop else "eval",
         backend=backend,
         device="gpu" if devs[0].type == "cuda" else "cpu",

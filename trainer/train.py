@@ -105,6 +105,7 @@ def _init_distributed(world: int, devices) -> None:
 
 
 def _loaders(cfg: TrainConfig, normalize: str, rank: int, world: int, gpu: bool, has_val: bool):
+    from imgprep.dataset import batch_within
     from imgprep.loaders import make_loader
 
     kw = dict(
@@ -118,7 +119,8 @@ def _loaders(cfg: TrainConfig, normalize: str, rank: int, world: int, gpu: bool,
     )
     per_rank = cfg.batch_size // world
     train_loader = make_loader(cfg.data, "train", per_rank, "train", lighting_std=cfg.lighting_std, **kw)
-    val_loader = make_loader(cfg.data, "val", per_rank, "eval", **kw) if has_val else None
+    val_batch = batch_within(cfg.data, "val", per_rank, world)
+    val_loader = make_loader(cfg.data, "val", val_batch, "eval", **kw) if has_val else None
     return train_loader, val_loader
 
 
