@@ -1,10 +1,14 @@
-"""The multiprocessing context used by every process pool of imgprep."""
+"""The multiprocessing context used by every process pool of imgprep, and the guards every worker
+and every long run share: workers end with the process that started them, and Ctrl-C always stops."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
+import threading
+import time
 
 _PRELOAD = [
     "imgprep.prepare",
@@ -44,3 +48,79 @@ def pool_context():
     extra = [m for m in ("torch", "webdataset", "imgprep.torch_loader") if m in sys.modules]
     ctx.set_forkserver_preload(_PRELOAD + extra)
     return ctx
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(0) is all we know
+
+
+def exit_with(pid: int, interval: float = 0.5) -> None:
+    """In a worker: end this process (at once, without cleanup) soon after process `pid` is gone.
+
+    Workers fork from the forkserver, not from the process that uses them, so nothing else tells
+    them that their user was killed (kill -9, OOM): without this they, the forkserver and the
+    resource tracker would run on after it.
+    """
+
+    def watch():
+        while _alive(pid):
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="imgprep-exit-with-parent", daemon=True).start()
+
+
+def init_worker(parent: int) -> None:
+    """Initializer of every imgprep pool worker: exit with `parent`; one native thread per process
+    (the pool already runs a process per core); Ctrl-C is the parent's to handle."""
+    exit_with(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+
+
+class InterruptGuard:
+    """Remembers SIGINT while a run is in progress, so that `check()` stops it at the next step.
+
+    A Ctrl-C that lands while C code calls back into Python (numba compiling, a DALI callback)
+    raises KeyboardInterrupt inside that callback, where it is printed as "Exception ignored" and
+    lost; the flag set here is not. Use as a context manager in the main thread; elsewhere it
+    only checks.
+    """
+
+    def __init__(self):
+        self.interrupted = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        self.interrupted = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> InterruptGuard:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a Ctrl-C came, even one that was swallowed."""
+        if self.interrupted:
+            raise KeyboardInterrupt

@@ -12,9 +12,11 @@ reported when the job ends).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from ._mp import init_worker
 from .errors import ImgprepError
 
 __all__ = ["Job", "LocalExecutor", "RayExecutor", "make_executor", "EXECUTORS"]
@@ -35,17 +37,11 @@ class Job(Protocol):
 _counter = None  # in pool workers: the shared progress counter, set by _init_worker
 
 
-def _init_worker(counter=None) -> None:
-    """Pool worker start-up: the progress counter, and one native thread per process (the pool
-    already runs one process per core)."""
+def _init_worker(counter, parent: int) -> None:
+    """Pool worker start-up: the progress counter, and imgprep's worker set-up (`_mp.init_worker`)."""
     global _counter
     _counter = counter
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass
+    init_worker(parent)
 
 
 def _count(n: int) -> None:
@@ -96,7 +92,9 @@ class LocalExecutor:
         pending = set(range(len(jobs)))
         seen = 0
         while pending:  # one pool per round: a pool whose worker died is broken for good
-            pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,))
+            pool = ProcessPoolExecutor(
+                self.workers, mp_context=ctx, initializer=_init_worker, initargs=(counter, os.getpid())
+            )
             futures = {pool.submit(_call_in_worker, fn, jobs[i]): i for i in sorted(pending)}
             broken = False
             try:
@@ -181,7 +179,9 @@ class RayExecutor:
 
 
 def _ray_task(fn: JobFn, job):
-    _init_worker()
+    import cv2
+
+    cv2.setNumThreads(1)  # Ray runs one task per CPU
     return fn(job, None)
 
 

@@ -70,8 +70,10 @@ def make_loader(
         raise ImgprepError(f"{root}: the {split} split has {info.total} samples, fewer than the {cfg.world_size} ranks")
     per_rank = math.ceil(info.total / cfg.world_size)
     if cfg.batch_size > per_rank:  # refused before any buffer of that size is allocated
-        raise ImgprepError(f"--batch-size {cfg.batch_size}: larger than the {per_rank} samples each rank reads of the "
-                           f"{split} split ({info.total} in all); use at most {per_rank}")
+        raise ImgprepError(
+            f"--batch-size {cfg.batch_size}: larger than the {per_rank} samples each rank reads of the "
+            f"{split} split ({info.total} in all); use at most {per_rank}"
+        )
     if not 0 < cfg.crop <= info.size:
         raise ImgprepError(f"crop {cfg.crop}: must be between 1 and the stored size {info.size}")
     if cfg.backend == "dali":

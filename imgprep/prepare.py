@@ -415,8 +415,10 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
 
 
 def _write_error(exc: OSError, where: str) -> ImgprepError:
-    return ImgprepError(f"{exc.filename or where}: cannot write ({exc.strerror or exc}); free space or fix "
-                        "permissions there, then run the same command again to resume")
+    return ImgprepError(
+        f"{exc.filename or where}: cannot write ({exc.strerror or exc}); free space or fix "
+        "permissions there, then run the same command again to resume"
+    )
 
 
 def _prepare_into(cfg: PrepareConfig, index: SourceIndex, progress: bool, log, executor) -> dict:

@@ -148,9 +148,9 @@ def synthesize(cfg: SynthConfig, workers: int = 1, progress: bool = False) -> di
             for i in range(n):
                 jobs.append((os.path.join(d, f"{name}_{i:05d}.jpg"), [cfg.seed, split_no, c, i], c, cfg))
     if workers > 1:
-        from ._mp import pool_context
+        from ._mp import init_worker, pool_context
 
-        with pool_context().Pool(workers) as pool:
+        with pool_context().Pool(workers, initializer=init_worker, initargs=(os.getpid(),)) as pool:
             for _ in pool.imap_unordered(_write_one, jobs, chunksize=8):
                 pass
     else:

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
+import os
 
 import numpy as np
 import torch
 
-from ._mp import pool_context, resolve_workers
+from ._mp import exit_with, pool_context, resolve_workers
 from .augment import lighting_shift, normalization, reference_view, ten_crop_offsets
 from .dataset import DatasetInfo
 from .geometry import center_crop_offset
@@ -100,6 +102,10 @@ class SampleStream(torch.utils.data.IterableDataset):
             yield reference_view(img, mean_img, top, left, crop, flip, shift, ch_mean, ch_std), label
 
 
+def _exit_with(parent: int, worker_id: int) -> None:
+    exit_with(parent)
+
+
 def _buffer_shuffle(it, size: int, rng: np.random.Generator):
     """Shuffle a stream through a buffer of `size` samples."""
     buf = []
@@ -132,6 +138,7 @@ class TorchLoader(BaseLoader):
             pin_memory=self.device == "gpu",
             persistent_workers=False,
             multiprocessing_context=pool_context() if n_workers else None,
+            worker_init_fn=functools.partial(_exit_with, os.getpid()),
         )
         b = self.cfg.batch_size
         dev = torch.device("cuda" if self.device == "gpu" else "cpu")

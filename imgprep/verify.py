@@ -76,9 +76,9 @@ def _check_shard(args) -> tuple[list[str], StatsAccumulator | None]:
 def _map(fn, jobs, workers: int):
     if workers <= 1 or len(jobs) <= 1:
         return map(fn, jobs)
-    from ._mp import pool_context
+    from ._mp import init_worker, pool_context
 
-    pool = pool_context().Pool(min(workers, len(jobs)))
+    pool = pool_context().Pool(min(workers, len(jobs)), initializer=init_worker, initargs=(os.getpid(),))
     try:
         return pool.map(fn, jobs)
     finally:

@@ -75,3 +75,26 @@ def tree(root: str) -> dict[str, bytes]:
         for d, _, fs in os.walk(root)
         for f in fs
     }
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Reads slowed down in every process of a run (the CLI, the forkserver and its workers all run
+# sitecustomize at start-up), so that a signal or a second process lands mid-run.
+SLOW_READS = """
+import time
+from imgprep import sources
+_read = sources.Source.read
+def slow(self, item, **kw):
+    time.sleep({delay})
+    return _read(self, item, **kw)
+sources.Source.read = slow
+"""
+
+
+def slow_reads_env(folder, delay: float = 0.02) -> dict:
+    """Environment for a subprocess whose image reads each take `delay` seconds longer."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "sitecustomize.py"), "w") as f:
+        f.write(SLOW_READS.format(delay=delay))
+    return {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{ROOT}"}

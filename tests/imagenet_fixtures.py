@@ -8,6 +8,7 @@ import os
 import tarfile
 
 import numpy as np
+
 from helpers import jpeg_bytes, smooth_rgb
 
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]

@@ -4,9 +4,9 @@ import io
 
 import numpy as np
 import pytest
-from helpers import jpeg_bytes, smooth_rgb, write_odd_files
 from PIL import Image, ImageOps
 
+from helpers import jpeg_bytes, smooth_rgb, write_odd_files
 from imgprep.codec import apply_orientation, decode_rgb, encode_jpeg, sniff_format
 from imgprep.errors import DecodeError, NotAnImage
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from helpers import smooth_rgb
 from PIL import Image
 
+from helpers import smooth_rgb
 from imgprep.geometry import antialias_sigma, center_crop_offset, resize_center_crop, resize_target, source_window
 
 

@@ -6,8 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import tree, write_odd_files
 
+from helpers import tree, write_odd_files
 from imgprep.errors import ImgprepError
 from imgprep.prepare import PrepareConfig, prepare, process_image
 from imgprep.shards import iter_samples, sha256_file

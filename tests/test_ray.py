@@ -7,10 +7,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-import crashing  # noqa: E402
-from helpers import tree  # noqa: E402
 from ray import cloudpickle  # noqa: E402
 
+import crashing  # noqa: E402
+from helpers import tree  # noqa: E402
 from imgprep.prepare import PrepareConfig, prepare  # noqa: E402
 
 cloudpickle.register_pickle_by_value(crashing)  # Ray workers do not see tests/ on their path

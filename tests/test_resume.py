@@ -7,33 +7,17 @@ import sys
 import time
 
 import pytest
-from crashing import CrashingSource
-from helpers import tree
 
+from crashing import CrashingSource
+from helpers import slow_reads_env, tree
 from imgprep.prepare import PrepareConfig, prepare
 
 QUIET = dict(progress=False, log=lambda s: None)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# Reads slowed down in every process of a run (the CLI, the forkserver and its workers all run
-# sitecustomize at start-up), so that a signal lands mid-run.
-SLOW_READS = """
-import time
-from imgprep import sources
-_read = sources.Source.read
-def slow(self, item, **kw):
-    time.sleep(0.02)
-    return _read(self, item, **kw)
-sources.Source.read = slow
-"""
 
 
 @pytest.fixture
 def slow_env(tmp_path):
-    d = tmp_path / "slow-reads"
-    d.mkdir()
-    (d / "sitecustomize.py").write_text(SLOW_READS)
-    return {**os.environ, "PYTHONPATH": f"{d}{os.pathsep}{ROOT}"}
+    return slow_reads_env(tmp_path / "slow-reads")
 
 
 def _start_cli(args: list[str], env: dict) -> subprocess.Popen:
@@ -125,3 +109,24 @@ def test_dead_worker_unit_is_redone(synth_src, prepared, tmp_path, monkeypatch):
     prepare(PrepareConfig(synth_src, out, size=64, shard_size=5, seed=3, workers=2), **QUIET)
     assert os.path.exists(marker)  # a worker did die
     assert tree(out) == tree(prepared)  # no sample lost or duplicated, same bytes
+
+
+def test_kill_9_of_the_main_process_ends_its_workers_too(synth_src, tmp_path, slow_env):
+    """The pool's workers, the forkserver and the resource tracker all end within seconds."""
+    out = str(tmp_path / "out")
+    args = [sys.executable, "-m", "imgprep.cli.main", *_args(synth_src, out, 2)]
+    p = subprocess.Popen(
+        args, env=slow_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )  # its own session: every process it starts is in the group
+    _wait_for_shards(out, 2)
+    p.send_signal(signal.SIGKILL)
+    time.sleep(1)  # not reaped yet: a zombie must not keep the workers alive either
+    p.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            os.killpg(p.pid, 0)  # anyone left in the process group?
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    pytest.fail("processes of the killed run were still alive 15 s later")

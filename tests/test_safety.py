@@ -11,6 +11,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from helpers import slow_reads_env
 from imgprep.cli.main import main
 from imgprep.errors import ImgprepError
 from imgprep.fileio import FolderLock
@@ -235,14 +236,7 @@ def test_a_second_prepare_into_a_locked_out_is_refused(synth_src, tmp_path):
 def test_two_prepare_processes_into_one_out(synth_src, tmp_path):
     """The first run holds OUT to the end; the second gets one line naming it; the result verifies."""
     out = tmp_path / "out"
-    slow = tmp_path / "slow"
-    slow.mkdir()
-    (slow / "sitecustomize.py").write_text(
-        "import time\nfrom imgprep import sources\n_r = sources.Source.read\n"
-        "def slow(self, item, **kw):\n    time.sleep(0.02)\n    return _r(self, item, **kw)\nsources.Source.read = slow\n"
-    )
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "PYTHONPATH": f"{slow}{os.pathsep}{root}"}
+    env = slow_reads_env(tmp_path / "slow")
     args = [
         sys.executable,
         "-m",

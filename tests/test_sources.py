@@ -6,8 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
-from imagenet_fixtures import IDS, WNIDS, WORDS, build_ilsvrc, build_kaggle, images, val_set
 
+from imagenet_fixtures import IDS, WNIDS, WORDS, build_ilsvrc, build_kaggle, images, val_set
 from imgprep.errors import ImgprepError
 from imgprep.prepare import PrepareConfig, prepare
 from imgprep.shards import iter_samples
