@@ -207,14 +207,30 @@ def _stem(name: str) -> str:
 # --- label files -------------------------------------------------------------------------------
 
 
+def read_text(path: str, what: str) -> str:
+    """A small text file a user hands us: UTF-8 (a byte-order mark is dropped) or UTF-16 with its
+    mark; anything else is a one-line ImgprepError."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ImgprepError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ImgprepError(
+            f"{path}: {what} are not text (undecodable byte at offset {exc.start}); save the file as UTF-8 text"
+        ) from None
+    if "\0" in text:
+        raise ImgprepError(f"{path}: {what} hold NUL characters, not text; save the file as UTF-8 text")
+    return text.replace("\r\n", "\n")
+
+
 def read_val_labels(path: str, files: list[str]) -> list[str]:
     """Class names (WNIDs) of `files` from a label file: one per line in sorted file-name order,
     or CSV rows `file,wnid` (file with or without extension; a header row is allowed)."""
-    try:
-        with open(path, newline="") as f:
-            text = f.read()
-    except OSError as exc:
-        raise ImgprepError(f"{path}: cannot read validation labels ({exc.strerror})") from None
+    text = read_text(path, "validation labels")
     rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
     if rows and len(rows[0]) >= 2:  # CSV file,label: rows for other files (or a header) are ignored
         by_stem = {_stem(r[0].strip()): (r[1].split() or [""])[0] for r in rows}
@@ -234,11 +250,11 @@ def read_val_labels(path: str, files: list[str]) -> list[str]:
 def kaggle_val_labels(path: str) -> dict[str, str]:
     """ImageId -> WNID from `LOC_val_solution.csv` (first token of PredictionString)."""
     out = {}
+    text = read_text(path, "Kaggle validation labels")
     try:
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                out[row["ImageId"].strip()] = row["PredictionString"].split()[0]
-    except (OSError, KeyError, IndexError) as exc:
+        for row in csv.DictReader(io.StringIO(text)):
+            out[row["ImageId"].strip()] = row["PredictionString"].split()[0]
+    except (KeyError, IndexError, AttributeError) as exc:
         raise ImgprepError(f"{path}: not a Kaggle LOC_val_solution.csv ({exc})") from None
     return out
 
@@ -246,11 +262,10 @@ def kaggle_val_labels(path: str) -> dict[str, str]:
 def kaggle_words(path: str) -> dict[str, str]:
     """WNID -> words from `LOC_synset_mapping.txt`."""
     out = {}
-    with open(path) as f:
-        for line in f:
-            parts = line.strip().split(" ", 1)
-            if parts and parts[0]:
-                out[parts[0]] = parts[1] if len(parts) > 1 else ""
+    for line in read_text(path, "Kaggle class names").splitlines():
+        parts = line.strip().split(" ", 1)
+        if parts and parts[0]:
+            out[parts[0]] = parts[1] if len(parts) > 1 else ""
     return out
 
 

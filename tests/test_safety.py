@@ -525,3 +525,46 @@ def test_a_real_full_disk_is_one_line_and_the_rerun_after_freeing_space_is_ident
     r = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert tree(out) == tree(prepared)
+
+
+# --- 10. epochs; 11. label files in odd encodings ------------------------------------------------
+
+
+def test_load_iterates_every_epoch_asked_for(prepared128):
+    r = run("load", prepared128, "--epochs", 3, "--batch-size", 8, "--workers", 1, "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep["batches"] == 3 * 3 and rep["images"] == 3 * 24  # 24 samples, batches of 8
+
+
+@pytest.fixture
+def flat_val(tmp_path):
+    src = small_set(tmp_path)
+    classes = sorted(os.listdir(src / "train"))
+    (src / "val").mkdir()
+    for i, c in enumerate(classes):
+        shutil.copy(src / "train" / c / sorted(os.listdir(src / "train" / c))[0], src / "val" / f"v{i}.jpg")
+    return src, classes
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_val_labels_with_a_byte_order_mark(flat_val, tmp_path, encoding):
+    src, classes = flat_val
+    labels = tmp_path / "labels.txt"
+    labels.write_bytes("\n".join(classes).encode(encoding))
+    out = tmp_path / "out"
+    r = run("prepare", src, out, "--val-labels", labels, "--size", 32, "--workers", 1, "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "manifest.json").read_text())["splits"]["val"]["count"] == 2
+
+
+def test_binary_val_labels_are_one_line(flat_val, tmp_path):
+    src, _ = flat_val
+    labels = tmp_path / "labels.bin"
+    labels.write_bytes(b"\x80\x81\xfe\x00binary")
+    one_line_error(
+        run("prepare", src, tmp_path / "out", "--val-labels", labels, "--no-progress"),
+        "labels.bin",
+        "save the file as UTF-8 text",
+    )
+    assert not (tmp_path / "out").exists()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -124,3 +125,21 @@ def test_trainer_errors(data, synth_src, tmp_path):
         train(cfg(data, tmp_path / "r"), **QUIET)
     with pytest.raises(ImgprepError, match="no checkpoint"):
         train(cfg(data, tmp_path / "fresh"), resume=True, **QUIET)
+
+
+def test_a_ctrl_c_swallowed_by_a_callback_still_stops_the_run(data, tmp_path):
+    """As when it lands inside a ctypes callback (numba compiling): caught there, printed, lost."""
+    import signal
+
+    def on_step(step, model, images, labels):
+        if step == 1:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)  # the handler runs here
+            except KeyboardInterrupt:
+                pass  # swallowed, as a C callback does
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(data, tmp_path / "r", epochs=3), on_step=on_step, **QUIET)
+    assert not (tmp_path / "r" / CHECKPOINT).exists()  # stopped within the first epoch
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back

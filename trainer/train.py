@@ -12,12 +12,13 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import IO
 
 import torch
 from torch import nn
 
+from imgprep._mp import InterruptGuard
 from imgprep.errors import ImgprepError
 from imgprep.fileio import FolderLock, write_json_atomic
 from imgprep.loader_base import PAD_LABEL
@@ -54,6 +55,7 @@ class Run:
     step: int = 0
     metrics: IO | None = None  # metrics.jsonl (rank 0 only)
     lock: FolderLock | None = None  # RUN_DIR's writer lock (rank 0 only)
+    guard: InterruptGuard = field(default_factory=InterruptGuard)  # Ctrl-C, even one swallowed in a callback
 
     @property
     def main(self) -> bool:
@@ -210,6 +212,7 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, on_step: Callab
     sums = torch.zeros(4, dtype=torch.float64)  # loss, top1 hits, top5 hits, samples
     t_log, seen_log = time.perf_counter(), 0
     for i, (images, labels) in enumerate(loader):
+        run.guard.check()
         if i >= n_batches:
             break
         images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
@@ -305,19 +308,28 @@ def train(
     `on_step(step, model, images, labels)` is called after every optimizer step (for tools and
     tests).
     """
-    run = setup(cfg, resume, log)
-    last = {}
-    try:
-        for epoch in range(run.start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            sums = train_one_epoch(run, epoch, progress, on_step)
-            last = end_of_epoch(run, epoch, sums, time.perf_counter() - t0, log)
-    finally:
-        if run.metrics is not None:
-            run.metrics.close()
-        if run.lock is not None:
-            run.lock.release()
+    guard = InterruptGuard()
+    with guard:
+        run = setup(cfg, resume, log)
+        run.guard = guard
+        last = {}
+        guard.check()
+        try:
+            for epoch in range(run.start_epoch, cfg.epochs):
+                t0 = time.perf_counter()
+                sums = train_one_epoch(run, epoch, progress, on_step)
+                guard.check()  # a Ctrl-C swallowed anywhere in the epoch stops the run before its checkpoint
+                last = end_of_epoch(run, epoch, sums, time.perf_counter() - t0, log)
+        finally:
+            _close(run)
     return last
+
+
+def _close(run: Run) -> None:
+    if run.metrics is not None:
+        run.metrics.close()
+    if run.lock is not None:
+        run.lock.release()
 
 
 def _epoch_line(m: dict) -> str:
