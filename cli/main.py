@@ -166,6 +166,7 @@ def load(data, epochs, steps, as_json, **options) -> None:
         "device": loader.device,
         "mode": loader.cfg.mode,
         "batch_size": loader.cfg.batch_size,
+        "corrupt_skipped": loader.corrupt_skipped,
     }
     if as_json:
         click.echo(json.dumps(r))

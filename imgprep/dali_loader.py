@@ -21,8 +21,11 @@ NumPy reference. Outputs are handed to torch without a copy (dynamic executor + 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
+import tempfile
 
 import numpy as np
 
@@ -30,9 +33,10 @@ from ._mp import resolve_workers
 from .augment import lighting_scales, normalization, ten_crop_offsets
 from .dataset import DatasetInfo
 from .errors import ImgprepError
+from .fileio import write_atomic
 from .geometry import center_crop_offset
-from .loader_base import BaseLoader, EpochPlan, LoaderConfig
-from .shards import index_path
+from .loader_base import PAD_LABEL, BaseLoader, EpochPlan, LoaderConfig
+from .shards import dali_index_text, index_path, read_dali_index
 
 __all__ = ["DaliLoader", "build_pipeline"]
 
@@ -127,13 +131,13 @@ def fused_operator():
     )
 
 
-def _read(cfg: LoaderConfig, info: DatasetInfo, paths: list[str]):
+def _read(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], index_paths: list[str] | None):
     """The webdataset reader over this epoch's shards: (jpg bytes, label int32) per sample."""
     from nvidia.dali import fn
 
     jpg, cls = fn.readers.webdataset(
         paths=paths,
-        index_paths=[index_path(p) for p in paths],
+        index_paths=index_paths or [index_path(p) for p in paths],
         ext=["jpg", "cls"],
         missing_component_behavior="error",
         random_shuffle=cfg.mode == "train",
@@ -284,11 +288,13 @@ def build_pipeline(
     seed: int,
     num_threads: int,
     fused: bool | None = None,
+    index_paths: list[str] | None = None,
 ):
     """The DALI pipeline for one epoch over `paths` (in reading order), this rank's shard.
 
     fused: use the one-pass CPU operator (None: on the CPU whenever numba is installed; ignored on
     the GPU, which always runs the operator chain).
+    index_paths: the index of each shard (default: the one beside it).
     """
     from nvidia.dali import fn, pipeline_def, types
 
@@ -307,7 +313,7 @@ def build_pipeline(
         exec_dynamic=True,
     )
     def pipe():
-        jpg, label = _read(cfg, info, paths)
+        jpg, label = _read(cfg, info, paths, index_paths)
         shift = _lighting_shift(cfg, info)  # drawn before the window: the random streams keep their order
         if cfg.mode == "ten_crop":
             return _ten_views(jpg, info, crop, norm, gpu), label
@@ -329,6 +335,20 @@ def build_pipeline(
     p = pipe()
     p.build()
     return p
+
+
+def _index_without(shard: str, keys: set[str], folder: str) -> str:
+    """A copy of a shard's index in `folder` where the `jpg` of each sample in `keys` is a good
+    sample's: DALI then decodes a valid stand-in, which the loader turns into padding by its key."""
+    index = read_dali_index(index_path(shard))
+    good = next(e for sample in index if sample[0][3].split(".", 1)[0] not in keys for e in sample if e[0] == "jpg")
+    patched = [
+        [(e[0], good[1], good[2], e[3]) if e[0] == "jpg" and e[3].split(".", 1)[0] in keys else e for e in sample]
+        for sample in index
+    ]
+    path = os.path.join(folder, os.path.basename(index_path(shard)))
+    write_atomic(path, dali_index_text(patched).encode())
+    return path
 
 
 def _to_torch(tl, gpu: bool, device_id: int | None = None):
@@ -360,17 +380,33 @@ class DaliLoader(BaseLoader):
         self.fused: bool | None = None  # the one-pass CPU operator: None = whenever numba is installed
 
     def _batches(self, plan: EpochPlan):
+        skip = self.check_shards(plan)  # before DALI reads anything
+        with tempfile.TemporaryDirectory(prefix="imgprep-idx-") if skip else contextlib.nullcontext() as tmp:
+            yield from self._run_epoch(plan, skip, tmp)
+
+    def _run_epoch(self, plan: EpochPlan, skip: dict[int, set[str]], tmp: str | None):
         import torch
 
         left = plan.stop - plan.start
         paths = [self.info.shards[i] for i in plan.order]
+        indexes = [_index_without(paths[k], skip[i], tmp) if i in skip else None for k, i in enumerate(plan.order)]
+        indexes = [p or index_path(paths[k]) for k, p in enumerate(indexes)]
+        skipped = {(self.info.shards[i], key) for i, keys in skip.items() for key in keys}
         seed = int(np.random.default_rng([self.cfg.seed, self.epoch, self.cfg.rank]).integers(0, 2**31 - 1))
-        pipe = build_pipeline(self.cfg, self.info, paths, self.gpu, self.device_id, seed, self.threads, self.fused)
+        pipe = build_pipeline(
+            self.cfg, self.info, paths, self.gpu, self.device_id, seed, self.threads, self.fused, indexes
+        )
         try:
             for _ in range(math.ceil(left / self.cfg.batch_size)):
-                images, labels = pipe.run()
+                images, labels_tl = pipe.run()
                 images = _to_torch(images, self.gpu, self.device_id)
-                labels = _to_torch(labels, False).to(torch.int64)
+                labels = _to_torch(labels_tl, False).to(torch.int64)
+                if skipped:  # a left-out sample decodes a stand-in and becomes padding
+                    labels = labels.clone()
+                    for j in range(len(labels)):
+                        path, _, name = labels_tl[j].source_info().rsplit(":", 2)
+                        if (path, name.split(".", 1)[0]) in skipped:
+                            labels[j] = PAD_LABEL
                 if self.gpu:
                     labels = labels.to(images.device, non_blocking=True)
                 valid = min(self.cfg.batch_size, left)

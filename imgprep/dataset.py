@@ -47,7 +47,9 @@ __all__ = [
 ]
 
 FORMAT_NAME = "imgprep-webdataset"
-FORMAT_VERSION = 1  # version of the layout above; a reader refuses a newer one
+# Version of the layout above; a reader refuses a newer one. 2: each shard record also holds the
+# CRC-32 of every sample (`sample_crc32`), which the loaders check before training on it.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 STATS_DIR = "stats"
@@ -130,6 +132,9 @@ def _check_shard(p: str, split: str, i: int, sh) -> None:
     ):
         if key not in sh or not ok(sh[key]):
             raise _fail(p, f"{where}.{key} is missing or of the wrong type")
+    crcs = sh.get("sample_crc32")  # format 2; format 1 has none
+    if crcs is not None and (not isinstance(crcs, str) or len(crcs) != 8 * sh["count"]):
+        raise _fail(p, f"{where}.sample_crc32 is not 8 hex digits per sample")
 
 
 def validate_manifest(m, p: str) -> dict:
@@ -213,6 +218,7 @@ class DatasetInfo:
     split: str
     size: int
     shards: list[str]  # absolute .tar paths in manifest order
+    records: list[dict]  # their manifest records (bytes, sha256, sample_crc32)
     counts: list[int]
     classes: list[dict]
     stats: dict | None
@@ -233,7 +239,7 @@ class DatasetInfo:
         stats = mean = None
         if need_stats:
             mean, stats = load_stats(root, size)
-        return cls(root, split, size, shards, [sh["count"] for sh in records], m["classes"], stats, mean)
+        return cls(root, split, size, shards, records, [sh["count"] for sh in records], m["classes"], stats, mean)
 
     @property
     def total(self) -> int:

@@ -25,6 +25,8 @@ from .config import setting
 from .constants import PCA_LIGHTING_STD, SPLITS
 from .dataset import DatasetInfo
 from .errors import ImgprepError
+from .integrity import ON_CORRUPT, ShardChecker, corrupt_sample_error
+from .shards import index_path, read_dali_index
 
 __all__ = [
     "LoaderConfig",
@@ -69,6 +71,11 @@ class LoaderConfig:
     lighting_scale: str = setting("std", cli=False, choices=LIGHTING_SCALES)  # see augment.lighting_scales
     normalize: str = setting("mean_image", "Pixel normalization after the lighting noise.", choices=NORMALIZE)
     last_batch: str = setting("pad", cli=False, choices=LAST_BATCH)
+    on_corrupt: str = setting(
+        "error",
+        "A sample whose bytes changed since prepare: stop with an error naming it, or skip it (counted).",
+        choices=ON_CORRUPT,
+    )
     shuffle_buffer: int = setting(4096, cli=False)  # samples in the in-memory shuffle buffer (train mode)
     fixed_window: tuple[int, int] | None = setting(None, cli=False)  # (top, left) instead of random: for tests
     fixed_flip: bool | None = setting(None, cli=False)  # instead of a coin flip: for tests
@@ -146,6 +153,30 @@ class BaseLoader:
         self.cfg, self.info = cfg, info
         self.epoch = 0
         self.device = resolve_device(cfg.device)
+        self.checker = ShardChecker(info.shards, info.records)
+        self.corrupt_skipped = 0  # samples left out because their bytes changed (on_corrupt="skip")
+
+    def check_shards(self, plan: EpochPlan) -> dict[int, set[str]]:
+        """Check this rank's shards of the epoch against the manifest (`integrity`): raise on a
+        corrupt sample, or (skip) return {shard index: keys to leave out} and count them."""
+        skip = {}
+        for s, first, count in plan.segments(self.info.counts):
+            path = self.info.shards[s]
+            bad = self.checker.bad_keys(path)
+            if not bad:
+                continue
+            if "*" in bad:  # format 1 records no per-sample checksums: nothing can be singled out
+                raise corrupt_sample_error(path, "*")
+            keys = [sample[0][3].split(".", 1)[0] for sample in read_dali_index(index_path(path))][
+                first : first + count
+            ]
+            mine = bad.intersection(keys)
+            if mine and self.cfg.on_corrupt == "error":
+                raise corrupt_sample_error(path, min(mine))
+            if mine:
+                skip[s] = mine
+                self.corrupt_skipped += len(mine)
+        return skip
 
     def set_epoch(self, epoch: int) -> None:
         """Use the sample order of `epoch` for the next iteration."""

@@ -243,7 +243,13 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
             shard = None
         else:
             info = writer.close()
-            shard = {"path": unit.path, "count": info.count, "bytes": info.bytes, "sha256": info.sha256}
+            shard = {
+                "path": unit.path,
+                "count": info.count,
+                "bytes": info.bytes,
+                "sha256": info.sha256,
+                "sample_crc32": info.sample_crc32,
+            }
     except OSError as exc:  # the source's errors became rejects above: this is writing the shard
         writer.abort()
         raise _write_error(exc, path) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -90,6 +91,19 @@ class ShardInfo:
     count: int  # samples
     bytes: int
     sha256: str
+    sample_crc32: str  # 8 hex digits per sample, in shard order: `sample_crc` of each
+
+
+# The components a loader reads; their bytes are what the per-sample checksum covers.
+CHECKED_COMPONENTS = ("jpg", "cls")
+
+
+def sample_crc(components: dict) -> int:
+    """CRC-32 of a sample's checked components (jpg, then cls; missing ones as empty)."""
+    crc = 0
+    for ext in CHECKED_COMPONENTS:
+        crc = zlib.crc32(components.get(ext, b""), crc)
+    return crc
 
 
 def index_path(shard: str) -> str:
@@ -109,6 +123,7 @@ class ShardWriter:
         self.idx_path = index_path(path)
         self._out = AtomicWriter(path)
         self._h = _HashingFile(self._out.file)
+        self._crcs: list[str] = []
         self._index: list[list[tuple[str, int, int, str]]] = []
         self.count = 0
 
@@ -125,6 +140,7 @@ class ShardWriter:
             if len(data) % _BLOCK:
                 self._h.write(bytes(_BLOCK - len(data) % _BLOCK))
         self._index.append(entry)
+        self._crcs.append(f"{sample_crc(components):08x}")
         self.count += 1
 
     def close(self) -> ShardInfo:
@@ -133,7 +149,7 @@ class ShardWriter:
         self._h.write(bytes(2 * _BLOCK + (-end) % _RECORD))
         write_atomic(self.idx_path, dali_index_text(self._index).encode())
         self._out.commit()
-        return ShardInfo(self.path, self.count, self._h.pos, self._h.sha.hexdigest())
+        return ShardInfo(self.path, self.count, self._h.pos, self._h.sha.hexdigest(), "".join(self._crcs))
 
     def abort(self) -> None:
         """Drop the partial file."""

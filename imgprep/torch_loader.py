@@ -37,10 +37,13 @@ class SampleStream(torch.utils.data.IterableDataset):
     DataLoader workers; each worker stacks its own batches (one shared-memory tensor per batch
     instead of one per sample), the last one of each worker possibly partial."""
 
-    def __init__(self, cfg: LoaderConfig, info: DatasetInfo, plan: EpochPlan, epoch: int):
+    def __init__(
+        self, cfg: LoaderConfig, info: DatasetInfo, plan: EpochPlan, epoch: int, skip: dict[int, set[str]] | None = None
+    ):
         super().__init__()
         self.cfg, self.info, self.plan, self.epoch = cfg, info, plan, epoch
         self.segments = plan.segments(info.counts)
+        self.skip = skip or {}  # shard index -> keys of samples left out
 
     def __iter__(self):
         views, labels = [], []
@@ -71,8 +74,10 @@ class SampleStream(torch.utils.data.IterableDataset):
                 ds = wds.WebDataset(
                     info.shards[s], shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None
                 )
+                skip = self.skip.get(s, ())
                 for sample in itertools.islice(ds, first, first + count):
-                    yield sample["jpg"], int(sample["cls"].decode())
+                    if sample["__key__"] not in skip:  # changed since prepare (on_corrupt="skip")
+                        yield sample["jpg"], int(sample["cls"].decode())
 
         stream = samples()
         if train:
@@ -128,7 +133,7 @@ class TorchLoader(BaseLoader):
         self.workers = resolve_workers(cfg.workers)
 
     def _batches(self, plan: EpochPlan):
-        stream = SampleStream(self.cfg, self.info, plan, self.epoch)
+        stream = SampleStream(self.cfg, self.info, plan, self.epoch, self.check_shards(plan))
         n_workers = min(self.workers, max(1, plan.stop - plan.start))
         dl = torch.utils.data.DataLoader(
             stream,

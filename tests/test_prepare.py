@@ -24,7 +24,7 @@ def test_manifest_shards_and_labels(prepared, synth_src):
     m = manifest(prepared)
     classes = sorted(os.listdir(os.path.join(synth_src, "train")))
     assert [c["name"] for c in m["classes"]] == classes and [c["index"] for c in m["classes"]] == [0, 1, 2, 3]
-    assert m["format_version"] == 1 and m["config"]["size"] == 64 and m["config"]["seed"] == 3
+    assert m["format_version"] == 2 and m["config"]["size"] == 64 and m["config"]["seed"] == 3
     for split, n in (("train", 24), ("val", 8)):
         s = m["splits"][split]
         assert s["count"] == n and s["rejected"] == 0 and s["skipped"] == 0

@@ -568,3 +568,86 @@ def test_binary_val_labels_are_one_line(flat_val, tmp_path):
         "save the file as UTF-8 text",
     )
     assert not (tmp_path / "out").exists()
+
+
+# --- 5. a shard whose bytes changed after prepare -------------------------------------------------
+
+
+def damage_a_sample(out, shard="train/train-000001.tar", sample=2):
+    """Flip 64 bytes inside the JPEG of one sample (its size unchanged); return its key."""
+    from imgprep.shards import index_path, read_dali_index
+
+    path = str(out / shard)
+    (jpg,) = [e for e in read_dali_index(index_path(path))[sample] if e[0] == "jpg"]
+    data = bytearray(open(path, "rb").read())
+    start = jpg[1] + jpg[2] // 2
+    data[start : start + 64] = bytes(b ^ 0x5A for b in data[start : start + 64])
+    open(path, "wb").write(bytes(data))
+    return jpg[3].split(".")[0]
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_a_changed_sample_stops_loading_and_training_naming_it(data, backend, tmp_path):
+    key = damage_a_sample(data)
+    one_line_error(
+        run("load", data, "--backend", backend, "--batch-size", 8, "--workers", 1),
+        "train-000001.tar",
+        f"sample {key} changed",
+        "--on-corrupt skip",
+    )
+    r = run(
+        "train",
+        data,
+        "--run",
+        tmp_path / "r",
+        "--epochs",
+        1,
+        "--batch-size",
+        8,
+        "--init",
+        "kaiming",
+        "--width-mult",
+        0.125,
+        "--backend",
+        backend,
+        "--workers",
+        1,
+        "--no-progress",
+    )
+    one_line_error(r, "train-000001.tar", f"sample {key} changed")
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_on_corrupt_skip_leaves_the_sample_out_and_counts_it(data, backend):
+    damage_a_sample(data)
+    r = run(
+        "load",
+        data,
+        "--backend",
+        backend,
+        "--batch-size",
+        8,
+        "--workers",
+        1,
+        "--on-corrupt",
+        "skip",
+        "--json",
+        "--epochs",
+        2,
+    )
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep["images"] == 2 * 23 and rep["corrupt_skipped"] == 2 and rep["batches"] == 2 * 3
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_a_truncated_shard_is_one_line_even_when_skipping(data, backend):
+    path = data / "train" / "train-000002.tar"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    for policy in ("error", "skip"):
+        one_line_error(
+            run("load", data, "--backend", backend, "--workers", 1, "--batch-size", 8, "--on-corrupt", policy),
+            "train-000002.tar",
+            "truncated or replaced",
+        )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from imgprep.config import setting
 from imgprep.constants import PCA_LIGHTING_STD
+from imgprep.integrity import ON_CORRUPT
 from imgprep.loader_base import BACKENDS, NORMALIZE
 
 __all__ = [
@@ -92,6 +93,8 @@ class TrainConfig:
     bf16: bool = setting(True, "bf16 autocast on a GPU.")
     channels_last: bool = setting(True, "channels_last memory format on a GPU.")
     steps_per_epoch: int = setting(0, "Cap batches per epoch (0: all).", min=0)
+    on_corrupt: str = setting("error", "A sample whose bytes changed since prepare: stop with an error naming it, "
+                              "or skip it (counted in metrics.jsonl).", choices=ON_CORRUPT)
     log_every: int = setting(10, "Steps between lines of metrics.jsonl.", min=1)
 
     def model_config(self, num_classes: int) -> AlexNetConfig:

@@ -118,6 +118,7 @@ def _loaders(cfg: TrainConfig, normalize: str, rank: int, world: int, gpu: bool,
         workers=cfg.workers,
         seed=cfg.seed,
         normalize=normalize,
+        on_corrupt=cfg.on_corrupt,
     )
     per_rank = cfg.batch_size // world
     train_loader = make_loader(cfg.data, "train", per_rank, "train", lighting_std=cfg.lighting_std, **kw)
@@ -268,6 +269,7 @@ def end_of_epoch(run: Run, epoch: int, sums: torch.Tensor, seconds: float, log: 
         "train_top5_error": 1 - h5 / max(1, n),
         "lr": run.opt.param_groups[0]["lr"],
         "seconds": round(seconds, 2),
+        "corrupt_skipped": run.train_loader.corrupt_skipped,
         "images_per_second": round(n / seconds, 1) if seconds else None,
     }
     if run.val_loader is not None:
