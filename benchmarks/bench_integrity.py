@@ -2,7 +2,8 @@
 
 For each backend, one epoch in train mode is timed two ways, each in a fresh loader (so the check
 runs), interleaved after a warm-up epoch: as shipped (every shard checked before its samples are
-read), and with the check replaced by a no-op. The difference, over the unchecked epoch's time, is the cost; later epochs of the same
+read), and with the check replaced by a no-op. The difference, over the unchecked epoch's time, is
+the cost; later epochs of the same
 process reuse the result (a stat per shard).
 
 Usage: python benchmarks/bench_integrity.py [--data DIR] [--images 6000] [--batch-size 128] [--repeats 3]
