@@ -18,6 +18,22 @@ from imgprep.fileio import FolderLock
 from imgprep.prepare import PrepareConfig, prepare
 
 QUIET = dict(progress=False, log=lambda s: None)
+# one step of a tiny network: enough for a run folder and a checkpoint
+SMALL_TRAIN = [
+    "--epochs",
+    1,
+    "--steps-per-epoch",
+    1,
+    "--batch-size",
+    8,
+    "--init",
+    "kaiming",
+    "--width-mult",
+    0.125,
+    "--workers",
+    1,
+    "--no-progress",
+]
 
 
 def run(*args):
@@ -62,25 +78,7 @@ class Exploit:
 @pytest.fixture(scope="module")
 def trained(prepared128, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    r = run(
-        "train",
-        prepared128,
-        "--run",
-        run_dir,
-        "--epochs",
-        1,
-        "--steps-per-epoch",
-        1,
-        "--batch-size",
-        8,
-        "--init",
-        "kaiming",
-        "--width-mult",
-        0.125,
-        "--workers",
-        1,
-        "--no-progress",
-    )
+    r = run("train", prepared128, "--run", run_dir, *SMALL_TRAIN)
     assert r.exit_code == 0, r.output
     return run_dir
 
@@ -271,25 +269,7 @@ def test_a_second_train_into_a_locked_run_dir_is_refused(prepared128, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with FolderLock(str(run_dir), "RUN_DIR"):
-        r = run(
-            "train",
-            prepared128,
-            "--run",
-            run_dir,
-            "--epochs",
-            1,
-            "--steps-per-epoch",
-            1,
-            "--batch-size",
-            8,
-            "--init",
-            "kaiming",
-            "--width-mult",
-            0.125,
-            "--workers",
-            1,
-            "--no-progress",
-        )
+        r = run("train", prepared128, "--run", run_dir, *SMALL_TRAIN)
     one_line_error(r, "RUN_DIR is in use by process")
     assert os.listdir(run_dir) == []
 
