@@ -15,10 +15,17 @@ import click
 
 from imgprep.bench import LoadBenchConfig, PrepareBenchConfig
 from imgprep.errors import ImgprepError
-from imgprep.loader_base import BACKENDS, LoaderConfig
+from imgprep.loader_base import LoaderConfig
 from imgprep.prepare import PrepareConfig
 from imgprep.synth import SynthConfig
-from imgprep.trainer.config import EXPERIMENT_NAMES, DemoConfig, ExperimentConfig, TrainBenchConfig, TrainConfig
+from imgprep.trainer.config import (
+    EXPERIMENT_NAMES,
+    DemoConfig,
+    EvalConfig,
+    ExperimentConfig,
+    TrainBenchConfig,
+    TrainConfig,
+)
 
 from .options import config_options, workers_option
 
@@ -201,22 +208,18 @@ def train(resume, progress, **options) -> None:
 @main.command("eval")
 @click.argument("run_dir", type=click.Path())
 @click.option("--data", type=click.Path(), required=True, help="Prepared dataset with a val split.")
-@click.option("--ten-crop", is_flag=True, help="Average the softmax over the paper's ten views.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--backend", type=click.Choice(BACKENDS), default=BACKENDS[0], show_default=True)
-@click.option("--devices", default="auto", show_default=True)
-@workers_option
+@config_options(EvalConfig, skip=("run_dir", "data"))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
-def eval_(run_dir, data, ten_crop, batch_size, backend, devices, workers, as_json) -> None:
+def eval_(as_json, **options) -> None:
     """Top-1 and top-5 error of the model in RUN_DIR on the validation split of DATA."""
     from imgprep.trainer.runtime import evaluate_run
 
-    r = evaluate_run(run_dir, data, ten_crop, backend, devices, batch_size, workers)
+    r = evaluate_run(EvalConfig(**options))
     if as_json:
         click.echo(json.dumps(r))
         return
-    view = "10-view" if ten_crop else "centre-crop"
+    view = "10-view" if r["ten_crop"] else "centre-crop"
     click.echo(
         f"{view} top-1 error {r['top1_error']:.2%}, top-5 error {r['top5_error']:.2%} "
         f"on {r['images']:,} images (epoch {r['epoch']})"

@@ -10,7 +10,7 @@ import torch
 from imgprep.errors import ImgprepError
 from imgprep.loaders import make_loader
 from imgprep.prepare import PrepareConfig, prepare
-from imgprep.trainer.config import AlexNetConfig, TrainConfig
+from imgprep.trainer.config import AlexNetConfig, EvalConfig, TrainConfig
 from imgprep.trainer.evaluate import predict, topk_correct
 from imgprep.trainer.model import TwoTowerAlexNet
 from imgprep.trainer.runtime import CHECKPOINT, evaluate_run
@@ -98,7 +98,7 @@ def test_evaluate_run_centre_and_ten_crop(data, tmp_path):
     run_dir = str(tmp_path / "e")
     train(cfg(data, run_dir, epochs=1), **QUIET)
     for ten_crop, mode in ((False, "eval"), (True, "ten_crop")):
-        r = evaluate_run(run_dir, data, ten_crop=ten_crop, workers=1)
+        r = evaluate_run(EvalConfig(run_dir, data, ten_crop=ten_crop, workers=1))
         top1, top5, n = _errors_by_hand(run_dir, data, mode)
         assert r["images"] == n == 8 and r["epoch"] == 1 and r["ten_crop"] == ten_crop
         assert (r["top1_error"], r["top5_error"]) == pytest.approx((top1, top5))

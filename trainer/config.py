@@ -18,6 +18,7 @@ __all__ = [
     "EXPERIMENT_NAMES",
     "AlexNetConfig",
     "TrainConfig",
+    "EvalConfig",
     "ExperimentConfig",
     "TrainBenchConfig",
     "DemoConfig",
@@ -93,12 +94,29 @@ class TrainConfig:
     bf16: bool = setting(True, "bf16 autocast on a GPU.")
     channels_last: bool = setting(True, "channels_last memory format on a GPU.")
     steps_per_epoch: int = setting(0, "Cap batches per epoch (0: all).", min=0)
-    on_corrupt: str = setting("error", "A sample whose bytes changed since prepare: stop with an error naming it, "
-                              "or skip it (counted in metrics.jsonl).", choices=ON_CORRUPT)
+    on_corrupt: str = setting(
+        "error",
+        "A sample whose bytes changed since prepare: stop with an error naming it, "
+        "or skip it (counted in metrics.jsonl).",
+        choices=ON_CORRUPT,
+    )
     log_every: int = setting(10, "Steps between lines of metrics.jsonl.", min=1)
 
     def model_config(self, num_classes: int) -> AlexNetConfig:
         return AlexNetConfig(num_classes, self.width_mult, self.dropout, self.activation, tuple(self.remove))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of `imgprep eval`: a run's last checkpoint on a dataset's validation split."""
+
+    run_dir: str
+    data: str
+    ten_crop: bool = setting(False, "Average the softmax over the paper's ten views.")
+    batch_size: int = setting(64, "Batch size (at most the split's size).", min=1)
+    backend: str = setting("dali", "Loader backend.", choices=BACKENDS)
+    devices: str = setting("auto", "auto, cpu, cuda:0, or cuda:0,cuda:1 (tower A, tower B).")
+    workers: int = setting(0, "Loader workers (0: all cores).", min=0)
 
 
 @dataclass(frozen=True)

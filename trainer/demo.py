@@ -35,7 +35,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     from imgprep.synth import SynthConfig, synthesize
     from imgprep.verify import verify
 
-    from .config import TrainConfig
+    from .config import EvalConfig, TrainConfig
     from .runtime import evaluate_run
     from .train import train
 
@@ -78,8 +78,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
         log=lambda line: log("      " + line),
     )
     train_s = time.perf_counter() - t
-    centre = evaluate_run(run, data, False, cfg.backend, workers=workers)
-    ten = evaluate_run(run, data, True, cfg.backend, workers=workers)
+    centre = evaluate_run(EvalConfig(run, data, False, backend=cfg.backend, workers=workers))
+    ten = evaluate_run(EvalConfig(run, data, True, backend=cfg.backend, workers=workers))
     chance = 1 - 1 / cfg.classes
     log(
         f"[5/5] validation top-1 error: centre crop {centre['top1_error']:.1%}, ten views {ten['top1_error']:.1%} "

@@ -11,7 +11,7 @@ import torch
 from imgprep.errors import ImgprepError
 from imgprep.fileio import atomic_file
 
-from .config import INIT_NAMES, AlexNetConfig
+from .config import INIT_NAMES, AlexNetConfig, EvalConfig
 from .model import TwoTowerAlexNet, init_kaiming, init_paper
 
 __all__ = [
@@ -119,40 +119,33 @@ def load_checkpoint(run_dir: str) -> dict:
     return ckpt
 
 
-def evaluate_run(
-    run_dir: str,
-    data: str,
-    ten_crop: bool = False,
-    backend: str = "dali",
-    devices: str = "auto",
-    batch_size: int = 64,
-    workers: int = 0,
-) -> dict:
+def evaluate_run(cfg: EvalConfig) -> dict:
     """Top-1/top-5 error of a run's last checkpoint on the validation split of `data`."""
     from imgprep.dataset import batch_within
     from imgprep.loaders import make_loader
 
     from .evaluate import evaluate
 
+    run_dir, data = cfg.run_dir, cfg.data
     ckpt = load_checkpoint(run_dir)
     mcfg = model_config_from(ckpt["model_config"])
-    devs = parse_devices(devices)
+    devs = parse_devices(cfg.devices)
     model = TwoTowerAlexNet(mcfg)
     model.load_state_dict(ckpt["model"])
     model.place(*devs)
     loader = make_loader(
         data,
         "val",
-        batch_within(data, "val", batch_size),
-        "ten_crop" if ten_crop else "eval",
-        backend=backend,
+        batch_within(data, "val", cfg.batch_size),
+        "ten_crop" if cfg.ten_crop else "eval",
+        backend=cfg.backend,
         device="gpu" if devs[0].type == "cuda" else "cpu",
-        workers=workers,
+        workers=cfg.workers,
         normalize=ckpt["config"]["normalize"],
     )
     n_classes = len(loader.info.classes)
     if n_classes != mcfg.num_classes:
         raise ImgprepError(f"{data}: {n_classes} classes, but the model of {run_dir} has {mcfg.num_classes}")
     r = evaluate(model, loader, devs[0], autocast(devs[0]))
-    r.update(ten_crop=ten_crop, epoch=ckpt["epoch"])
+    r.update(ten_crop=cfg.ten_crop, epoch=ckpt["epoch"])
     return r
