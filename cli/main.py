@@ -327,7 +327,16 @@ def bench_train(json_out, plot, **options) -> None:
     r = run(cfg, log=click.echo)
     _report(
         r,
-        ["placement", "model_synthetic", "training_with_loader", "loader_only", "limited_by"],
+        [
+            "placement",
+            "model_synthetic",
+            "training_with_loader",
+            "loader_only",
+            "limited_by",
+            "flops_per_image",
+            "mfu_model",
+            "mfu_with_loader",
+        ],
         "placement",
         {
             "model (synthetic input)": ("model_synthetic", "model_synthetic_min", "model_synthetic_max"),

@@ -103,6 +103,37 @@ def test_bench_train(data, tmp_path):
     row = res["results"][0]
     assert row["placement"] == "cpu"
     assert row["limited_by"] == ("data" if row["loader_only"] < row["model_synthetic"] else "model")
+    assert row["peak_tflops"] is None and row["mfu_model"] is None  # no known peak for a CPU
+
+
+def test_bench_train_flops_and_mfu(data, tmp_path):
+    from imgprep.trainer.config import AlexNetConfig
+    from imgprep.trainer.model import forward_macs
+
+    run(
+        "bench",
+        "train",
+        data,
+        "--batch-size",
+        4,
+        "--steps",
+        1,
+        "--repeats",
+        1,
+        "--width-mult",
+        0.125,
+        "--workers",
+        1,
+        "--peak-tflops",
+        0.5,
+        "--json-out",
+        tmp_path / "t.json",
+    )
+    row = json.load(open(tmp_path / "t.json"))["results"][0]
+    flops = 6 * forward_macs(AlexNetConfig(4, 0.125), 112)  # 4 classes, 128-px images cropped to 112
+    assert row["flops_per_image"] == flops and row["peak_tflops"] == 0.5
+    assert row["mfu_model"] == pytest.approx(row["model_synthetic"] * flops / 0.5e12, rel=1e-3)
+    assert row["mfu_with_loader"] == pytest.approx(row["training_with_loader"] * flops / 0.5e12, rel=1e-3)
     assert row["model_synthetic"] > 0 and row["training_with_loader"] > 0 and row["loader_only"] > 0
 
 

@@ -145,3 +145,21 @@ def test_paper_init():
             assert torch.all(conv.bias == (1.0 if name in ("conv2", "conv4", "conv5") else 0.0))
         assert torch.all(t.fc6[0].bias == 1) and torch.all(t.fc7[0].bias == 1)
     assert torch.all(m.fc8.bias == 0) and abs(m.fc8.weight.std().item() - 0.01) < 0.001
+
+
+def test_forward_macs_match_the_layer_table():
+    """Convolutions: output elements x (input channels per tower x kernel area); linear: in x out."""
+    from imgprep.trainer.model import forward_macs
+
+    table = [
+        55 * 55 * 96 * 3 * 11 * 11,  # conv1, both towers
+        27 * 27 * 256 * 48 * 5 * 5,  # conv2: each tower sees its own 48 channels
+        13 * 13 * 384 * 256 * 3 * 3,  # conv3: both towers' 256
+        13 * 13 * 384 * 192 * 3 * 3,  # conv4
+        13 * 13 * 256 * 192 * 3 * 3,  # conv5
+        9216 * 4096,  # fc6
+        4096 * 4096,  # fc7
+        4096 * 1000,  # fc8
+    ]
+    assert forward_macs(AlexNetConfig()) == sum(table) == 724_406_816  # 4.35 GFLOP per training image
+    assert forward_macs(AlexNetConfig(num_classes=10), 224) == sum(table) - 4096 * 990

@@ -14,9 +14,26 @@ from imgprep.report import environment, summarize
 from imgprep.timing import Throughput, real_samples
 
 from .config import AlexNetConfig, TrainBenchConfig
+from .model import forward_macs
 from .runtime import autocast, build_model, parse_devices
 
 __all__ = ["TrainBenchConfig", "bench_train", "available_placements"]
+
+
+# Peak dense bf16 tensor throughput, TFLOPS, from the vendors' data sheets (SXM parts).
+PEAK_BF16_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L4": 121.0}
+
+
+def peak_tflops(devices, override: float | None) -> float | None:
+    """Peak TFLOPS of the devices of a placement (`override` per device), None where unknown (CPU)."""
+    distinct = {d for d in devices}
+    if override is not None:
+        return override * len(distinct)
+    if any(d.type != "cuda" for d in distinct):
+        return None
+    names = [torch.cuda.get_device_name(d) for d in distinct]
+    peaks = [next((v for k, v in PEAK_BF16_TFLOPS.items() if k in n), None) for n in names]
+    return None if None in peaks else sum(peaks)
 
 
 def available_placements() -> list[str]:
@@ -43,6 +60,19 @@ def _train_rate(model, opt, batches, steps: int, dev: torch.device) -> float:
         if timer.steps > steps:
             break
     return timer.images_per_second
+
+
+def _utilisation(mcfg: AlexNetConfig, crop: int, devs, override, model_rate: float, fed_rate: float) -> dict:
+    """FLOPs per training image (3 x the forward's, 2 per multiply-add) and the model FLOPs
+    utilisation of both rates against the placement's peak (None where the peak is unknown)."""
+    flops = 3 * 2 * forward_macs(mcfg, crop)
+    peak = peak_tflops(devs, override)
+    return {
+        "flops_per_image": flops,
+        "peak_tflops": peak,
+        "mfu_model": model_rate * flops / (peak * 1e12) if peak else None,
+        "mfu_with_loader": fed_rate * flops / (peak * 1e12) if peak else None,
+    }
 
 
 def _loader_batches(loader):
@@ -92,6 +122,7 @@ def bench_train(cfg: TrainBenchConfig, log=print) -> dict:
             "loader_only_min": only["min"],
             "loader_only_max": only["max"],
             "limited_by": "data" if only["median"] < synthetic["median"] else "model",
+            **_utilisation(model.cfg, crop, devs, cfg.peak_tflops, synthetic["median"], fed["median"]),
             "loader_device": loader.device,
         }
         rows.append(row)

@@ -175,6 +175,12 @@ class TrainBenchConfig:
     width_mult: float = setting(1.0, "Width multiplier of the network.", min=0, min_open=True)
     backend: str = setting("dali", "Loader backend.", choices=BACKENDS)
     workers: int = setting(0, "Loader workers (0: all cores).", min=0)
+    peak_tflops: float | None = setting(
+        None,
+        "The device's peak dense bf16 TFLOPS for the MFU [default: from a table of known GPUs: H200, H100, A100, L4].",
+        min=0,
+        min_open=True,
+    )
     placements: tuple[str, ...] = setting(
         (), "Placements separated by ';', e.g. 'cpu;cuda:0;cuda:0,cuda:1' [default: every available].", sep=";"
     )
