@@ -143,3 +143,28 @@ def test_a_ctrl_c_swallowed_by_a_callback_still_stops_the_run(data, tmp_path):
         train(cfg(data, tmp_path / "r", epochs=3), on_step=on_step, **QUIET)
     assert not (tmp_path / "r" / CHECKPOINT).exists()  # stopped within the first epoch
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_one_epoch_reads_the_host_only_at_log_points(data, tmp_path, monkeypatch):
+    """The step loop keeps its sums on the device: no .item(), .tolist(), int() or bool() of a tensor
+    per step, only one read of the sums at each log point (here step 2 and the epoch's last, 3)."""
+    from imgprep.trainer.train import setup, train_one_epoch
+
+    run = setup(cfg(data, tmp_path / "r", epochs=1, log_every=2, workers=1))
+    reads = []
+    for name in ("item", "tolist", "__int__", "__float__", "__bool__", "__index__"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _real=real, _name=name, **kw):
+            reads.append(_name)
+            return _real(self, *a, **kw)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    try:
+        sums = train_one_epoch(run, 0, progress=False)
+    finally:
+        monkeypatch.undo()
+        run.metrics.close()
+        run.lock.release()
+    assert reads == ["tolist", "tolist"]
+    assert sums.tolist()[3] == 24  # every sample of the epoch counted, on the device

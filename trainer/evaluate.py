@@ -9,17 +9,22 @@ import torch
 
 from imgprep.loader_base import PAD_LABEL
 
-__all__ = ["topk_correct", "predict", "evaluate"]
+__all__ = ["topk_hits", "topk_correct", "predict", "evaluate"]
 
 
-def topk_correct(logits_or_probs: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
-    """Number of samples whose label is among the top-k outputs, for each k; a padding label
-    never counts."""
+def topk_hits(logits_or_probs: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> torch.Tensor:
+    """(len(ks),) int64 on the outputs' device: samples whose label is among the top-k outputs, for
+    each k; a padding label never counts. No host read: the training loop sums these on the device."""
     valid = labels != PAD_LABEL
     kmax = min(max(ks), logits_or_probs.shape[1])  # fewer than 5 classes: top-5 is every class
     top = logits_or_probs.topk(kmax, dim=1).indices  # (N, kmax)
     hit = top == labels[:, None]
-    return [int((hit[:, :k].any(1) & valid).sum()) for k in ks]
+    return torch.stack([(hit[:, :k].any(1) & valid).sum() for k in ks])
+
+
+def topk_correct(logits_or_probs: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
+    """`topk_hits` read to the host, as ints."""
+    return topk_hits(logits_or_probs, labels, ks).tolist()
 
 
 def predict(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from imgprep.fileio import FolderLock, write_json_atomic
 from imgprep.loader_base import PAD_LABEL
 
 from .config import AlexNetConfig, TrainConfig
-from .evaluate import evaluate, topk_correct
+from .evaluate import evaluate, topk_hits
 from .model import TwoTowerAlexNet
 from .runtime import AUTO_NORMALIZE, CHECKPOINT, autocast, build_model, load_checkpoint, parse_devices, save_checkpoint
 
@@ -202,7 +202,11 @@ def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Ru
 
 
 def train_one_epoch(run: Run, epoch: int, progress: bool = True, on_step: Callable | None = None) -> torch.Tensor:
-    """One epoch of SGD steps; returns the sums (loss, top-1 hits, top-5 hits, samples) of this rank."""
+    """One epoch of SGD steps; returns the sums (loss, top-1 hits, top-5 hits, samples) of this rank.
+
+    The step never waits for the host: the sums stay on the device and are read only at log points
+    (every `log_every` steps and the epoch's last), so the GPU runs ahead of Python.
+    """
     cfg, dev = run.cfg, run.devices[0]
     loader = run.train_loader
     loader.set_epoch(epoch)
@@ -210,8 +214,9 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, on_step: Callab
     n_batches = min(cfg.steps_per_epoch, len(loader)) if cfg.steps_per_epoch else len(loader)
     bar = _bar(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", progress and run.main)
     loss_fn = nn.CrossEntropyLoss(ignore_index=PAD_LABEL, reduction="sum")
-    sums = torch.zeros(4, dtype=torch.float64)  # loss, top1 hits, top5 hits, samples
-    t_log, seen_log = time.perf_counter(), 0
+    sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, top1 hits, top5 hits, samples
+    since_log = torch.zeros_like(sums)
+    t_log = time.perf_counter()
     for i, (images, labels) in enumerate(loader):
         run.guard.check()
         if i >= n_batches:
@@ -219,37 +224,44 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, on_step: Callab
         images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
         if run.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        valid = int((labels != PAD_LABEL).sum())
+        valid = (labels != PAD_LABEL).sum()  # a device scalar
         with run.autocast():
             logits = run.net(images)
-            loss = loss_fn(logits.float(), labels) / max(1, valid)
+            loss = loss_fn(logits.float(), labels) / valid.clamp(min=1)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
         run.step += 1
         if on_step is not None:
             on_step(run.step, run.model, images, labels)
-        c1, c5 = topk_correct(logits.detach(), labels)
-        sums += torch.tensor([loss.item() * valid, c1, c5, valid], dtype=torch.float64)
-        seen_log += valid
+        step_sums = torch.cat([(loss.detach() * valid).reshape(1), topk_hits(logits.detach(), labels), valid[None]])
+        sums += step_sums
+        since_log += step_sums
         bar.update(1)
         if run.main and (run.step % cfg.log_every == 0 or i == n_batches - 1):
-            now = time.perf_counter()
-            rec = {
-                "type": "step",
-                "epoch": epoch + 1,
-                "step": run.step,
-                "loss": round(loss.item(), 5),
-                "top1_error": round(1 - c1 / max(1, valid), 4),
-                "top5_error": round(1 - c5 / max(1, valid), 4),
-                "lr": run.opt.param_groups[0]["lr"],
-                "images_per_second": round(seen_log * run.world / (now - t_log), 1),
-            }
-            run.log_metrics(rec)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{rec['lr']:.0e}")
-            t_log, seen_log = now, 0
+            t_log = _log_step(run, epoch, since_log, t_log, bar)
     bar.close()
     return sums
+
+
+def _log_step(run: Run, epoch: int, since_log: torch.Tensor, t_log: float, bar) -> float:
+    """One metrics.jsonl line for the steps since the last one (the one host read of them); resets the sums."""
+    loss_sum, h1, h5, n = since_log.tolist()
+    since_log.zero_()
+    now = time.perf_counter()
+    rec = {
+        "type": "step",
+        "epoch": epoch + 1,
+        "step": run.step,
+        "loss": round(loss_sum / max(1, n), 5),
+        "top1_error": round(1 - h1 / max(1, n), 4),
+        "top5_error": round(1 - h5 / max(1, n), 4),
+        "lr": run.opt.param_groups[0]["lr"],
+        "images_per_second": round(n * run.world / (now - t_log), 1),
+    }
+    run.log_metrics(rec)
+    bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.0e}")
+    return now
 
 
 def end_of_epoch(run: Run, epoch: int, sums: torch.Tensor, seconds: float, log: Callable[[str], None]) -> dict:
