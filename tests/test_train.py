@@ -168,3 +168,21 @@ def test_one_epoch_reads_the_host_only_at_log_points(data, tmp_path, monkeypatch
         run.lock.release()
     assert reads == ["tolist", "tolist"]
     assert sums.tolist()[3] == 24  # every sample of the epoch counted, on the device
+
+
+def test_the_fast_recipe_scales_the_lr_and_warms_up_linearly(data, tmp_path):
+    """--lr-scaling linear with --warmup-epochs: the lr rises per step to lr x batch / 128, then holds."""
+    train(
+        cfg(data, tmp_path / "f", epochs=3, batch_size=8, lr=0.128, lr_scaling="linear", warmup_epochs=2, log_every=1),
+        **QUIET,
+    )
+    lrs = [json.loads(x)["lr"] for x in open(tmp_path / "f" / "metrics.jsonl") if '"type": "step"' in x]
+    target = 0.128 * 8 / 128  # 0.008
+    warm = 2 * 3  # 2 epochs of 3 steps (24 samples / 8)
+    assert lrs[:warm] == pytest.approx([target * (k + 1) / warm for k in range(warm)])
+    assert lrs[warm:] == pytest.approx([target] * 3)
+
+
+def test_the_paper_recipe_stays_the_default():
+    c = TrainConfig("d", "r")
+    assert (c.lr_scaling, c.warmup_epochs, c.base_lr, c.batch_size) == ("none", 0, 0.01, 128)

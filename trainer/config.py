@@ -29,6 +29,8 @@ ACTIVATIONS = ("relu", "tanh")  # section 3.1 compares the two
 # paper: N(0, 0.01) weights, biases 1 in conv2/4/5 and fc6/7 (section 5); kaiming: He-normal, zero biases
 INIT_NAMES = ("paper", "kaiming")
 NORMALIZE_CHOICES = ("auto", *NORMALIZE)
+LR_SCALINGS = ("none", "linear")
+REFERENCE_BATCH = 128  # the paper's batch (section 5): the lr given is the lr at this batch
 # the reviewer's open questions, each a series of trainings (`imgprep experiment NAME`)
 EXPERIMENT_NAMES = (
     "ablate-conv",
@@ -69,7 +71,15 @@ class TrainConfig:
     run_dir: str
     epochs: int = setting(90, "Epochs to train.", min=1)
     batch_size: int = setting(128, "Global batch size (divided over DDP ranks).", min=1)
-    lr: float = setting(0.01, "Learning rate.", min=0, min_open=True)
+    lr: float = setting(0.01, "Learning rate (at batch 128 with --lr-scaling linear).", min=0, min_open=True)
+    lr_scaling: str = setting(
+        "none",
+        "linear: lr x batch / 128 (Goyal et al. 2017), for larger batches than the paper's.",
+        choices=LR_SCALINGS,
+    )
+    warmup_epochs: int = setting(
+        0, "Epochs over which the lr rises linearly from near 0 to its value (with larger batches).", min=0
+    )
     momentum: float = setting(0.9, "SGD momentum.", min=0, max=1)
     weight_decay: float = setting(5e-4, "Weight decay.", min=0)
     lr_patience: int = setting(1, "Epochs without a better validation error before the lr is divided by 10.", min=0)
@@ -101,6 +111,11 @@ class TrainConfig:
         choices=ON_CORRUPT,
     )
     log_every: int = setting(10, "Steps between lines of metrics.jsonl.", min=1)
+
+    @property
+    def base_lr(self) -> float:
+        """The lr after warm-up: `lr`, scaled by batch / 128 with linear scaling."""
+        return self.lr * self.batch_size / REFERENCE_BATCH if self.lr_scaling == "linear" else self.lr
 
     def model_config(self, num_classes: int) -> AlexNetConfig:
         return AlexNetConfig(num_classes, self.width_mult, self.dropout, self.activation, tuple(self.remove))

@@ -169,9 +169,9 @@ def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Ru
     ckpt = _check_resume(cfg, mcfg, resume)
     model = build_model(mcfg, cfg.init, devices, cfg.seed, cfg.channels_last)
     _init_distributed(world, devices)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="min", factor=0.1, patience=cfg.lr_patience, min_lr=cfg.lr * 0.1**cfg.lr_drops * 0.999
+        opt, mode="min", factor=0.1, patience=cfg.lr_patience, min_lr=cfg.base_lr * 0.1**cfg.lr_drops * 0.999
     )
     net = model
     if world > 1:
@@ -221,6 +221,8 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, on_step: Callab
         run.guard.check()
         if i >= n_batches:
             break
+        if epoch < cfg.warmup_epochs:  # linear warm-up, per step: (step + 1) / warm-up steps of the lr
+            run.opt.param_groups[0]["lr"] = cfg.base_lr * (run.step + 1) / (cfg.warmup_epochs * n_batches)
         images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
         if run.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -287,7 +289,8 @@ def end_of_epoch(run: Run, epoch: int, sums: torch.Tensor, seconds: float, log: 
     if run.val_loader is not None:
         v = evaluate(run.model, run.val_loader, run.devices[0], run.autocast(), run.channels_last, run.world > 1)
         last.update(val_top1_error=v["top1_error"], val_top5_error=v["top5_error"], val_images=v["images"])
-    run.sched.step(last.get("val_top1_error", last["train_loss"]))
+    if epoch + 1 > run.cfg.warmup_epochs:  # the plateau schedule starts after the warm-up
+        run.sched.step(last.get("val_top1_error", last["train_loss"]))
     if run.main:
         run.log_metrics(last)
         run.metrics.flush()
