@@ -163,3 +163,20 @@ def test_forward_macs_match_the_layer_table():
     ]
     assert forward_macs(AlexNetConfig()) == sum(table) == 724_406_816  # 4.35 GFLOP per training image
     assert forward_macs(AlexNetConfig(num_classes=10), 224) == sum(table) - 4096 * 990
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lrn_equals_torch_local_response_norm(channels_last):
+    from imgprep.trainer.model import LocalResponseNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 48, 13, 11) * 30  # activations of the scale conv1 gives raw pixels
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(x)
+    got = LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0)(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for size in (1, 2, 4):  # even windows: the same off-centre choice as torch's
+        torch.testing.assert_close(
+            LocalResponseNorm(size, k=1.0)(x), nn.LocalResponseNorm(size, k=1.0)(x), atol=1e-5, rtol=1e-5
+        )

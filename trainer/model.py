@@ -43,6 +43,23 @@ _POOL_AFTER = ("conv1", "conv2", "conv5")  # overlapping max-pool 3/2, section 3
 _LRN_AFTER = ("conv1", "conv2")
 
 
+class LocalResponseNorm(nn.Module):
+    """Section 3.3's normalization, x / (k + alpha/n * sum of x^2 over n neighbouring channels)^beta,
+    equal to `nn.LocalResponseNorm` (same alpha/n convention), written as pointwise ops over
+    shifted channel slices: under `torch.compile` the square, the window sum and the power fuse
+    into one kernel, where the stock module goes through a 3-D average pool."""
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, C, H, W)
+        c = x.shape[1]
+        sq = nn.functional.pad(x.square(), (0, 0, 0, 0, self.size // 2, (self.size - 1) // 2))  # (N, C+n-1, H, W)
+        window = sum(sq[:, i : i + c] for i in range(self.size))  # the n channels around each one
+        return x * (self.k + (self.alpha / self.size) * window).pow(-self.beta)
+
+
 def _act(kind: str) -> nn.Module:
     return nn.ReLU(inplace=True) if kind == "relu" else nn.Tanh()
 
@@ -61,7 +78,7 @@ class Tower(nn.Module):
                 out = cfg.width(out)
                 layers += [nn.Conv2d(ch * 2 if both else ch, out, k, s, p), _act(cfg.activation)]
                 if name in _LRN_AFTER:
-                    layers.append(nn.LocalResponseNorm(**_LRN))
+                    layers.append(LocalResponseNorm(**_LRN))
                 ch = out
             elif name == "conv1":  # keep conv1's stride-4 reduction so the rest of the net keeps its sizes
                 layers.append(nn.AvgPool2d(4, 4))
