@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from imgprep.cli.main import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
+BENCH_TRAIN = ["bench", "train", "--batch-size", 4, "--repeats", 1, "--width-mult", 0.125, "--workers", 1]
 
 
 def run(*args):
@@ -81,19 +82,10 @@ def test_bench_load(data, tmp_path):
 
 def test_bench_train(data, tmp_path):
     run(
-        "bench",
-        "train",
+        *BENCH_TRAIN,
         data,
-        "--batch-size",
-        4,
         "--steps",
         2,
-        "--repeats",
-        1,
-        "--width-mult",
-        0.125,
-        "--workers",
-        1,
         "--json-out",
         tmp_path / "t.json",
         "--plot",
@@ -111,18 +103,9 @@ def test_bench_train_flops_and_mfu(data, tmp_path):
     from imgprep.trainer.model import forward_macs
 
     run(
-        "bench",
-        "train",
+        *BENCH_TRAIN,
         data,
-        "--batch-size",
-        4,
         "--steps",
-        1,
-        "--repeats",
-        1,
-        "--width-mult",
-        0.125,
-        "--workers",
         1,
         "--peak-tflops",
         0.5,

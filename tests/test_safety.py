@@ -325,28 +325,30 @@ def test_a_file_reached_twice_is_listed_once_and_a_folder_named_like_an_image_is
     assert m["splits"]["train"]["skipped"] == 1 and m["splits"]["train"]["rejected"] == 0
 
 
+def prepare_process(src, out, *extra):
+    """`imgprep prepare SRC OUT` at size 32 on one worker, in its own process (a hang is a timeout)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "imgprep.cli.main",
+        "prepare",
+        str(src),
+        str(out),
+        "--size",
+        "32",
+        "--workers",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
 def test_fifos_are_skipped_unopened(tmp_path):
     src = small_set(tmp_path)
     os.mkfifo(src / "train" / sorted(os.listdir(src / "train"))[0] / "p.jpg")
     out = tmp_path / "out"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "imgprep.cli.main",
-            "prepare",
-            str(src),
-            str(out),
-            "--size",
-            "32",
-            "--workers",
-            "1",
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = prepare_process(src, out)
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "manifest.json").read_text())
     assert m["splits"]["train"]["count"] == 8 and m["splits"]["train"]["skipped"] == 1
@@ -393,25 +395,7 @@ def test_images_over_the_pixel_limit_are_rejected_before_decoding(tmp_path, limi
     (cls / "big.jpg").write_bytes(jpeg_bytes(smooth_rgb(100, 100)))  # 10,000 px: over a limit of 8000
     out = tmp_path / "out"
     extra = ["--max-pixels", str(limit)] if limit else []
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "imgprep.cli.main",
-            "prepare",
-            str(src),
-            str(out),
-            "--size",
-            "32",
-            "--workers",
-            "1",
-            "--no-progress",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = prepare_process(src, out, *extra)
     assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr
     rejects = {
         json.loads(x)["path"].rsplit("/", 1)[1]: json.loads(x)["reason"]
