@@ -22,9 +22,9 @@ import time
 def _epoch_seconds(make, check: bool) -> float:
     from imgprep.integrity import ShardChecker
 
-    real = ShardChecker.bad_keys
+    real = ShardChecker.bad_samples
     if not check:
-        ShardChecker.bad_keys = lambda self, path: set()
+        ShardChecker.bad_samples = lambda self, path: {}
     try:
         loader = make()
         t = time.perf_counter()
@@ -32,7 +32,7 @@ def _epoch_seconds(make, check: bool) -> float:
             pass
         return time.perf_counter() - t
     finally:
-        ShardChecker.bad_keys = real
+        ShardChecker.bad_samples = real
 
 
 def main() -> None:

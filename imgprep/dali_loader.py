@@ -36,7 +36,7 @@ from .errors import ImgprepError
 from .fileio import write_atomic
 from .geometry import center_crop_offset
 from .loader_base import PAD_LABEL, BaseLoader, EpochPlan, LoaderConfig
-from .shards import dali_index_text, index_path, read_dali_index
+from .shards import dali_index_text, index_path, read_dali_index, split_key
 
 __all__ = ["DaliLoader", "build_pipeline"]
 
@@ -341,9 +341,9 @@ def _index_without(shard: str, keys: set[str], folder: str) -> str:
     """A copy of a shard's index in `folder` where the `jpg` of each sample in `keys` is a good
     sample's: DALI then decodes a valid stand-in, which the loader turns into padding by its key."""
     index = read_dali_index(index_path(shard))
-    good = next(e for sample in index if sample[0][3].split(".", 1)[0] not in keys for e in sample if e[0] == "jpg")
+    good = next(e for sample in index if split_key(sample[0][3])[0] not in keys for e in sample if e[0] == "jpg")
     patched = [
-        [(e[0], good[1], good[2], e[3]) if e[0] == "jpg" and e[3].split(".", 1)[0] in keys else e for e in sample]
+        [(e[0], good[1], good[2], e[3]) if e[0] == "jpg" and split_key(e[3])[0] in keys else e for e in sample]
         for sample in index
     ]
     path = os.path.join(folder, os.path.basename(index_path(shard)))
@@ -405,7 +405,7 @@ class DaliLoader(BaseLoader):
                     labels = labels.clone()
                     for j in range(len(labels)):
                         path, _, name = labels_tl[j].source_info().rsplit(":", 2)
-                        if (path, name.split(".", 1)[0]) in skipped:
+                        if (path, split_key(name)[0]) in skipped:
                             labels[j] = PAD_LABEL
                 if self.gpu:
                     labels = labels.to(images.device, non_blocking=True)

@@ -26,7 +26,6 @@ from .constants import PCA_LIGHTING_STD, SPLITS
 from .dataset import DatasetInfo
 from .errors import ImgprepError
 from .integrity import ON_CORRUPT, ShardChecker, corrupt_sample_error
-from .shards import index_path, read_dali_index
 
 __all__ = [
     "LoaderConfig",
@@ -162,15 +161,7 @@ class BaseLoader:
         skip = {}
         for s, first, count in plan.segments(self.info.counts):
             path = self.info.shards[s]
-            bad = self.checker.bad_keys(path)
-            if not bad:
-                continue
-            if "*" in bad:  # format 1 records no per-sample checksums: nothing can be singled out
-                raise corrupt_sample_error(path, "*")
-            keys = [sample[0][3].split(".", 1)[0] for sample in read_dali_index(index_path(path))][
-                first : first + count
-            ]
-            mine = bad.intersection(keys)
+            mine = {key for pos, key in self.checker.bad_samples(path).items() if first <= pos < first + count}
             if mine and self.cfg.on_corrupt == "error":
                 raise corrupt_sample_error(path, min(mine))
             if mine:
