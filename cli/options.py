@@ -92,16 +92,12 @@ def _option(f: dataclasses.Field, hint) -> typing.Callable:
     return click.option(flag, f.name, type=str, **kw)
 
 
-def config_options(cls, skip: typing.Iterable[str] = (), only: typing.Iterable[str] | None = None):
+def config_options(cls, skip: typing.Iterable[str] = ()):
     """Decorator: one click option per `setting` field of the dataclass `cls` (in field order),
     leaving out `skip` (positional arguments, say) and fields marked `cli=False`."""
     hints = typing.get_type_hints(cls)
-    skip, only = set(skip), set(only) if only is not None else None
-    chosen = [
-        f
-        for f in dataclasses.fields(cls)
-        if f.name not in skip and (only is None or f.name in only) and f.metadata.get("cli", True)
-    ]
+    skip = set(skip)
+    chosen = [f for f in dataclasses.fields(cls) if f.name not in skip and f.metadata.get("cli", True)]
 
     def decorate(fn):
         for f in reversed(chosen):  # click lists options in decoration order, innermost first
