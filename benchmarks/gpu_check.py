@@ -1,13 +1,16 @@
 """One short script for a GPU machine: the GPU paths and their throughput, in one run.
 
-  1. DALI "mixed" (nvJPEG) decode: the train pipeline's images/s on the GPU, full augmentation and
-     crop+flip+normalize alone; beside it, on the same machine's CPU cores, the DALI CPU pipeline
-     (fused operator and operator chain), the torch fallback and the torchvision-style baseline
+  1. the GPU loader (DALI "mixed" decode, uint8 hand-over, one fused normalize op): images/s with
+     the full augmentation and with crop + flip + normalize alone, at batch 128 and 256; the former
+     operator chain on the GPU beside it; the hardware decoder's share (hw_decoder_load) 0 / 0.65 /
+     0.9; on the same machine's CPU cores the DALI CPU pipeline (fused operator and operator chain),
+     the torch fallback and the torchvision-style baseline
   2. the GPU pipeline's eval views against the CPU pipeline's (same samples, same windows)
-  3. both towers on cuda:0: forward + backward at batch 128, bf16 autocast, channels_last,
-     fed by synthetic tensors and by the DALI GPU pipeline (training images/s); the model-parallel
-     placement cuda:0,cuda:1 with two GPUs
-  4. a few steps of `imgprep train` end to end on the GPU
+  3. the model alone (synthetic input) and training fed by the loader: both towers on cuda:0,
+     bf16, channels_last, compiled with CUDA graphs, at batch 128 and 512; eager at 128 beside it;
+     the model-parallel placement cuda:0,cuda:1 with two GPUs
+  4. one epoch of `imgprep train` end to end (compiled, with validation)
+  5. the issue's goals, as ratios of the figures above
 
 Usage: python benchmarks/gpu_check.py [--images 6000] [--out gpu_check.json]
 It synthesizes and prepares its own data (no download), and prints one JSON object.
@@ -75,6 +78,15 @@ def main() -> None:
         "dali_mixed_basic_b128_images_per_second",
         make_loader(data, "train", 128, device="gpu", lighting_std=0.0, normalize="channel"),
     )
+    lo = make_loader(data, "train", 128, device="gpu")
+    lo.handover = False  # the former GPU path: crop_mirror_normalize twice and a subtraction, in DALI
+    rate("dali_mixed_operator_chain_train_b128_images_per_second", lo)
+    for load in (0.0, 0.65, 0.9):
+        rate(f"dali_mixed_train_b128_hw_decoder_load_{load}", make_loader(data, "train", 128, hw_decoder_load=load))
+    rate(
+        "dali_mixed_train_b128_bf16_channels_last",
+        make_loader(data, "train", 128, dtype="bfloat16", channels_last=True),
+    )
     lo = make_loader(data, "train", 128, device="cpu")
     rate("dali_cpu_fused_train_b128_images_per_second", lo)
     lo = make_loader(data, "train", 128, device="cpu")
@@ -96,17 +108,37 @@ def main() -> None:
     }
     print(f"gpu vs cpu eval views: {report['gpu_vs_cpu_eval_views']}", file=sys.stderr)
     placements = ("cuda:0",) + (("cuda:0,cuda:1",) if torch.cuda.device_count() > 1 else ())
-    r = bench_train(
-        TrainBenchConfig(data, batch_size=128, steps=10, repeats=2, placements=placements),
-        log=lambda s: print(s, file=sys.stderr),
-    )
-    report["train"] = r["results"]
+    report["train"] = []
+    for batch, compiled in ((128, True), (512, True), (128, False)):
+        t = time.perf_counter()
+        r = bench_train(
+            TrainBenchConfig(data, batch_size=batch, steps=20, repeats=2, placements=placements, compile=compiled),
+            log=lambda s: print(s, file=sys.stderr),
+        )
+        report["train"] += [{"batch_size": batch, **row} for row in r["results"]]
+        print(f"bench train b{batch} compile={compiled}: {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    t = time.perf_counter()
     last = train(
-        TrainConfig(data, os.path.join(work, "run"), epochs=1, steps_per_epoch=20, init="kaiming"),
+        TrainConfig(data, os.path.join(work, "run"), epochs=1, init="kaiming"),
         progress=False,
         log=lambda s: print(s, file=sys.stderr),
     )
-    report["train_smoke"] = {k: last.get(k) for k in ("train_loss", "images_per_second", "val_top1_error")}
+    report["train_one_epoch"] = {
+        **{k: last.get(k) for k in ("train_loss", "images_per_second", "seconds", "val_top1_error")},
+        "wall_seconds_with_setup_and_compile": round(time.perf_counter() - t, 1),
+    }
+    row = {(x["batch_size"], x["compiled"] is not None, x["placement"]): x for x in report["train"]}
+    b128, b512 = row.get((128, True, "cuda:0")), row.get((512, True, "cuda:0"))
+    report["goals"] = {
+        "model_alone_b128 (goal >= 25k)": b128 and b128["model_synthetic"],
+        "model_alone_b512 (goal >= 40k)": b512 and b512["model_synthetic"],
+        "training_fed_b128 (goal >= 32k)": b128 and b128["training_with_loader"],
+        "fed / model alone b128 (goal >= 0.90)": b128
+        and round(b128["training_with_loader"] / b128["model_synthetic"], 3),
+        "loader full / basic b128 (goal >= 0.95)": round(
+            report["dali_mixed_train_b128_images_per_second"] / report["dali_mixed_basic_b128_images_per_second"], 3
+        ),
+    }
     print(json.dumps(report, indent=2))
     if a.out:
         with open(a.out, "w") as f:

@@ -3,19 +3,22 @@
 Graph (train and eval modes), per sample; every step a DALI operator, no Python callback:
   webdataset reader (index files, shard_id/num_shards, shuffle buffer)
     window (top, left) drawn as integers, mirror as a coin flip
-    jpg -> decoders.image_crop (only the 224 window is decoded; "mixed" on a GPU, "cpu" without)
-    GPU:  crop_mirror_normalize(mean = channel_mean - lighting_shift, std, mirror)      # (3, 224, 224)
-          - crop_mirror_normalize(mean image; same window, same mirror, std)           # (3, 224, 224)
+    jpg -> decoders.image_crop (only the 224 window is decoded; "mixed" on a GPU, with the
+           hardware JPEG decoder where there is one, "cpu" without)
+    GPU:  flip -> uint8 window (224, 224, 3) + parameters (6,): top, left, mirror, lighting shift;
+          the loader finishes the batch in the training process with one fused op
+          (`finish.WindowFinisher`: float, lighting, mean-image window, std, dtype, layout)
     CPU:  one fused operator (numba_function: compiled native code, run per sample on DALI's
           threads) computing the same in a single pass: img[h, w'] / std + offset - M[top+h, left+w'] / std
     cls -> ASCII digits parsed with arithmetic                                         # int32 label
 Lighting shift = sum_i (a_i * s_i) * eigvec[i], a ~ N(0, sigma) drawn per image.
 
-Why the CPU operator: with stock operators the per-pixel mean image needs two more float passes
-over the batch (crop+mirror of the mean, then a subtraction); the fused loop does all of it in one
-pass (the measured costs of both are in the README).
-The fused loop reads the mean image window in place (it stays in cache: one image for all
-samples). Without numba the CPU runs the GPU's operator chain; tests check both against the
+Why the GPU hand-over: DALI's stock operators need two crop_mirror_normalize passes and a
+subtraction for the per-pixel mean image (42% of the GPU loader's time, measured); one fused
+kernel reading uint8 does it in one pass, in the trainer's dtype and layout.
+Why the CPU operator: the same three float passes, done in one loop per sample that reads the mean
+image window in place (it stays in cache: one image for all samples). Without numba the CPU runs
+the operator chain (`_normalize_chain`, the GPU's former path); tests check every path against the
 NumPy reference. Outputs are handed to torch without a copy (dynamic executor + DLPack).
 """
 
@@ -178,10 +181,20 @@ def _fraction(v, span: int):
     return v / span if isinstance(v, int) else fn.cast(v, dtype=types.FLOAT) / float(span)
 
 
-def _decode_args(gpu: bool) -> dict:
-    # nvJPEG's default chroma upsampling differs from libjpeg-turbo's at colour edges; the "fancy"
-    # one matches it, so GPU, CPU and the torch fallback see one image (figures in the README)
-    return {"device": "mixed" if gpu else "cpu", "jpeg_fancy_upsampling": True} if gpu else {"device": "cpu"}
+def _decode_args(gpu: bool, cfg: LoaderConfig, size: int) -> dict:
+    """The decoder's settings. On the GPU: nvJPEG's default chroma upsampling differs from
+    libjpeg-turbo's at colour edges, and the "fancy" one matches it, so GPU, CPU and the torch
+    fallback see one image (figures in the README); `hw_decoder_load` of the JPEGs go to the
+    hardware decoder where the GPU has one; its buffers are preallocated for the stored size."""
+    if not gpu:
+        return {"device": "cpu"}
+    return {
+        "device": "mixed",
+        "jpeg_fancy_upsampling": True,
+        "hw_decoder_load": cfg.hw_decoder_load,
+        "preallocate_width_hint": size,
+        "preallocate_height_hint": size,
+    }
 
 
 def _lighting_shift(cfg: LoaderConfig, info: DatasetInfo):
@@ -252,13 +265,27 @@ def _normalize_chain(img, info: DatasetInfo, crop: int, window, shift, norm, gpu
     return out
 
 
-def _ten_views(jpg, info: DatasetInfo, crop: int, norm, gpu: bool):
+def _handover(img, window, shift, gpu: bool):
+    """GPU: the uint8 window (c, c, 3), mirrored here, and its parameters (6,) = top, left,
+    mirror, lighting shift: `finish.WindowFinisher` does the rest in the training process."""
+    from nvidia.dali import fn, types
+
+    top, left, mirror = window
+    if not (isinstance(mirror, int) and mirror == 0):
+        img = fn.flip(img, horizontal=mirror, vertical=0)
+    if shift is None:
+        shift = types.Constant(np.zeros(3, np.float32))
+    params = fn.cat(_as_param(top), _as_param(left), _as_param(mirror), shift)
+    return img, params.gpu() if gpu else params
+
+
+def _ten_views(jpg, info: DatasetInfo, crop: int, norm, gpu: bool, decode: dict):
     """(10, 3, c, c): the centre and four corner windows, then the same five mirrored."""
     from nvidia.dali import fn, types
 
     sub_mean, ch_mean, ch_std = norm
     span = info.size - crop
-    img = fn.cast(fn.decoders.image(jpg, output_type=types.RGB, **_decode_args(gpu)), dtype=types.FLOAT)
+    img = fn.cast(fn.decoders.image(jpg, output_type=types.RGB, **decode), dtype=types.FLOAT)
     if sub_mean:
         img = img - _mean_image(info, gpu)
     views = [
@@ -289,34 +316,39 @@ def build_pipeline(
     num_threads: int,
     fused: bool | None = None,
     index_paths: list[str] | None = None,
+    handover: bool = False,
 ):
     """The DALI pipeline for one epoch over `paths` (in reading order), this rank's shard.
 
+    Outputs (images, labels), or with `handover` (train and eval modes) (uint8 windows, labels,
+    parameters) for `finish.WindowFinisher`.
     fused: use the one-pass CPU operator (None: on the CPU whenever numba is installed; ignored on
-    the GPU, which always runs the operator chain).
+    the GPU and with `handover`).
     index_paths: the index of each shard (default: the one beside it).
     """
     from nvidia.dali import fn, pipeline_def, types
 
     crop = cfg.crop
-    op = None if gpu or fused is False else fused_operator()
-    if fused and op is None and not gpu:
+    handover = handover and cfg.mode != "ten_crop"
+    op = None if gpu or handover or fused is False else fused_operator()
+    if fused and op is None and not (gpu or handover):
         raise ImgprepError("the loader's fused CPU operator needs numba: pip install numba")
     norm = normalization(cfg.normalize, info.stats)
+    decode = _decode_args(gpu, cfg, info.size)
 
     @pipeline_def(
         batch_size=cfg.batch_size,
         num_threads=num_threads,
         device_id=device_id,
         seed=seed,
-        prefetch_queue_depth=2,
+        prefetch_queue_depth=cfg.prefetch,
         exec_dynamic=True,
     )
     def pipe():
         jpg, label = _read(cfg, info, paths, index_paths)
         shift = _lighting_shift(cfg, info)  # drawn before the window: the random streams keep their order
         if cfg.mode == "ten_crop":
-            return _ten_views(jpg, info, crop, norm, gpu), label
+            return _ten_views(jpg, info, crop, norm, gpu, decode), label
         span = info.size - crop
         window = _window(cfg, span)
         top, left, _ = window
@@ -326,8 +358,11 @@ def build_pipeline(
             crop=(crop, crop),
             crop_pos_x=_fraction(left, span),
             crop_pos_y=_fraction(top, span),
-            **_decode_args(gpu),
+            **decode,
         )
+        if handover:
+            img, params = _handover(img, window, shift, gpu)
+            return img, label, params
         if op is not None:
             return _normalize_fused(op, img, info, window, shift, norm), label
         return _normalize_chain(img, info, crop, window, shift, norm, gpu), label
@@ -364,8 +399,11 @@ def _to_torch(tl, gpu: bool, device_id: int | None = None):
 
 
 class DaliLoader(BaseLoader):
-    """`make_loader(backend="dali")`. Set `fused = False` to run the GPU's operator chain on the
-    CPU too (for comparison; slower)."""
+    """`make_loader(backend="dali")`.
+
+    On the GPU (train and eval modes) DALI yields uint8 windows and `finish.WindowFinisher`
+    normalizes them in one fused op; `handover = True` runs that path on the CPU too (for tests).
+    Set `fused = False` to run the operator chain on the CPU instead of the one-pass operator."""
 
     def __init__(self, cfg: LoaderConfig, info: DatasetInfo):
         super().__init__(cfg, info)
@@ -378,6 +416,20 @@ class DaliLoader(BaseLoader):
             self.device_id = None
         self.threads = resolve_workers(cfg.workers)
         self.fused: bool | None = None  # the one-pass CPU operator: None = whenever numba is installed
+        self.handover: bool | None = None  # uint8 windows + one fused op: None = on the GPU
+        self._finisher = None
+
+    def _finish(self):
+        """The WindowFinisher of this loader's device, dtype and layout (built once)."""
+        if self._finisher is None:
+            import torch
+
+            from .finish import WindowFinisher
+
+            dev = torch.device("cuda", self.device_id) if self.gpu else torch.device("cpu")
+            norm = normalization(self.cfg.normalize, self.info.stats)
+            self._finisher = WindowFinisher(self.info.mean_image, norm, dev, self.dtype, self.cfg.channels_last)
+        return self._finisher
 
     def _batches(self, plan: EpochPlan):
         skip = self.check_shards(plan)  # before DALI reads anything
@@ -393,13 +445,16 @@ class DaliLoader(BaseLoader):
         indexes = [p or index_path(paths[k]) for k, p in enumerate(indexes)]
         skipped = {(self.info.shards[i], key) for i, keys in skip.items() for key in keys}
         seed = int(np.random.default_rng([self.cfg.seed, self.epoch, self.cfg.rank]).integers(0, 2**31 - 1))
+        handover = (self.handover if self.handover is not None else self.gpu) and self.cfg.mode != "ten_crop"
         pipe = build_pipeline(
-            self.cfg, self.info, paths, self.gpu, self.device_id, seed, self.threads, self.fused, indexes
+            self.cfg, self.info, paths, self.gpu, self.device_id, seed, self.threads, self.fused, indexes, handover
         )
         try:
             for _ in range(math.ceil(left / self.cfg.batch_size)):
-                images, labels_tl = pipe.run()
-                images = _to_torch(images, self.gpu, self.device_id)
+                outs = pipe.run()
+                images, labels_tl = _to_torch(outs[0], self.gpu, self.device_id), outs[1]
+                if handover:
+                    images = self._finish()(images, _to_torch(outs[2], self.gpu, self.device_id))
                 labels = _to_torch(labels_tl, False).to(torch.int64)
                 if skipped:  # a left-out sample decodes a stand-in and becomes padding
                     labels = labels.clone()

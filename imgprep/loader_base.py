@@ -35,6 +35,7 @@ __all__ = [
     "BACKENDS",
     "DEVICES",
     "LAST_BATCH",
+    "DTYPES",
     "PAD_LABEL",
     "resolve_device",
 ]
@@ -43,6 +44,7 @@ MODES = ("train", "eval", "ten_crop")
 BACKENDS = ("dali", "torch")
 DEVICES = ("auto", "cpu", "gpu")
 LAST_BATCH = ("pad", "drop")
+DTYPES = ("float32", "bfloat16", "float16")  # of the images a loader yields
 PAD_LABEL = -1  # label of a padding sample: the loss and the metrics skip it
 
 
@@ -75,6 +77,16 @@ class LoaderConfig:
         "A sample whose bytes changed since prepare: stop with an error naming it, or skip it (counted).",
         choices=ON_CORRUPT,
     )
+    prefetch: int = setting(2, "Batches DALI prepares ahead of the one being used (its prefetch_queue_depth).", min=1)
+    hw_decoder_load: float = setting(
+        0.65,
+        "Share of the JPEGs given to the GPU's hardware JPEG decoder where it has one (A100, H100, H200); "
+        "nvJPEG's CUDA decoder takes the rest.",
+        min=0,
+        max=1,
+    )
+    dtype: str = setting("float32", cli=False, choices=DTYPES)  # of the images yielded (the trainer: bfloat16)
+    channels_last: bool = setting(False, cli=False)  # yield images in channels_last memory format
     shuffle_buffer: int = setting(4096, cli=False)  # samples in the in-memory shuffle buffer (train mode)
     fixed_window: tuple[int, int] | None = setting(None, cli=False)  # (top, left) instead of random: for tests
     fixed_flip: bool | None = setting(None, cli=False)  # instead of a coin flip: for tests
@@ -94,6 +106,9 @@ class LoaderConfig:
                 f"lighting scale {self.lighting_scale!r}: one of {', '.join(LIGHTING_SCALES)}",
             ),
             (self.lighting_std >= 0, f"lighting std {self.lighting_std}: must be >= 0"),
+            (self.dtype in DTYPES, f"dtype {self.dtype!r}: one of {', '.join(DTYPES)}"),
+            (self.prefetch >= 1, f"prefetch {self.prefetch}: must be at least 1"),
+            (0 <= self.hw_decoder_load <= 1, f"hw_decoder_load {self.hw_decoder_load}: must be in [0, 1]"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -169,6 +184,23 @@ class BaseLoader:
                 self.corrupt_skipped += len(mine)
         return skip
 
+    @property
+    def dtype(self):
+        """The torch dtype of the images yielded."""
+        import torch
+
+        return getattr(torch, self.cfg.dtype)
+
+    def _as_requested(self, images):
+        """Images in the configured dtype and memory format (a no-op where the backend made them so)."""
+        import torch
+
+        if images.dtype != self.dtype:
+            images = images.to(self.dtype)
+        if self.cfg.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
+
     def set_epoch(self, epoch: int) -> None:
         """Use the sample order of `epoch` for the next iteration."""
         self.epoch = epoch
@@ -199,7 +231,7 @@ class BaseLoader:
                 labels = labels.clone()
                 labels[valid:] = PAD_LABEL
             made += 1
-            last = images
+            last = images = self._as_requested(images)
             yield images, labels
         while made < plan.batches:  # this rank has fewer samples than the largest one: a pad batch
             images = torch.zeros_like(last) if last is not None else self._empty_images()
@@ -212,4 +244,4 @@ class BaseLoader:
 
         c = self.cfg
         shape = (c.batch_size, 10, 3, c.crop, c.crop) if c.mode == "ten_crop" else (c.batch_size, 3, c.crop, c.crop)
-        return torch.zeros(shape, device="cuda" if self.device == "gpu" else "cpu")
+        return torch.zeros(shape, dtype=self.dtype, device="cuda" if self.device == "gpu" else "cpu")

@@ -38,9 +38,10 @@ def ten_crop_offsets(size, crop):
     return [(c, c), (0, 0), (0, e), (e, 0), (e, e)]  # centre, then the corners; the loader's order
 
 
-# "dali": the CPU default (one fused numba operator); "dali-ops": the operator chain the GPU runs,
-# here on the CPU; "torch": the fallback
-BACKENDS = ["dali", "dali-ops", "torch"]
+# "dali": the CPU default (one fused numba operator); "dali-ops": the stock operator chain, on the
+# CPU; "dali-handover": the GPU's path (uint8 windows + finish.WindowFinisher), on the CPU;
+# "torch": the fallback
+BACKENDS = ["dali", "dali-ops", "dali-handover", "torch"]
 S, CROP = 64, 56  # the `prepared` fixture stores 64x64; crops are 64*224/256
 
 
@@ -49,6 +50,7 @@ def make_loader(root, *args, backend="dali", **kw):
     lo = _make_loader(root, *args, backend="torch" if backend == "torch" else "dali", **kw)
     if backend.startswith("dali"):
         lo.fused = backend == "dali"
+        lo.handover = backend == "dali-handover"
     return lo
 
 
@@ -347,3 +349,23 @@ def test_bad_loader_arguments(prepared, tmp_path):
         make_loader(prepared, "test")
     with pytest.raises(ImgprepError, match="no manifest"):
         make_loader(str(tmp_path))
+
+
+def test_gpu_handover_path_equals_the_fused_cpu_operator_on_a_random_epoch(prepared):
+    """The GPU's path (uint8 windows, then finish.WindowFinisher), run on the CPU, draws the same
+    windows, flips and lighting as the one-pass CPU operator and gives the same values."""
+    out = {}
+    for backend in ("dali", "dali-handover"):
+        lo = make_loader(prepared, "train", 5, "train", backend=backend, workers=1, seed=3, lighting_std=0.3)
+        lo.set_epoch(1)
+        out[backend] = collect(lo)
+    np.testing.assert_array_equal(out["dali"][1], out["dali-handover"][1])
+    np.testing.assert_allclose(out["dali"][0], out["dali-handover"][0], rtol=1e-5, atol=1e-4)
+    assert np.abs(out["dali"][0]).max() > 10  # real views, not zeros
+
+
+def test_loader_yields_the_requested_dtype_and_layout(prepared):
+    for backend in BACKENDS:
+        lo = make_loader(prepared, "val", 4, "eval", backend=backend, workers=1, dtype="bfloat16", channels_last=True)
+        x, y = next(iter(lo))
+        assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last), backend

@@ -186,3 +186,63 @@ def test_the_fast_recipe_scales_the_lr_and_warms_up_linearly(data, tmp_path):
 def test_the_paper_recipe_stays_the_default():
     c = TrainConfig("d", "r")
     assert (c.lr_scaling, c.warmup_epochs, c.base_lr, c.batch_size) == ("none", 0, 0.01, 128)
+
+
+def _step_losses(run_dir):
+    return [json.loads(x)["loss"] for x in open(run_dir / "metrics.jsonl") if '"type": "step"' in x]
+
+
+@pytest.fixture(scope="module")
+def data224(synth_src, tmp_path_factory):
+    """`synth_src` stored at 256 (crops of 224, the paper's shapes), shards of 8."""
+    out = str(tmp_path_factory.mktemp("prepared256") / "out")
+    prepare(
+        PrepareConfig(synth_src, out, size=256, shard_size=8, seed=1, workers=2), progress=False, log=lambda s: None
+    )
+    return out
+
+
+def test_compiled_and_eager_training_give_the_same_losses(data224, tmp_path):
+    """--compile (torch.compile; inductor's C++ on the CPU) against eager, two epochs at float32 with
+    dropout: the compiled graph draws dropout masks from torch's generator as eager mode does."""
+    lines = []
+    train(cfg(data224, tmp_path / "c", compile=True), progress=False, log=lines.append)
+    train(cfg(data224, tmp_path / "e", compile=False), **QUIET)
+    assert [x for x in lines if x.startswith("warning")] == []
+    assert any(x.startswith("compiled the model (default)") for x in lines)
+    assert json.load(open(tmp_path / "c" / "config.json"))["compiled"] == "default"
+    assert json.load(open(tmp_path / "e" / "config.json"))["compiled"] is None
+    compiled, eager = _step_losses(tmp_path / "c"), _step_losses(tmp_path / "e")
+    assert len(compiled) == len(eager) == 6
+    assert compiled == pytest.approx(eager, rel=1e-3, abs=1e-4)
+
+
+def _broken(*args, **kw):
+    raise RuntimeError("inductor exploded\nlong traceback")
+
+
+def _miscompiled(net, **kw):
+    return lambda x: net(x.flip(3))  # runs, but its gradients are not the model's
+
+
+@pytest.mark.parametrize(
+    "compile_fn, warning",
+    [
+        (
+            lambda net, **kw: _broken,
+            "warning: torch.compile failed (RuntimeError: inductor exploded); training eagerly",
+        ),
+        (_miscompiled, "warning: torch.compile gave wrong gradients (a.stages.conv1.0.weight: off by"),
+    ],
+)
+def test_a_failed_or_wrong_compile_warns_once_and_trains_eagerly(data, tmp_path, monkeypatch, compile_fn, warning):
+    from imgprep.trainer import runtime
+
+    monkeypatch.setattr(runtime.torch, "compile", compile_fn)
+    lines = []
+    train(cfg(data, tmp_path / "f", compile=True), progress=False, log=lines.append)
+    train(cfg(data, tmp_path / "e", compile=False), **QUIET)
+    warnings = [x for x in lines if x.startswith("warning")]
+    assert len(warnings) == 1 and warnings[0].startswith(warning)
+    assert _step_losses(tmp_path / "f") == _step_losses(tmp_path / "e")  # the try left no trace: RNG, grads
+    assert json.load(open(tmp_path / "f" / "config.json"))["compiled"] is None

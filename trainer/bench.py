@@ -15,7 +15,7 @@ from imgprep.timing import Throughput, real_samples
 
 from .config import AlexNetConfig, TrainBenchConfig
 from .model import forward_macs
-from .runtime import autocast, build_model, parse_devices
+from .runtime import autocast, build_model, compile_mode, compile_model, parse_devices
 
 __all__ = ["TrainBenchConfig", "bench_train", "available_placements"]
 
@@ -42,12 +42,15 @@ def available_placements() -> list[str]:
     return ["cpu"] + (["cuda:0"] if n >= 1 else []) + (["cuda:0,cuda:1"] if n >= 2 else [])
 
 
-def _train_rate(model, opt, batches, steps: int, dev: torch.device) -> float:
-    """Images/s of forward+backward+step over `steps` batches after one warm-up step."""
+def _train_rate(model, opt, batches, steps: int, dev: torch.device, graphs: bool = False) -> float:
+    """Images/s of forward+backward+step over `steps` batches after one warm-up step.
+    graphs: `model` replays CUDA graphs (mark each step's start)."""
     gpu = dev.type == "cuda"
     loss_fn = nn.CrossEntropyLoss(ignore_index=PAD_LABEL)
     timer = Throughput(warmup=1, sync=(lambda: torch.cuda.synchronize(dev)) if gpu else None)
     for x, y in batches:
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
         if gpu:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -75,6 +78,16 @@ def _utilisation(mcfg: AlexNetConfig, crop: int, devs, override, model_rate: flo
     }
 
 
+def _maybe_compiled(model, x, devs, enabled: bool | None, log):
+    """(the model compiled as `train` compiles it, mode) where enabled (default: on CUDA), else (model, None)."""
+    if not (enabled if enabled is not None else devs[0].type == "cuda"):
+        return model, None
+    x = x.contiguous(memory_format=torch.channels_last) if devs[0].type == "cuda" else x
+    mode = compile_mode(devs, 1)
+    compiled = compile_model(model, x, lambda: autocast(devs[0]), mode, log)
+    return (compiled, mode) if compiled is not None else (model, None)
+
+
 def _loader_batches(loader):
     while True:
         yield from loader
@@ -97,17 +110,20 @@ def bench_train(cfg: TrainBenchConfig, log=print) -> dict:
             device="gpu" if gpu else "cpu",
             workers=cfg.workers,
             normalize="mean_image_std",
+            **({"dtype": "bfloat16", "channels_last": True} if gpu else {}),
         )
         n_cls, crop = len(loader.info.classes), loader.cfg.crop
         model = build_model(AlexNetConfig(n_cls, cfg.width_mult), "kaiming", devs, seed=0, channels_last=True)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-        x = torch.randn(cfg.batch_size, 3, crop, crop, device=devs[0])
+        x = torch.randn(cfg.batch_size, 3, crop, crop, device=devs[0]).to(loader.dtype)
         y = torch.randint(0, n_cls, (cfg.batch_size,), device=devs[0])
+        net, mode = _maybe_compiled(model, x, devs, cfg.compile, log)
+        graphs = mode == "reduce-overhead"
         synthetic = summarize(
-            [_train_rate(model, opt, itertools.repeat((x, y)), cfg.steps, devs[0]) for _ in range(cfg.repeats)]
+            [_train_rate(net, opt, itertools.repeat((x, y)), cfg.steps, devs[0], graphs) for _ in range(cfg.repeats)]
         )
         fed = summarize(
-            [_train_rate(model, opt, _loader_batches(loader), cfg.steps, devs[0]) for _ in range(cfg.repeats)]
+            [_train_rate(net, opt, _loader_batches(loader), cfg.steps, devs[0], graphs) for _ in range(cfg.repeats)]
         )
         only = summarize([loader_rate(loader, cfg.steps) for _ in range(cfg.repeats)])
         row = {
@@ -124,6 +140,7 @@ def bench_train(cfg: TrainBenchConfig, log=print) -> dict:
             "limited_by": "data" if only["median"] < synthetic["median"] else "model",
             **_utilisation(model.cfg, crop, devs, cfg.peak_tflops, synthetic["median"], fed["median"]),
             "loader_device": loader.device,
+            "compiled": mode,
         }
         rows.append(row)
         log(

@@ -103,6 +103,9 @@ class TrainConfig:
     lighting_std: float = setting(PCA_LIGHTING_STD, "Std of the PCA lighting coefficients (0: off).", min=0)
     bf16: bool = setting(True, "bf16 autocast on a GPU.")
     channels_last: bool = setting(True, "channels_last memory format on a GPU.")
+    compile: bool | None = setting(
+        None, "torch.compile the model, with CUDA graphs on one GPU [default: on for CUDA, off on the CPU]."
+    )
     steps_per_epoch: int = setting(0, "Cap batches per epoch (0: all).", min=0)
     on_corrupt: str = setting(
         "error",
@@ -190,6 +193,9 @@ class TrainBenchConfig:
     width_mult: float = setting(1.0, "Width multiplier of the network.", min=0, min_open=True)
     backend: str = setting("dali", "Loader backend.", choices=BACKENDS)
     workers: int = setting(0, "Loader workers (0: all cores).", min=0)
+    compile: bool | None = setting(
+        None, "torch.compile the model as `train` does [default: on for CUDA, off on the CPU]."
+    )
     peak_tflops: float | None = setting(
         None,
         "The device's peak dense bf16 TFLOPS for the MFU [default: from a table of known GPUs: H200, H100, A100, L4].",

@@ -25,6 +25,8 @@ __all__ = [
     "load_checkpoint",
     "model_config_from",
     "evaluate_run",
+    "compile_mode",
+    "compile_model",
 ]
 
 CHECKPOINT = "checkpoint.pt"
@@ -83,6 +85,78 @@ def autocast(device: torch.device, bf16: bool = True):
     if bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def compile_mode(devices, world: int) -> str:
+    """torch.compile's mode for a placement: "reduce-overhead" (CUDA graphs: one launch per step
+    instead of one per kernel) where one process drives one GPU, "default" elsewhere: CUDA graphs
+    cannot span the two towers' GPUs, and DDP's bucketed all-reduce runs outside any graph.
+    Shapes are static: the loader pads the last batch to the full size."""
+    one_gpu = devices[0] == devices[1] and devices[0].type == "cuda"
+    return "reduce-overhead" if one_gpu and world == 1 else "default"
+
+
+def _grads(fn, net: torch.nn.Module, example: torch.Tensor, ctx_factory, rng) -> list[torch.Tensor | None]:
+    """The parameters' gradients of one forward and backward of `fn` (train mode), from RNG state `rng`."""
+    cpu_rng, cuda_rng = rng
+    torch.set_rng_state(cpu_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
+    net.zero_grad(set_to_none=True)
+    with ctx_factory():
+        out = fn(example)
+    out.float().logsumexp(1).mean().backward()
+    return [p.grad.detach().clone() if p.grad is not None else None for p in net.parameters()]
+
+
+def _grad_mismatch(net: torch.nn.Module, compiled: list, eager: list, tol: float = 0.05) -> str | None:
+    """The first parameter whose compiled gradient differs from the eager one by more than `tol`
+    of its norm (bf16 rounding stays far below; a miscompiled graph is off by its whole size)."""
+    for (name, _), c, e in zip(net.named_parameters(), compiled, eager, strict=True):
+        if (c is None) != (e is None):
+            return f"{name}: gradient missing on one side"
+        if e is not None and (c - e).float().norm() > tol * e.float().norm() + 1e-12:
+            return f"{name}: off by {float((c - e).float().norm() / e.float().norm().clamp(min=1e-12)):.0%}"
+    return None
+
+
+def compile_model(net: torch.nn.Module, example: torch.Tensor, ctx_factory, mode: str, log) -> torch.nn.Module | None:
+    """`net` compiled by torch.compile and checked once on `example` (forward and backward in
+    train mode, so both graphs are built now rather than in the first step): its gradients must
+    equal eager ones. None with a one-line warning when compiling fails or the gradients differ,
+    and the caller trains eagerly. Dropout draws from torch's generator as in eager mode
+    (inductor's `fallback_random`), so the check compares like with like and a compiled run
+    consumes the RNG as an eager one does. The check leaves no trace: RNG states are restored
+    and the gradients cleared."""
+    import torch._inductor.config as inductor_config
+
+    rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    gen = torch.Generator(device=example.device).manual_seed(0)
+    fmt = torch.channels_last if example.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    example = torch.randn(example.shape, generator=gen, device=example.device).to(example.dtype, memory_format=fmt)
+    compiled = torch.compile(net, mode=mode, dynamic=False)
+    try:
+        net.train()
+        if mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        with inductor_config.patch(fallback_random=True):
+            got = _grads(compiled, net, example, ctx_factory, rng)
+        problem = _grad_mismatch(net, got, _grads(net, net, example, ctx_factory, rng))
+        if problem is not None:
+            log(f"warning: torch.compile gave wrong gradients ({problem}); training eagerly")
+            compiled = None
+    except Exception as exc:  # a missing compiler, an unsupported op, a backend bug: train eagerly
+        lines = str(exc).strip().splitlines()
+        log(
+            f"warning: torch.compile failed ({type(exc).__name__}: {lines[0][:160] if lines else ''}); training eagerly"
+        )
+        compiled = None
+    finally:
+        net.zero_grad(set_to_none=True)
+        torch.set_rng_state(rng[0])
+        if rng[1] is not None:
+            torch.cuda.set_rng_state_all(rng[1])
+    return compiled
 
 
 def model_config_from(saved: dict) -> AlexNetConfig:

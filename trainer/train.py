@@ -26,7 +26,17 @@ from imgprep.loader_base import PAD_LABEL
 from .config import AlexNetConfig, TrainConfig
 from .evaluate import evaluate, topk_hits
 from .model import TwoTowerAlexNet
-from .runtime import AUTO_NORMALIZE, CHECKPOINT, autocast, build_model, load_checkpoint, parse_devices, save_checkpoint
+from .runtime import (
+    AUTO_NORMALIZE,
+    CHECKPOINT,
+    autocast,
+    build_model,
+    compile_mode,
+    compile_model,
+    load_checkpoint,
+    parse_devices,
+    save_checkpoint,
+)
 
 __all__ = ["TrainConfig", "train", "setup", "train_one_epoch", "end_of_epoch", "Run"]
 
@@ -56,6 +66,8 @@ class Run:
     metrics: IO | None = None  # metrics.jsonl (rank 0 only)
     lock: FolderLock | None = None  # RUN_DIR's writer lock (rank 0 only)
     guard: InterruptGuard = field(default_factory=InterruptGuard)  # Ctrl-C, even one swallowed in a callback
+    forward: nn.Module | None = None  # what a training step calls: `net` compiled, or `net` itself
+    compile_mode: str | None = None  # torch.compile's mode when compiled
 
     @property
     def main(self) -> bool:
@@ -120,6 +132,8 @@ def _loaders(cfg: TrainConfig, normalize: str, rank: int, world: int, gpu: bool,
         normalize=normalize,
         on_corrupt=cfg.on_corrupt,
     )
+    if gpu:  # the loader's last op writes the model's input as it wants it: no conversion pass per step
+        kw.update(dtype="bfloat16" if cfg.bf16 else "float32", channels_last=cfg.channels_last)
     per_rank = cfg.batch_size // world
     train_loader = make_loader(cfg.data, "train", per_rank, "train", lighting_std=cfg.lighting_std, **kw)
     val_batch = batch_within(cfg.data, "val", per_rank, world)
@@ -194,11 +208,32 @@ def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Ru
         run.start_epoch, run.step = ckpt["epoch"], ckpt["step"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         log(f"resuming {cfg.run_dir} after epoch {run.start_epoch}")
+    _compile(run, log)
     if run.main:
         write_json_atomic(os.path.join(cfg.run_dir, "config.json"), resolved)
         # an append-only log, open for the whole run and closed by train()
         run.metrics = open(os.path.join(cfg.run_dir, "metrics.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
     return run
+
+
+def _compile(run: Run, log: Callable[[str], None]) -> None:
+    """Set `run.forward`: the model compiled (`--compile`, by default on CUDA), or as it is."""
+    run.forward = run.net
+    if not (run.cfg.compile if run.cfg.compile is not None else run.gpu):
+        run.resolved["compiled"] = None
+        return
+    lo = run.train_loader
+    mode = compile_mode(run.devices, run.world)
+    example = torch.zeros(lo.cfg.batch_size, 3, lo.cfg.crop, lo.cfg.crop, device=run.devices[0], dtype=lo.dtype)
+    if run.channels_last:
+        example = example.contiguous(memory_format=torch.channels_last)
+    t0 = time.perf_counter()
+    compiled = compile_model(run.net, example, run.autocast, mode, log if run.main else lambda s: None)
+    if compiled is not None:
+        run.forward, run.compile_mode = compiled, mode
+        if run.main:
+            log(f"compiled the model ({mode}) in {time.perf_counter() - t0:.0f} s")
+    run.resolved["compiled"] = run.compile_mode
 
 
 def train_one_epoch(run: Run, epoch: int, progress: bool = True, on_step: Callable | None = None) -> torch.Tensor:
@@ -223,12 +258,14 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, on_step: Callab
             break
         if epoch < cfg.warmup_epochs:  # linear warm-up, per step: (step + 1) / warm-up steps of the lr
             run.opt.param_groups[0]["lr"] = cfg.base_lr * (run.step + 1) / (cfg.warmup_epochs * n_batches)
+        if run.compile_mode == "reduce-overhead":  # a new step: the last one's graph outputs may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         images, labels = images.to(dev, non_blocking=True), labels.to(dev, non_blocking=True)
         if run.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         valid = (labels != PAD_LABEL).sum()  # a device scalar
         with run.autocast():
-            logits = run.net(images)
+            logits = run.forward(images)
             loss = loss_fn(logits.float(), labels) / valid.clamp(min=1)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
