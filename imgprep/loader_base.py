@@ -38,10 +38,11 @@ __all__ = [
     "DTYPES",
     "PAD_LABEL",
     "resolve_device",
+    "resolve_backend",
 ]
 
 MODES = ("train", "eval", "ten_crop")
-BACKENDS = ("dali", "torch")
+BACKENDS = ("auto", "dali", "torch")  # auto: DALI where it imports (Linux), else the torch fallback
 DEVICES = ("auto", "cpu", "gpu")
 LAST_BATCH = ("pad", "drop")
 DTYPES = ("float32", "bfloat16", "float16")  # of the images a loader yields
@@ -62,7 +63,9 @@ class LoaderConfig:
     )
     rank: int = setting(0, cli=False)
     world_size: int = setting(1, cli=False)
-    backend: str = setting("dali", "dali, or the PyTorch fallback.", choices=BACKENDS)
+    backend: str = setting(
+        "auto", "auto: DALI where it is installed, else the PyTorch fallback; or either one.", choices=BACKENDS
+    )
     device: str = setting("auto", "Where DALI decodes: auto (the GPU where there is one), cpu or gpu.", choices=DEVICES)
     device_id: int | None = setting(None, cli=False)  # GPU index; default: rank % number of GPUs
     workers: int = setting(0, "Decoding threads (DALI) or DataLoader processes (torch); 0: all cores.", min=0)
@@ -143,6 +146,23 @@ class EpochPlan:
                 out.append((s, a - pos, z - a))
             pos += counts[s]
         return out
+
+
+def resolve_backend(backend: str) -> str:
+    """'dali' or 'torch' for 'auto' (DALI where it imports: its wheels are Linux-only), erroring
+    on an explicit 'dali' without it."""
+    if backend == "torch":
+        return "torch"
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        if backend == "dali":
+            raise ImgprepError(
+                "backend 'dali' needs NVIDIA DALI (Linux only): pip install nvidia-dali-cuda120, "
+                "or use --backend torch (or auto)"
+            ) from None
+        return "torch"
+    return "dali"
 
 
 def resolve_device(device: str) -> str:

@@ -1,7 +1,8 @@
 """Loaders: prepared shards to `(images, labels)` batches with the paper's augmentation.
 
-`make_loader(...)` is the public factory. Two backends share one epoch plan (`loader_base`):
-- "dali" (default): one DALI pipeline, decoding on the GPU ("mixed") where there is one and on
+`make_loader(...)` is the public factory. Two backends share one epoch plan (`loader_base`);
+"auto" (default) picks DALI where it is installed and the fallback elsewhere:
+- "dali": one DALI pipeline, decoding on the GPU ("mixed") where there is one and on
   the CPU where there is none (`imgprep.dali_loader`).
 - "torch": webdataset + `torch.utils.data.DataLoader` workers, the same semantics
   (`imgprep.torch_loader`).
@@ -15,7 +16,7 @@ from dataclasses import replace
 from .dataset import DatasetInfo
 from .errors import ImgprepError
 from .geometry import train_crop
-from .loader_base import BACKENDS, MODES, PAD_LABEL, BaseLoader, EpochPlan, LoaderConfig
+from .loader_base import BACKENDS, MODES, PAD_LABEL, BaseLoader, EpochPlan, LoaderConfig, resolve_backend
 
 __all__ = ["LoaderConfig", "DatasetInfo", "EpochPlan", "BaseLoader", "make_loader", "MODES", "BACKENDS", "PAD_LABEL"]
 
@@ -28,7 +29,7 @@ def make_loader(
     *,
     rank: int = 0,
     world_size: int = 1,
-    backend: str = "dali",
+    backend: str = "auto",
     device: str = "auto",
     **kwargs,
 ):
@@ -40,7 +41,8 @@ def make_loader(
         batch_size: samples per batch (per rank).
         mode: "train" (random 224 crop, flip, PCA lighting), "eval" (centre crop) or "ten_crop".
         rank, world_size: this process's part of the data (DDP ranks).
-        backend: "dali" (default) or "torch".
+        backend: "auto" (default: DALI where it imports, else torch), "dali" or "torch"; the one
+            used is `loader.cfg.backend`.
         device: "auto" (GPU decode where a GPU is), "cpu" or "gpu".
         **kwargs: any other LoaderConfig field (seed, lighting_std, normalize, last_batch, ...).
     Returns:
@@ -61,6 +63,7 @@ def make_loader(
         **kwargs,
     )
     cfg.validate()
+    cfg = replace(cfg, backend=resolve_backend(cfg.backend))
     info = DatasetInfo.load(
         root, split, need_stats=cfg.normalize != "none" or (mode == "train" and cfg.lighting_std > 0)
     )
@@ -77,12 +80,6 @@ def make_loader(
     if not 0 < cfg.crop <= info.size:
         raise ImgprepError(f"crop {cfg.crop}: must be between 1 and the stored size {info.size}")
     if cfg.backend == "dali":
-        try:
-            import nvidia.dali  # noqa: F401
-        except ImportError:
-            raise ImgprepError(
-                "backend 'dali' needs NVIDIA DALI: pip install nvidia-dali-cuda120 (or use backend='torch')"
-            ) from None
         from .dali_loader import DaliLoader
 
         return DaliLoader(cfg, info)

@@ -471,11 +471,9 @@ def _prepare_into(cfg: PrepareConfig, index: SourceIndex, progress: bool, log, e
 
 
 def _progress_bar(total: int, enabled: bool):
-    from tqdm import tqdm
+    from .progress import progress_bar
 
-    tqdm.monitor_interval = 0  # no monitor thread polling in the driver
-
-    return tqdm(total=total, unit="img", disable=not enabled, smoothing=0.1, dynamic_ncols=True, desc="prepare")
+    return progress_bar(total, "prepare", "img", enabled)
 
 
 def _split_record(items: list[Item], records: list[dict], skipped_in_index: int) -> dict:

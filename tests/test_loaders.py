@@ -369,3 +369,29 @@ def test_loader_yields_the_requested_dtype_and_layout(prepared):
         lo = make_loader(prepared, "val", 4, "eval", backend=backend, workers=1, dtype="bfloat16", channels_last=True)
         x, y = next(iter(lo))
         assert x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last), backend
+
+
+HIDE_DALI = "import sys; sys.modules['nvidia.dali'] = None; from imgprep.cli.main import main; main()"
+
+
+def _cli_without_dali(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", HIDE_DALI, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_auto_backend_is_dali_where_it_imports_and_torch_where_it_does_not(prepared):
+    import subprocess
+    import sys
+
+    args = ["load", prepared, "--split", "val", "--batch-size", "4", "--steps", "1", "--workers", "1", "--json"]
+    with_dali = subprocess.run([sys.executable, "-m", "imgprep.cli.main", *args], capture_output=True, text=True)
+    assert json.loads(with_dali.stdout)["backend"] == "dali", with_dali.stderr
+    hidden = _cli_without_dali(*args)
+    assert hidden.returncode == 0, hidden.stderr
+    r = json.loads(hidden.stdout)
+    assert r["backend"] == "torch" and r["images"] == 4
+    explicit = _cli_without_dali(*args, "--backend", "dali")
+    assert explicit.returncode != 0 and "Traceback" not in explicit.stderr
+    assert "backend 'dali' needs NVIDIA DALI" in explicit.stderr and len(explicit.stderr.strip().splitlines()) == 1

@@ -41,3 +41,26 @@ def test_wheel_installs_only_the_imgprep_package(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     no_cli, no_trainer, where = r.stdout.split()
     assert no_cli == no_trainer == "True" and where.startswith(str(site))
+
+
+def test_linux_only_wheels_are_not_required_on_macos_or_windows():
+    """DALI (and numba, used only beside it) publish Linux wheels only: their markers keep `pip
+    install` working on macOS and Windows, where `--backend auto` picks the torch fallback."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    deps = [
+        Requirement(d)
+        for d in tomllib.load(open(os.path.join(ROOT, "pyproject.toml"), "rb"))["project"]["dependencies"]
+    ]
+    envs = {
+        "linux": {"sys_platform": "linux", "platform_machine": "x86_64"},
+        "linux-arm": {"sys_platform": "linux", "platform_machine": "aarch64"},
+        "macos": {"sys_platform": "darwin", "platform_machine": "arm64"},
+        "windows": {"sys_platform": "win32", "platform_machine": "AMD64"},
+    }
+    for name in ("nvidia-dali-cuda120", "numba"):
+        req = next(d for d in deps if d.name == name)
+        wanted = {env: req.marker is None or req.marker.evaluate(v) for env, v in envs.items()}
+        assert wanted == {"linux": True, "linux-arm": True, "macos": False, "windows": False}, name
+    assert all(d.marker is None for d in deps if d.name not in ("nvidia-dali-cuda120", "numba"))

@@ -91,7 +91,7 @@ class TrainConfig:
     remove: tuple[str, ...] = setting(
         help="Leave out a conv layer (repeatable).", choices=CONV_LAYERS, default_factory=tuple
     )
-    backend: str = setting("dali", "Loader backend.", choices=BACKENDS)
+    backend: str = setting("auto", "Loader backend (auto: DALI where installed, else torch).", choices=BACKENDS)
     devices: str = setting("auto", "auto, cpu, cuda:0, or cuda:0,cuda:1 (tower A, tower B: the paper's two-GPU split).")
     workers: int = setting(0, "Loader workers (0: all cores).", min=0)
     seed: int = setting(0, "Seed of the weights, the data order and the augmentation.")
@@ -132,7 +132,7 @@ class EvalConfig:
     data: str
     ten_crop: bool = setting(False, "Average the softmax over the paper's ten views.")
     batch_size: int = setting(64, "Batch size (at most the split's size).", min=1)
-    backend: str = setting("dali", "Loader backend.", choices=BACKENDS)
+    backend: str = setting("auto", "Loader backend (auto: DALI where installed, else torch).", choices=BACKENDS)
     devices: str = setting("auto", "auto, cpu, cuda:0, or cuda:0,cuda:1 (tower A, tower B).")
     workers: int = setting(0, "Loader workers (0: all cores).", min=0)
 
@@ -149,7 +149,7 @@ class ExperimentConfig:
     lr: float = setting(0.01, "Learning rate (the reference for the linear scaling rule).", min=0, min_open=True)
     init: str = setting("kaiming", "Initialisation.", choices=INIT_NAMES)
     seed: int = setting(0, "Seed of every run.")
-    backend: str = setting("dali", "Loader backend.", choices=BACKENDS)
+    backend: str = setting("auto", "Loader backend (auto: DALI where installed, else torch).", choices=BACKENDS)
     workers: int = setting(0, "Loader workers (0: all cores).", min=0)
     steps_per_epoch: int = setting(0, "Cap batches per epoch (0: all).", min=0)
     full: bool = setting(False, "The paper's recipe: width 1, 90 epochs, batch 128, paper init.")
@@ -191,7 +191,7 @@ class TrainBenchConfig:
     steps: int = setting(5, "Timed steps per figure.", min=1)
     repeats: int = setting(3, "Runs per figure (median and spread reported).", min=1)
     width_mult: float = setting(1.0, "Width multiplier of the network.", min=0, min_open=True)
-    backend: str = setting("dali", "Loader backend.", choices=BACKENDS)
+    backend: str = setting("auto", "Loader backend (auto: DALI where installed, else torch).", choices=BACKENDS)
     workers: int = setting(0, "Loader workers (0: all cores).", min=0)
     compile: bool | None = setting(
         None, "torch.compile the model as `train` does [default: on for CUDA, off on the CPU]."
@@ -222,4 +222,4 @@ class DemoConfig:
     batch_size: int = setting(64, "Batch size.", min=1)
     seed: int = setting(0, "Seed of the data and the run.")
     workers: int = setting(0, "Worker processes (0: all cores).", min=0)
-    backend: str = setting("dali", "Loader backend.", choices=BACKENDS)
+    backend: str = setting("auto", "Loader backend (auto: DALI where installed, else torch).", choices=BACKENDS)

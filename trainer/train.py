@@ -397,6 +397,6 @@ def _epoch_line(m: dict) -> str:
 
 
 def _bar(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+    from imgprep.progress import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="batch", disable=not enabled, leave=False, dynamic_ncols=True)
+    return progress_bar(total, desc, "batch", enabled, leave=False)
