@@ -12,7 +12,16 @@ import statistics
 from ._mp import cpu_count
 from .fileio import atomic_file, write_json_atomic
 
-__all__ = ["environment", "summarize", "write_json", "markdown_table", "write_csv", "bar_chart"]
+__all__ = [
+    "environment",
+    "summarize",
+    "write_json",
+    "markdown_table",
+    "write_csv",
+    "bar_chart",
+    "line_chart",
+    "save_figure",
+]
 
 
 def environment() -> dict:
@@ -126,6 +135,13 @@ def bar_chart(
     ax.set_title(title)
     if n > 1:
         ax.legend()
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: str) -> None:
+    """A matplotlib figure as PNG at `path` (atomically; the folder is created), then closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     d = os.path.dirname(path)
     if d:
@@ -133,3 +149,30 @@ def bar_chart(
     with atomic_file(path) as f:
         fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
+
+
+def line_chart(
+    path: str,
+    series: dict[str, tuple[list[float], list[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    hline: tuple[float, str] | None = None,
+) -> None:
+    """Lines (name -> (x, y)) with a legend, and an optional labelled horizontal line, PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, (xs, ys) in series.items():
+        ax.plot(xs, ys, marker="o", markersize=3, label=name)
+    if hline is not None:
+        ax.axhline(hline[0], color="grey", linestyle="--", linewidth=1, label=hline[1])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)

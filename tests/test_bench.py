@@ -124,7 +124,7 @@ EXP_ARGS = ["--epochs", 1, "--steps-per-epoch", 1, "--width-mult", 0.125, "--bat
 
 
 @pytest.mark.parametrize(
-    "name,extra,n_rows",
+    "name,extra,n_cells",
     [
         ("ablate-conv", [], 6),
         ("dropout", ["--dropouts", "0,0.5"], 2),
@@ -132,25 +132,62 @@ EXP_ARGS = ["--epochs", 1, "--steps-per-epoch", 1, "--width-mult", 0.125, "--bat
         ("activation", ["--target-error", "1.0"], 2),
     ],
 )
-def test_experiments(data, tmp_path, name, extra, n_rows):
+def test_experiments(data, tmp_path, name, extra, n_cells):
     out = tmp_path / name
-    run("experiment", name, data, "--out", out, *EXP_ARGS, *extra)
+    run("experiment", name, data, "--out", out, *EXP_ARGS, "--seeds", 1, *extra)
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert len(rows) == n_rows
+    assert len(rows) == n_cells and {r["seed"] for r in rows} == {"0"}
     assert (out / "results.md").read_text().startswith(f"# {name}")
     assert (out / "chart.png").read_bytes().startswith(PNG)
-    assert len(os.listdir(out / "runs")) == n_rows
+    assert len(os.listdir(out / "runs")) == n_cells
     if name == "batch-momentum":
         assert [float(r["lr"]) for r in rows] == [0.01 * 4 / 128, 0.01 * 8 / 128]  # linear scaling rule
     if name == "activation":
         assert [r["epochs_to_target"] for r in rows] == ["1", "1"] and (out / "timing.csv").exists()
+        assert (out / "curves.png").read_bytes().startswith(PNG)
+        assert json.load(open(out / "ratio.json"))["tanh_over_relu_epochs_to_target"] == 1.0
     # resumable: a second call repeats no run; and the same seed gives the same table
-    again = run("experiment", name, data, "--out", out, *EXP_ARGS, *extra)
-    assert again.count("finished earlier, kept") == n_rows
+    again = run("experiment", name, data, "--out", out, *EXP_ARGS, "--seeds", 1, *extra)
+    assert again.count("finished earlier, kept") == n_cells
     assert list(csv.DictReader(open(out / "results.csv"))) == rows
+
+
+def test_seeds_give_one_row_per_run_and_mean_std_per_cell(data, tmp_path):
+    out = tmp_path / "d"
+    args = ("experiment", "dropout", data, "--out", out, *EXP_ARGS, "--dropouts", "0,0.5", "--seeds", 3, "--seed", 7)
+    run(*args)
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["dropout"], r["seed"]) for r in rows] == [(d, s) for s in ("7", "8", "9") for d in ("0.0", "0.5")]
+    summary = list(csv.DictReader(open(out / "summary.csv")))
+    assert [(r["dropout"], r["n"]) for r in summary] == [("0.0", "3"), ("0.5", "3")]
+    for cell in summary:
+        vals = [float(r["val_top1_error"]) for r in rows if r["dropout"] == cell["dropout"]]
+        assert float(cell["val_top1_error_mean"]) == pytest.approx(statistics.mean(vals))
+        assert float(cell["val_top1_error_std"]) == pytest.approx(statistics.stdev(vals))
+    md = (out / "results.md").read_text()
+    assert "mean ± std over 3 seeds" in md and md.count(" ± ") >= 2 * 4
+    assert len(os.listdir(out / "runs")) == 6
+    # more seeds later: only the new ones train
+    again = run(*args[:-4], "--seeds", 4, "--seed", 7)
+    assert again.count("finished earlier, kept") == 6 and again.count("training 1 epochs") == 2
+
+
+def test_summary_of_cells_by_hand():
+    from imgprep.trainer.experiments import summarize_cells
+
+    rows = [
+        {"p": 0, "seed": 0, "err": 0.2, "ep": 3},
+        {"p": 0, "seed": 1, "err": 0.4, "ep": None},
+        {"p": 1, "seed": 0, "err": 0.5, "ep": 2},
+    ]
+    s = summarize_cells(rows, ["p"], ["err", "ep"])
+    assert s[0]["n"] == 2 and s[0]["err_mean"] == pytest.approx(0.3) and s[0]["err_std"] == pytest.approx(0.1414, 1e-3)
+    assert s[0]["ep_mean"] == 3 and s[0]["ep_std"] is None and s[0]["ep_n"] == 1  # one run never reached it
+    assert s[1] == {"p": 1, "n": 1, "err_mean": 0.5, "err_std": None, "ep_mean": 2.0, "ep_std": None}
 
 
 def test_same_seed_same_table(data, tmp_path):
     for d in ("a", "b"):
-        run("experiment", "dropout", data, "--out", tmp_path / d, *EXP_ARGS, "--dropouts", "0,0.5", "--seed", 3)
-    assert (tmp_path / "a" / "results.csv").read_text() == (tmp_path / "b" / "results.csv").read_text()
+        run("experiment", "dropout", data, "--out", tmp_path / d, *EXP_ARGS, "--dropouts", "0,0.5", "--seeds", 2)
+    for f in ("results.csv", "summary.csv", "results.md"):
+        assert (tmp_path / "a" / f).read_text() == (tmp_path / "b" / f).read_text()

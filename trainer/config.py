@@ -148,7 +148,8 @@ class ExperimentConfig:
     batch_size: int = setting(64, "Batch size.", min=1)
     lr: float = setting(0.01, "Learning rate (the reference for the linear scaling rule).", min=0, min_open=True)
     init: str = setting("kaiming", "Initialisation.", choices=INIT_NAMES)
-    seed: int = setting(0, "Seed of every run.")
+    seed: int = setting(0, "Seed of the first run of each cell; the others take seed + 1, seed + 2, ...")
+    seeds: int = setting(3, "Runs per cell, each with its own seed (results show mean +- std).", min=1)
     backend: str = setting("auto", "Loader backend (auto: DALI where installed, else torch).", choices=BACKENDS)
     workers: int = setting(0, "Loader workers (0: all cores).", min=0)
     steps_per_epoch: int = setting(0, "Cap batches per epoch (0: all).", min=0)
@@ -175,7 +176,7 @@ class ExperimentConfig:
             width_mult=self.width_mult,
             backend=self.backend,
             workers=self.workers,
-            seed=self.seed,
+            seed=kw.pop("seed", self.seed),
             steps_per_epoch=self.steps_per_epoch,
             lr_patience=2,
             **kw,
