@@ -227,6 +227,19 @@ def eval_(as_json, **options) -> None:
 
 
 @main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="PNG file to write.")
+@user_errors
+def plot(run_dirs, out) -> None:
+    """Training and validation top-1 error and loss of RUN_DIRS against epoch, overlaid, with the
+    learning-rate drops marked."""
+    from imgprep.trainer.plot import plot_runs
+
+    drawn = plot_runs(list(run_dirs), out)
+    click.echo(f"wrote {out}: " + ", ".join(f"{k} ({n} epochs)" for k, n in drawn.items()))
+
+
+@main.command()
 @config_options(DemoConfig)
 @user_errors
 def demo(**options) -> None:

@@ -37,7 +37,7 @@ def test_training_reduces_the_loss_and_writes_the_run(data, tmp_path):
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4] and len(steps) == 4 * 3  # 24 samples / 8
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     assert {"loss", "top1_error", "top5_error", "lr", "images_per_second"} <= set(steps[0])
-    assert "val_top1_error" in last and last["val_images"] == 8
+    assert "val_top1_error" in last and last["val_images"] == 8 and last["val_loss"] > 0
     conf = json.load(open(tmp_path / "r" / "config.json"))
     assert conf["normalize"] == "mean_image_std" and conf["num_classes"] == 4
     ck = torch.load(tmp_path / "r" / CHECKPOINT, weights_only=True)
@@ -91,7 +91,8 @@ def _errors_by_hand(run_dir, data, mode):
             labels.append(y[keep])
     p, y = torch.cat(probs), torch.cat(labels)
     rank = (p > p.gather(1, y[:, None])).sum(1)  # classes scored above the true one
-    return float((rank >= 1).double().mean()), float((rank >= 5).double().mean()), len(y)
+    loss = float(-p.gather(1, y[:, None]).log().mean())
+    return float((rank >= 1).double().mean()), float((rank >= 5).double().mean()), loss, len(y)
 
 
 def test_evaluate_run_centre_and_ten_crop(data, tmp_path):
@@ -99,9 +100,9 @@ def test_evaluate_run_centre_and_ten_crop(data, tmp_path):
     train(cfg(data, run_dir, epochs=1), **QUIET)
     for ten_crop, mode in ((False, "eval"), (True, "ten_crop")):
         r = evaluate_run(EvalConfig(run_dir, data, ten_crop=ten_crop, workers=1))
-        top1, top5, n = _errors_by_hand(run_dir, data, mode)
+        top1, top5, loss, n = _errors_by_hand(run_dir, data, mode)
         assert r["images"] == n == 8 and r["epoch"] == 1 and r["ten_crop"] == ten_crop
-        assert (r["top1_error"], r["top5_error"]) == pytest.approx((top1, top5))
+        assert (r["top1_error"], r["top5_error"], r["loss"]) == pytest.approx((top1, top5, loss), rel=1e-4)
 
 
 def test_topk_ignores_padding():

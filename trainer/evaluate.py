@@ -53,20 +53,29 @@ def evaluate(
         distributed: sum the counts over the DDP ranks.
     """
     model.eval()
-    counts = torch.zeros(3, dtype=torch.float64)
+    counts = torch.zeros(4, dtype=torch.float64)  # top-1 hits, top-5 hits, samples, summed loss
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         if channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         with ctx if ctx is not None else contextlib.nullcontext():
             probs = predict(model, images)
-        c1, c5 = topk_correct(probs, labels.to(probs.device))
-        counts += torch.tensor([c1, c5, int((labels != PAD_LABEL).sum())], dtype=torch.float64)
+        labels = labels.to(probs.device)
+        c1, c5 = topk_correct(probs, labels)
+        valid = labels != PAD_LABEL
+        # cross-entropy of the (view-averaged) softmax: -log p[label], padding left out
+        nll = -probs[valid].gather(1, labels[valid, None]).clamp(min=1e-12).log().sum()
+        counts += torch.tensor([c1, c5, int(valid.sum()), float(nll)], dtype=torch.float64)
     if distributed:
         import torch.distributed as dist
 
         c = counts.to(device)
         dist.all_reduce(c)
         counts = c.cpu()
-    c1, c5, n = counts.tolist()
-    return {"top1_error": 1 - c1 / n if n else None, "top5_error": 1 - c5 / n if n else None, "images": int(n)}
+    c1, c5, n, nll = counts.tolist()
+    return {
+        "top1_error": 1 - c1 / n if n else None,
+        "top5_error": 1 - c5 / n if n else None,
+        "loss": nll / n if n else None,
+        "images": int(n),
+    }

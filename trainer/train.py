@@ -325,7 +325,9 @@ def end_of_epoch(run: Run, epoch: int, sums: torch.Tensor, seconds: float, log: 
     }
     if run.val_loader is not None:
         v = evaluate(run.model, run.val_loader, run.devices[0], run.autocast(), run.channels_last, run.world > 1)
-        last.update(val_top1_error=v["top1_error"], val_top5_error=v["top5_error"], val_images=v["images"])
+        last.update(
+            val_top1_error=v["top1_error"], val_top5_error=v["top5_error"], val_loss=v["loss"], val_images=v["images"]
+        )
     if epoch + 1 > run.cfg.warmup_epochs:  # the plateau schedule starts after the warm-up
         run.sched.step(last.get("val_top1_error", last["train_loss"]))
     if run.main:
