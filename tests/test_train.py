@@ -247,3 +247,25 @@ def test_a_failed_or_wrong_compile_warns_once_and_trains_eagerly(data, tmp_path,
     assert len(warnings) == 1 and warnings[0].startswith(warning)
     assert _step_losses(tmp_path / "f") == _step_losses(tmp_path / "e")  # the try left no trace: RNG, grads
     assert json.load(open(tmp_path / "f" / "config.json"))["compiled"] is None
+
+
+def test_tensorboard_scalars_match_metrics_jsonl(data, tmp_path):
+    """With the [tensorboard] extra, train writes its scalars to RUN_DIR/tensorboard, read back
+    here with TensorBoard's own event reader."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(cfg(data, tmp_path / "tb", epochs=2), **QUIET)
+    acc = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"step/loss", "step/top1_error", "step/lr", "step/images_per_second"} <= tags
+    assert {"epoch/train_loss", "epoch/train_top1_error", "epoch/val_top1_error", "epoch/val_loss", "epoch/lr"} <= tags
+    lines = [json.loads(x) for x in open(tmp_path / "tb" / "metrics.jsonl")]
+    epochs = [x for x in lines if x["type"] == "epoch"]
+    got = [(e.step, e.value) for e in acc.Scalars("epoch/val_top1_error")]
+    assert got == [(e["epoch"], pytest.approx(e["val_top1_error"], abs=1e-6)) for e in epochs]
+    steps = [x for x in lines if x["type"] == "step"]
+    assert [(e.step, e.value) for e in acc.Scalars("step/loss")] == [
+        (x["step"], pytest.approx(x["loss"], abs=1e-5)) for x in steps
+    ]

@@ -67,6 +67,8 @@ def plot_runs(run_dirs: list[str], out: str, labels: list[str] | None = None) ->
                     drop - 0.5, color=colour, linestyle=":", linewidth=1, label=f"{label} lr / 10" if k == 0 else None
                 )
     ax_err.set_ylabel("top-1 error")
+    for ax in (ax_err, ax_loss):
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax_loss.set_ylabel("cross-entropy loss")
     for ax in (ax_err, ax_loss):
         ax.set_xlabel("epoch")

@@ -66,6 +66,7 @@ class Run:
     metrics: IO | None = None  # metrics.jsonl (rank 0 only)
     lock: FolderLock | None = None  # RUN_DIR's writer lock (rank 0 only)
     guard: InterruptGuard = field(default_factory=InterruptGuard)  # Ctrl-C, even one swallowed in a callback
+    tb: object | None = None  # a TensorBoard SummaryWriter on RUN_DIR/tensorboard (rank 0, where installed)
     forward: nn.Module | None = None  # what a training step calls: `net` compiled, or `net` itself
     compile_mode: str | None = None  # torch.compile's mode when compiled
 
@@ -85,8 +86,14 @@ class Run:
         return autocast(self.devices[0], self.cfg.bf16)
 
     def log_metrics(self, rec: dict) -> None:
+        """A line of metrics.jsonl, and its numbers as TensorBoard scalars (step/... or epoch/...)."""
         if self.metrics is not None:
             self.metrics.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            x = rec["step"] if rec["type"] == "step" else rec["epoch"]
+            for k, v in rec.items():
+                if k not in ("type", "epoch", "step") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(f"{rec['type']}/{k}", v, x)
 
 
 def _check_resume(cfg: TrainConfig, mcfg: AlexNetConfig, resume: bool) -> dict | None:
@@ -213,7 +220,17 @@ def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Ru
         write_json_atomic(os.path.join(cfg.run_dir, "config.json"), resolved)
         # an append-only log, open for the whole run and closed by train()
         run.metrics = open(os.path.join(cfg.run_dir, "metrics.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
+        run.tb = _tensorboard(cfg.run_dir)
     return run
+
+
+def _tensorboard(run_dir: str):
+    """A SummaryWriter on RUN_DIR/tensorboard where the [tensorboard] extra is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
 
 def _compile(run: Run, log: Callable[[str], None]) -> None:
@@ -333,6 +350,8 @@ def end_of_epoch(run: Run, epoch: int, sums: torch.Tensor, seconds: float, log: 
     if run.main:
         run.log_metrics(last)
         run.metrics.flush()
+        if run.tb is not None:
+            run.tb.flush()
         save_checkpoint(
             run.cfg.run_dir,
             {
@@ -384,6 +403,8 @@ def train(
 def _close(run: Run) -> None:
     if run.metrics is not None:
         run.metrics.close()
+    if run.tb is not None:
+        run.tb.close()
     if run.lock is not None:
         run.lock.release()
 
