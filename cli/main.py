@@ -257,26 +257,15 @@ def bench_outputs(fn):
     return fn
 
 
-def _report(
-    result: dict, columns: list[str], label: str, series: dict[str, tuple[str, str, str]], title: str, json_out, plot
-) -> None:
-    from imgprep.report import bar_chart, text_table, write_json
+def _report(result: dict, columns: list[str], title: str, json_out, plot) -> None:
+    from imgprep.report import bench_chart, text_table, write_json
 
-    rows = result["results"]
-    click.echo(text_table(rows, columns))
+    click.echo(text_table(result["results"], columns))
     if json_out:
         write_json(json_out, result)
         click.echo(f"results -> {json_out}")
     if plot:
-        labels = [" ".join(str(r[k]) for k in label.split("+")) for r in rows]
-        bar_chart(
-            plot,
-            labels,
-            {name: [r[m] for r in rows] for name, (m, _, _) in series.items()},
-            "images/s",
-            title,
-            errors={name: ([r[lo] for r in rows], [r[hi] for r in rows]) for name, (_, lo, hi) in series.items()},
-        )
+        bench_chart(result, plot, title)
         click.echo(f"chart -> {plot}")
 
 
@@ -298,8 +287,6 @@ def bench_prepare(json_out, plot, **options) -> None:
     _report(
         r,
         ["variant", "images_per_second", "min", "max", "vs_naive"],
-        "variant",
-        {"images/s": ("images_per_second", "min", "max")},
         f"prepare, {r['images']} images",
         json_out,
         plot,
@@ -319,8 +306,6 @@ def bench_load(json_out, plot, **options) -> None:
     _report(
         r,
         ["loader", "batch_size", "workers", "images_per_second", "min", "max", "vs_baseline"],
-        "loader+batch_size+workers",
-        {"images/s": ("images_per_second", "min", "max")},
         "loaders, train mode",
         json_out,
         plot,
@@ -349,13 +334,8 @@ def bench_train(json_out, plot, **options) -> None:
             "flops_per_image",
             "mfu_model",
             "mfu_with_loader",
+            "compiled",
         ],
-        "placement",
-        {
-            "model (synthetic input)": ("model_synthetic", "model_synthetic_min", "model_synthetic_max"),
-            "training with loader": ("training_with_loader", "training_with_loader_min", "training_with_loader_max"),
-            "loader alone": ("loader_only", "loader_only_min", "loader_only_max"),
-        },
         f"AlexNet x{cfg.width_mult}, batch {cfg.batch_size}",
         json_out,
         plot,

@@ -145,7 +145,7 @@ def bench_prepare(cfg: PrepareBenchConfig, log=print) -> dict:
     return {"benchmark": "prepare", "config": asdict(cfg), "images": n, "environment": environment(), "results": rows}
 
 
-LOADERS = (*BACKENDS, "baseline")
+LOADERS = (*(b for b in BACKENDS if b != "auto"), "baseline")  # auto is one of the other two
 
 
 class BaselineTransform:

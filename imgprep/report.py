@@ -112,8 +112,11 @@ def bar_chart(
     ylabel: str,
     title: str,
     errors: dict[str, tuple[list[float], list[float]]] | None = None,
+    notes: dict[str, list[str]] | None = None,
+    subtitle: str | None = None,
 ) -> None:
-    """Grouped bar chart (one group per label, one bar per series), PNG."""
+    """Grouped bar chart, PNG: one group per label, one bar (and colour, in the legend) per series,
+    error bars from `errors` (low, high), a note such as the speed-up written on each bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,19 +126,85 @@ def bar_chart(
     x = np.arange(len(labels))
     n = max(1, len(series))
     w = 0.8 / n
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(labels) + 2), 4))
+    fig, ax = plt.subplots(figsize=(max(6, (0.5 + 0.45 * n) * len(labels) + 2), 4.5))
     for i, (name, vals) in enumerate(series.items()):
+        vals = [v if v is not None else float("nan") for v in vals]
         err = None
         if errors and name in errors:
             lo, hi = errors[name]
-            err = [np.subtract(vals, lo), np.subtract(hi, vals)]
-        ax.bar(x + (i - (n - 1) / 2) * w, vals, w, label=name, yerr=err, capsize=3)
-    ax.set_xticks(x, labels, rotation=20, ha="right")
+            err = [np.maximum(0, np.subtract(vals, lo)), np.maximum(0, np.subtract(hi, vals))]
+        bars = ax.bar(x + (i - (n - 1) / 2) * w, vals, w, label=name, yerr=err, capsize=3, color=f"C{i % 10}")
+        if notes and name in notes:
+            ax.bar_label(bars, notes[name], padding=2, fontsize=7)
+    ax.set_xticks(x, labels, rotation=20 if max(map(len, labels), default=0) > 12 else 0, ha="right")
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    if n > 1:
-        ax.legend()
+    ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
+    ax.margins(y=0.12)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def machine_line(env: dict) -> str:
+    """'2 cores (x86_64), no GPU' or '16 cores (x86_64), NVIDIA H200' from `environment()`."""
+    gpus = env.get("gpus")
+    gpu = ", ".join(sorted(set(gpus))) if gpus else "no GPU"
+    return f"{env.get('cores')} cores ({env.get('processor')}), {gpu}"
+
+
+# per benchmark: (group columns, variant column, value, low, high, speed-up column, baseline's name)
+_BENCH_CHARTS = {
+    "load": (("batch_size", "workers"), "loader", "images_per_second", "min", "max", "vs_baseline", "baseline"),
+    "prepare": ((), "variant", "images_per_second", "min", "max", "vs_naive", "naive Pillow"),
+}
+_TRAIN_SERIES = {
+    "model alone (synthetic input)": "model_synthetic",
+    "training fed by the loader": "training_with_loader",
+    "loader alone": "loader_only",
+}
+
+
+def _group_label(row: dict, keys) -> str:
+    names = {"batch_size": "batch", "workers": "workers"}
+    return ", ".join(f"{names.get(k, k)} {row[k]}" for k in keys) or "all"
+
+
+def bench_chart(result: dict, path: str, title: str) -> None:
+    """The chart of a `bench` result: grouped bars (one group per batch size and worker count or
+    per placement), one colour per variant, the speed-up over the baseline on each bar, units on
+    the axis and the machine in the subtitle."""
+    rows, sub = result["results"], machine_line(result.get("environment", {}))
+    if result["benchmark"] == "train":
+        labels = [r["placement"] for r in rows]
+        series = {name: [r[k] for r in rows] for name, k in _TRAIN_SERIES.items()}
+        errors = {
+            name: ([r[f"{k}_min"] for r in rows], [r[f"{k}_max"] for r in rows]) for name, k in _TRAIN_SERIES.items()
+        }
+        notes = {name: [f"{v:,.0f}" for v in vals] for name, vals in series.items()}
+        bar_chart(path, labels, series, "images per second", title, errors, notes, sub)
+        return
+    keys, var, val, lo, hi, speed, base = _BENCH_CHARTS[result["benchmark"]]
+    groups = list(dict.fromkeys(_group_label(r, keys) for r in rows))
+    variants = list(dict.fromkeys(r[var] for r in rows))
+    cell = {(_group_label(r, keys), r[var]): r for r in rows}
+
+    def get(g, v, k):
+        r = cell.get((g, v))
+        return r[k] if r is not None and r.get(k) is not None else None
+
+    series = {v: [get(g, v, val) for g in groups] for v in variants}
+    errors = {v: ([get(g, v, lo) or 0 for g in groups], [get(g, v, hi) or 0 for g in groups]) for v in variants}
+    notes = {v: [f"{get(g, v, speed):.2f}x" if get(g, v, speed) is not None else "" for g in groups] for v in variants}
+    bar_chart(
+        path,
+        groups,
+        series,
+        "images per second",
+        f"{title} (on each bar: speed-up over the {base})",
+        errors,
+        notes,
+        sub,
+    )
 
 
 def save_figure(fig, path: str) -> None:

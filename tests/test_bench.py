@@ -191,3 +191,27 @@ def test_same_seed_same_table(data, tmp_path):
         run("experiment", "dropout", data, "--out", tmp_path / d, *EXP_ARGS, "--dropouts", "0,0.5", "--seeds", 2)
     for f in ("results.csv", "summary.csv", "results.md"):
         assert (tmp_path / "a" / f).read_text() == (tmp_path / "b" / f).read_text()
+
+
+def test_bench_chart_groups_and_machine_line(tmp_path):
+    from imgprep.report import bench_chart, machine_line
+
+    assert machine_line({"cores": 2, "processor": "x86_64", "gpus": None}) == "2 cores (x86_64), no GPU"
+    assert (
+        machine_line({"cores": 16, "processor": "x86_64", "gpus": ["NVIDIA H200"]}) == "16 cores (x86_64), NVIDIA H200"
+    )
+    rows = [
+        {
+            "loader": v,
+            "batch_size": b,
+            "workers": 2,
+            "images_per_second": r,
+            "min": r - 1,
+            "max": r + 1,
+            "vs_baseline": r / 10,
+        }
+        for b in (128, 256)
+        for v, r in (("dali (cpu)", 40.0), ("baseline", 10.0))
+    ]
+    bench_chart({"benchmark": "load", "results": rows, "environment": {"cores": 2}}, str(tmp_path / "c.png"), "t")
+    assert (tmp_path / "c.png").read_bytes().startswith(PNG)
