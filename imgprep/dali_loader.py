@@ -63,69 +63,29 @@ def _parse_label(cls):
     return fn.reshape(num // div, shape=[])
 
 
-def _fused_kernel(out, img, mean, p):
-    """One augmented view in one pass (compiled by numba; DALI calls it per sample on its threads).
-
-    out: float32 (3, c, c). img: uint8 (c, c, 3), the decoded window. mean: float32 (2, 3, S, S),
-    the mean image divided by std and its mirror image, or (2, 3, 1, 1) for none.
-    p: float32 (9,): top, left, mirror, 1/std (3), (lighting shift - channel mean) / std (3).
-    out[ch, h, w] = img[h, w', ch] / std + offset[ch] - mean[ch, top + h, left + w'],
-    w' = c - 1 - w when mirrored (read from the mirrored mean, so every loop runs forwards).
-    """
-    top, left, mirror = int(p[0]), int(p[1]), p[2] > 0.5
-    hh, ww = img.shape[0], img.shape[1]
-    i0, i1, i2, o0, o1, o2 = p[3], p[4], p[5], p[6], p[7], p[8]
-    has_mean = mean.shape[3] > 1
-    f = 1 if mirror else 0
-    a = mean.shape[3] - left - ww if mirror else left  # the window's left edge in the (mirrored) mean
-    row = np.empty((3, ww), np.uint8)  # one row, de-interleaved into channel planes (mirrored if asked)
-    s0, s1, s2 = row[0], row[1], row[2]
-    for h in range(hh):
-        src = img[h]
-        d0, d1, d2 = out[0, h], out[1, h], out[2, h]
-        if mirror:  # reversed while de-interleaving: a reversed strided read in the main loop does not vectorize
-            for w in range(ww):
-                s0[ww - 1 - w], s1[ww - 1 - w], s2[ww - 1 - w] = src[w, 0], src[w, 1], src[w, 2]
-        else:
-            for w in range(ww):
-                s0[w], s1[w], s2[w] = src[w, 0], src[w, 1], src[w, 2]
-        if has_mean:
-            m0, m1, m2 = (
-                mean[f, 0, top + h, a : a + ww],
-                mean[f, 1, top + h, a : a + ww],
-                mean[f, 2, top + h, a : a + ww],
-            )
-            for w in range(ww):
-                d0[w] = s0[w] * i0 + o0 - m0[w]
-                d1[w] = s1[w] * i1 + o1 - m1[w]
-                d2[w] = s2[w] * i2 + o2 - m2[w]
-        else:
-            for w in range(ww):
-                d0[w] = s0[w] * i0 + o0
-                d1[w] = s1[w] * i1 + o1
-                d2[w] = s2[w] * i2 + o2
-
-
-def _fused_setup(outs, ins):
-    """Output shape (3, c, c) from the window's (c, c, 3)."""
-    for i in range(len(outs[0])):
-        outs[0][i][0] = 3
-        outs[0][i][1] = ins[0][i][0]
-        outs[0][i][2] = ins[0][i][1]
-
-
 @functools.cache
 def fused_operator():
-    """DALI's numba_function operator running `_fused_kernel` (compiled once per process), or None
-    without numba."""
+    """DALI's numba_function operator running `fused_cpu.fused_kernel`, or None without numba.
+    Its C-callable wrappers come from numba's on-disk cache (`fused_cpu`), so only a machine's
+    first process compiles them."""
     try:
         from nvidia.dali import types
         from nvidia.dali.plugin.numba.experimental import NumbaFunction
+
+        from . import fused_cpu
     except ImportError:
         return None
-    return NumbaFunction(
-        run_fn=_fused_kernel,
-        setup_fn=_fused_setup,
+
+    class CachedNumbaFunction(NumbaFunction):
+        def _get_run_fn_cpu(self, *args, **kwargs):
+            return fused_cpu.run_cfunc.address
+
+        def _get_setup_fn_cpu(self, setup_fn):
+            return fused_cpu.setup_cfunc.address
+
+    return CachedNumbaFunction(
+        run_fn=fused_cpu.fused_kernel,
+        setup_fn=None,
         out_types=[types.FLOAT],
         in_types=[types.UINT8, types.FLOAT, types.FLOAT],
         outs_ndim=[3],

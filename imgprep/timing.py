@@ -24,6 +24,8 @@ class Throughput:
         self.warmup, self.sync = warmup, sync
         self.steps = self.images = self.timed_images = 0
         self.latencies: list[float] = []
+        self.created = time.perf_counter()
+        self.first_step_at: float | None = None  # perf_counter at the end of the first step
         self._start = self._last = None
         if warmup == 0:
             self._start = self._last = self._now()
@@ -37,6 +39,8 @@ class Throughput:
         """One step (a batch) of `images` real samples has finished."""
         self.steps += 1
         self.images += images
+        if self.first_step_at is None:
+            self.first_step_at = time.perf_counter()
         if self.steps <= self.warmup:
             if self.steps == self.warmup:
                 self._start = self._last = self._now()
@@ -78,10 +82,21 @@ def real_samples(labels) -> int:
     return int((labels >= 0).sum()) if hasattr(labels, "shape") else len(labels)
 
 
-def time_loader(loader, epochs: int = 1, steps: int | None = None, warmup: int = 1) -> dict:
+def time_loader(
+    loader, epochs: int = 1, steps: int | None = None, warmup: int = 1, started: float | None = None
+) -> dict:
     """Iterate a loader for `epochs` epochs (calling `set_epoch` for each where it has one), or
-    for `steps` batches in all (as many epochs as that takes); return `Throughput.result()`."""
+    for `steps` batches in all (as many epochs as that takes); return `Throughput.result()` and
+    `first_batch_seconds`: from `started` (a perf_counter reading, e.g. before the loader was
+    made; default: now) to the first batch in hand."""
     timer = Throughput(warmup)
+    started = started if started is not None else timer.created
+    result = _iterate(loader, timer, epochs, steps)
+    first = timer.first_step_at
+    return {**result, "first_batch_seconds": round(first - started, 3) if first is not None else None}
+
+
+def _iterate(loader, timer: Throughput, epochs: int, steps: int | None) -> dict:
     epoch = 0
     while True:
         if hasattr(loader, "set_epoch"):

@@ -1,0 +1,108 @@
+"""The DALI CPU pipeline's one-pass operator as numba functions compiled once per machine.
+
+DALI's `NumbaFunction` compiles its C-callable wrappers afresh in every process (~5 s here, most
+of a loader's start). These are the same wrappers, specialized to this operator's types and
+declared with `cache=True`, so numba stores the machine code (beside this file, or in its user
+cache when that is read-only) and later processes load it in a fraction of a second.
+
+ABI (DALI's numba plugin, per-sample mode): run(out_ptrs, out_shapes, out_ndims, num_outs, in_ptrs,
+in_shapes, in_ndims, num_ins): each *_ptrs is an array of data addresses, each *_shapes an array of
+addresses of int64 shape arrays; setup(out_shapes, out_ndims, num_outs, in_shapes, in_ndims,
+num_ins, num_samples) fills the output shapes of a batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import carray, cfunc, extending, njit
+from numba import types as nt
+
+__all__ = ["fused_kernel", "run_cfunc", "setup_cfunc"]
+
+
+@extending.intrinsic
+def _ptr(typingctx, src):
+    """An integer address as a void pointer (for `carray`)."""
+    from numba.core import cgutils
+
+    def codegen(cgctx, builder, sig, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return nt.voidptr(src), codegen
+
+
+@njit(cache=True)
+def fused_kernel(out, img, mean, p):
+    """One augmented view in one pass (DALI calls it per sample on its threads).
+
+    out: float32 (3, c, c). img: uint8 (c, c, 3), the decoded window. mean: float32 (2, 3, S, S),
+    the mean image divided by std and its mirror image, or (2, 3, 1, 1) for none.
+    p: float32 (9,): top, left, mirror, 1/std (3), (lighting shift - channel mean) / std (3).
+    out[ch, h, w] = img[h, w', ch] / std + offset[ch] - mean[ch, top + h, left + w'],
+    w' = c - 1 - w when mirrored (read from the mirrored mean, so every loop runs forwards).
+    """
+    top, left, mirror = int(p[0]), int(p[1]), p[2] > 0.5
+    hh, ww = img.shape[0], img.shape[1]
+    i0, i1, i2, o0, o1, o2 = p[3], p[4], p[5], p[6], p[7], p[8]
+    has_mean = mean.shape[3] > 1
+    f = 1 if mirror else 0
+    a = mean.shape[3] - left - ww if mirror else left  # the window's left edge in the (mirrored) mean
+    row = np.empty((3, ww), np.uint8)  # one row, de-interleaved into channel planes (mirrored if asked)
+    s0, s1, s2 = row[0], row[1], row[2]
+    for h in range(hh):
+        src = img[h]
+        d0, d1, d2 = out[0, h], out[1, h], out[2, h]
+        if mirror:  # reversed while de-interleaving: a reversed strided read in the main loop does not vectorize
+            for w in range(ww):
+                s0[ww - 1 - w], s1[ww - 1 - w], s2[ww - 1 - w] = src[w, 0], src[w, 1], src[w, 2]
+        else:
+            for w in range(ww):
+                s0[w], s1[w], s2[w] = src[w, 0], src[w, 1], src[w, 2]
+        if has_mean:
+            m0, m1, m2 = (
+                mean[f, 0, top + h, a : a + ww],
+                mean[f, 1, top + h, a : a + ww],
+                mean[f, 2, top + h, a : a + ww],
+            )
+            for w in range(ww):
+                d0[w] = s0[w] * i0 + o0 - m0[w]
+                d1[w] = s1[w] * i1 + o1 - m1[w]
+                d2[w] = s2[w] * i2 + o2 - m2[w]
+        else:
+            for w in range(ww):
+                d0[w] = s0[w] * i0 + o0
+                d1[w] = s1[w] * i1 + o1
+                d2[w] = s2[w] * i2 + o2
+
+
+_RUN_SIG = nt.void(nt.uint64, nt.uint64, nt.uint64, nt.int32, nt.uint64, nt.uint64, nt.uint64, nt.int32)
+_SETUP_SIG = nt.void(nt.uint64, nt.uint64, nt.int32, nt.uint64, nt.uint64, nt.int32, nt.int32)
+
+
+@cfunc(_RUN_SIG, nopython=True, cache=True)
+def run_cfunc(out_ptr, out_shapes_ptr, out_ndims_ptr, num_outs, in_ptr, in_shapes_ptr, in_ndims_ptr, num_ins):
+    """DALI's per-sample entry: out float32 (3, c, c); ins uint8 (c, c, 3), float32 (2, 3, S, S), float32 (9,)."""
+    outs = carray(_ptr(out_ptr), 1, dtype=np.int64)
+    out_shapes = carray(_ptr(out_shapes_ptr), 1, dtype=np.int64)
+    ins = carray(_ptr(in_ptr), 3, dtype=np.int64)
+    in_shapes = carray(_ptr(in_shapes_ptr), 3, dtype=np.int64)
+    so = carray(_ptr(out_shapes[0]), 3, dtype=np.int64)
+    s0 = carray(_ptr(in_shapes[0]), 3, dtype=np.int64)
+    s1 = carray(_ptr(in_shapes[1]), 4, dtype=np.int64)
+    s2 = carray(_ptr(in_shapes[2]), 1, dtype=np.int64)
+    out = carray(_ptr(outs[0]), (so[0], so[1], so[2]), dtype=np.float32)
+    img = carray(_ptr(ins[0]), (s0[0], s0[1], s0[2]), dtype=np.uint8)
+    mean = carray(_ptr(ins[1]), (s1[0], s1[1], s1[2], s1[3]), dtype=np.float32)
+    p = carray(_ptr(ins[2]), (s2[0],), dtype=np.float32)
+    fused_kernel(out, img, mean, p)
+
+
+@cfunc(_SETUP_SIG, nopython=True, cache=True)
+def setup_cfunc(out_shapes_ptr, out_ndims_ptr, num_outs, in_shapes_ptr, in_ndims_ptr, num_ins, num_samples):
+    """Output shape (3, c, c) of every sample from its window's (c, c, 3)."""
+    outs = carray(_ptr(out_shapes_ptr), (num_outs, num_samples), dtype=np.int64)
+    ins = carray(_ptr(in_shapes_ptr), (num_ins, num_samples), dtype=np.int64)
+    for i in range(num_samples):
+        o = carray(_ptr(outs[0, i]), 3, dtype=np.int64)
+        s = carray(_ptr(ins[0, i]), 3, dtype=np.int64)
+        o[0], o[1], o[2] = 3, s[0], s[1]
