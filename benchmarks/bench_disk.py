@@ -61,9 +61,7 @@ def measure(a: float, n: int, work: str) -> dict:
     out = os.path.join(work, f"out-{a}")
     prepare(PrepareConfig(src, out, shard_size=100), progress=False, log=lambda s: None)
     total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out) for f in fs)
-    shards = sum(
-        os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out) for f in fs if f.endswith(".tar")
-    )
+    shards = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out) for f in fs if f.endswith(".tar"))
     per = total / n
     return {
         "spectrum_exponent": a,
