@@ -15,23 +15,28 @@ def synth_src(tmp_path_factory):
     return root
 
 
+def _prepare(src: str, factory, size: int, shard_size: int, seed: int) -> str:
+    from imgprep.prepare import PrepareConfig, prepare
+
+    out = str(factory.mktemp(f"prepared{size}") / "out")
+    cfg = PrepareConfig(src, out, size=size, shard_size=shard_size, seed=seed, workers=2)
+    prepare(cfg, progress=False, log=lambda s: None)
+    return out
+
+
 @pytest.fixture(scope="session")
 def prepared128(synth_src, tmp_path_factory):
     """`synth_src` stored at 128 px (crops of 112), shards of 8: small enough to train on in a test."""
-    from imgprep.prepare import PrepareConfig, prepare
+    return _prepare(synth_src, tmp_path_factory, 128, 8, 1)
 
-    out = str(tmp_path_factory.mktemp("prepared128") / "out")
-    prepare(
-        PrepareConfig(synth_src, out, size=128, shard_size=8, seed=1, workers=2), progress=False, log=lambda s: None
-    )
-    return out
+
+@pytest.fixture(scope="session")
+def prepared256(synth_src, tmp_path_factory):
+    """`synth_src` stored at 256 px (crops of 224: the paper's shapes), shards of 8."""
+    return _prepare(synth_src, tmp_path_factory, 256, 8, 1)
 
 
 @pytest.fixture(scope="session")
 def prepared(synth_src, tmp_path_factory):
     """`synth_src` prepared at size 64, shards of 5, 2 workers."""
-    from imgprep.prepare import PrepareConfig, prepare
-
-    out = str(tmp_path_factory.mktemp("prepared") / "out")
-    prepare(PrepareConfig(synth_src, out, size=64, shard_size=5, seed=3, workers=2), progress=False, log=lambda s: None)
-    return out
+    return _prepare(synth_src, tmp_path_factory, 64, 5, 3)

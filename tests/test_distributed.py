@@ -1,5 +1,6 @@
 """Data-parallel training with torchrun on the CPU (gloo): two ranks against one process."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -70,7 +71,9 @@ def test_two_ranks_equal_one_process_at_the_same_global_batch(data, tmp_path):
     for k, v in model.state_dict().items():
         torch.testing.assert_close(ck["model"][k], v, atol=1e-5, rtol=1e-4)
     # only rank 0 wrote the run folder; and the run resumes in one process (another world size)
-    assert sorted(os.listdir(run)) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+    tb = importlib.util.find_spec("tensorboard") is not None  # the [tensorboard] extra adds RUN_DIR/tensorboard
+    assert sorted(os.listdir(run)) == ["checkpoint.pt", "config.json", "metrics.jsonl"] + ["tensorboard"] * tb
+    assert not tb or len(os.listdir(run / "tensorboard")) == 1  # one writer: rank 0
     last = train(
         TrainConfig(
             data,

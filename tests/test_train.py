@@ -193,22 +193,12 @@ def _step_losses(run_dir):
     return [json.loads(x)["loss"] for x in open(run_dir / "metrics.jsonl") if '"type": "step"' in x]
 
 
-@pytest.fixture(scope="module")
-def data224(synth_src, tmp_path_factory):
-    """`synth_src` stored at 256 (crops of 224, the paper's shapes), shards of 8."""
-    out = str(tmp_path_factory.mktemp("prepared256") / "out")
-    prepare(
-        PrepareConfig(synth_src, out, size=256, shard_size=8, seed=1, workers=2), progress=False, log=lambda s: None
-    )
-    return out
-
-
-def test_compiled_and_eager_training_give_the_same_losses(data224, tmp_path):
+def test_compiled_and_eager_training_give_the_same_losses(prepared256, tmp_path):
     """--compile (torch.compile; inductor's C++ on the CPU) against eager, two epochs at float32 with
     dropout: the compiled graph draws dropout masks from torch's generator as eager mode does."""
     lines = []
-    train(cfg(data224, tmp_path / "c", compile=True), progress=False, log=lines.append)
-    train(cfg(data224, tmp_path / "e", compile=False), **QUIET)
+    train(cfg(prepared256, tmp_path / "c", compile=True), progress=False, log=lines.append)
+    train(cfg(prepared256, tmp_path / "e", compile=False), **QUIET)
     assert [x for x in lines if x.startswith("warning")] == []
     assert any(x.startswith("compiled the model (default)") for x in lines)
     assert json.load(open(tmp_path / "c" / "config.json"))["compiled"] == "default"
