@@ -239,6 +239,8 @@ def line_chart(
         ax.plot(xs, ys, marker="o", markersize=3, label=name)
     if hline is not None:
         ax.axhline(hline[0], color="grey", linestyle="--", linewidth=1, label=hline[1])
+    if all(float(v).is_integer() for xs, _ in series.values() for v in xs):  # epochs: whole numbers on the axis
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
