@@ -26,3 +26,5 @@ SPLITS = ("train", "val")
 MAX_PIXELS = 89_478_485
 # Pillow refuses to open anything over twice its warning threshold, whatever we allow.
 MAX_PIXELS_CEILING = 2 * MAX_PIXELS
+# Largest stored side: a stored image stays within MAX_PIXELS, and a manifest claiming more is refused.
+MAX_STORED_SIZE = 9459  # floor(sqrt(MAX_PIXELS))

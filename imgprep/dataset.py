@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .constants import SPLITS
+from .constants import MAX_STORED_SIZE, SPLITS
 from .errors import ImgprepError
 from .fileio import atomic_file, json_bytes, write_atomic
 from .shards import index_path
@@ -149,8 +149,8 @@ def validate_manifest(m, p: str) -> dict:
             f"{p}: format version {version} is newer than this imgprep reads ({FORMAT_VERSION}); upgrade imgprep"
         )
     config, classes, splits = m.get("config"), m.get("classes"), m.get("splits")
-    if not isinstance(config, dict) or not _is_int(config.get("size")) or config["size"] < 1:
-        raise _fail(p, "config.size is missing or not a positive whole number")
+    if not isinstance(config, dict) or not _is_int(config.get("size")) or not 1 <= config["size"] <= MAX_STORED_SIZE:
+        raise _fail(p, f"config.size is missing or not a whole number from 1 to {MAX_STORED_SIZE}")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, dict) and "name" in c for c in classes):
         raise _fail(p, "'classes' is not a list of classes")
     if not isinstance(splits, dict) or any(s not in SPLITS for s in splits):

@@ -187,7 +187,7 @@ class BaseLoader:
         self.cfg, self.info = cfg, info
         self.epoch = 0
         self.device = resolve_device(cfg.device)
-        self.checker = ShardChecker(info.shards, info.records)
+        self.checker = ShardChecker(info.shards, info.records, info.size)
         self.corrupt_skipped = 0  # samples left out because their bytes changed (on_corrupt="skip")
 
     def check_shards(self, plan: EpochPlan) -> dict[int, set[str]]:

@@ -22,7 +22,15 @@ import numpy as np
 from ._mp import resolve_workers
 from .codec import decode_rgb, encode_jpeg
 from .config import setting
-from .constants import JPEG_QUALITY, MAX_PIXELS, MAX_PIXELS_CEILING, SHARD_SIZE, SPLITS, STORED_SIZE
+from .constants import (
+    JPEG_QUALITY,
+    MAX_PIXELS,
+    MAX_PIXELS_CEILING,
+    MAX_STORED_SIZE,
+    SHARD_SIZE,
+    SPLITS,
+    STORED_SIZE,
+)
 from .dataset import MANIFEST, REJECTS, build_manifest, read_manifest, write_manifest, write_rejects, write_stats
 from .errors import DecodeError, ImgprepError, NotAnImage
 from .executors import EXECUTORS, make_executor
@@ -52,7 +60,9 @@ class PrepareConfig:
         "Labels of a flat validation folder (or val tar): one WNID per line in file-name order, or CSV file,wnid.",
         path=True,
     )
-    size: int = setting(STORED_SIZE, "Shorter side after resizing, and side of the centre crop.", min=8)
+    size: int = setting(
+        STORED_SIZE, "Shorter side after resizing, and side of the centre crop.", min=8, max=MAX_STORED_SIZE
+    )
     quality: int = setting(JPEG_QUALITY, "JPEG quality.", min=1, max=100)
     shard_size: int = setting(SHARD_SIZE, "Samples per shard.", min=1)
     seed: int = setting(0, "Seed of the global shuffle.")

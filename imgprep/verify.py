@@ -9,6 +9,7 @@ import numpy as np
 
 from .dataset import MANIFEST, MEAN_FILE, STATS_DIR, STATS_FILE, load_stats, read_manifest, resolve_inside
 from .errors import ImgprepError
+from .integrity import jpeg_is
 from .shards import index_path, iter_samples, read_dali_index, sha256_file
 from .stats import StatsAccumulator, finalize
 
@@ -55,6 +56,9 @@ def _check_shard(args) -> tuple[list[str], StatsAccumulator | None]:
                 continue
             if not 0 <= label < n_classes:
                 problems.append(f"{rel}: sample {key} label {label} outside 0..{n_classes - 1}")
+            if not jpeg_is(sample.get("jpg", b""), size):  # read from the header: a forged size never decodes
+                problems.append(f"{rel}: sample {key} is not a {size}x{size} JPEG (from its header)")
+                continue
             img = _decode(sample.get("jpg", b""))
             if img is None:
                 problems.append(f"{rel}: sample {key} image does not decode")

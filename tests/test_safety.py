@@ -615,3 +615,57 @@ def test_a_truncated_shard_is_one_line_even_when_skipping(data, backend):
             "train-000002.tar",
             "truncated or replaced",
         )
+
+
+def forge_a_sample(out, side=1024, shard="train/train-000001.tar", sample=2):
+    """Replace one sample's JPEG with a side x side one and rewrite the shard, its index and the
+    manifest's record to agree (a dataset forged whole: every checksum matches); return its key."""
+    import numpy as np
+    import simplejpeg
+
+    from imgprep.shards import ShardWriter, iter_samples
+
+    path = str(out / shard)
+    samples = list(iter_samples(path))
+    key = samples[sample][0]
+    big = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    samples[sample][1]["jpg"] = simplejpeg.encode_jpeg(big, 90)
+    w = ShardWriter(path)
+    for k, parts in samples:
+        w.write(k, parts)
+    info = w.close()
+    m = json.load(open(out / "manifest.json"))
+    rec = next(r for r in m["splits"]["train"]["shards"] if r["path"] == shard)
+    rec.update(bytes=info.bytes, sha256=info.sha256, sample_crc32=info.sample_crc32)
+    (out / "manifest.json").write_text(json.dumps(m))
+    return key
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_a_forged_oversized_jpeg_never_reaches_the_decoder(data, backend):
+    """Manifest and shard agree, but one JPEG is 1024x1024 in a 128 dataset: its header is read
+    before any decoder sees it; an error naming it, or left out with --on-corrupt skip."""
+    key = forge_a_sample(data)
+    one_line_error(
+        run("load", data, "--backend", backend, "--batch-size", 8, "--workers", 1),
+        "train-000001.tar",
+        f"sample {key} changed",
+        "not a JPEG of the dataset's size",
+    )
+    r = run("load", data, "--backend", backend, "--batch-size", 8, "--workers", 1, "--on-corrupt", "skip", "--json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep["images"] == 23 and rep["corrupt_skipped"] == 1
+
+
+def test_a_manifest_claiming_a_huge_stored_size_is_one_line(data):
+    m = json.load(open(data / "manifest.json"))
+    m["config"]["size"] = 100_000
+    (data / "manifest.json").write_text(json.dumps(m))
+    one_line_error(run("load", data, "--workers", 1), "config.size", "from 1 to 9459")
+
+
+def test_verify_reads_a_forged_size_from_the_header(data):
+    key = forge_a_sample(data, side=2048)
+    r = run("verify", data, "--workers", 1)
+    assert r.exit_code != 0 and f"sample {key} is not a 128x128 JPEG (from its header)" in r.output
