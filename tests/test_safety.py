@@ -550,15 +550,16 @@ def damage_a_sample(out, shard="train/train-000001.tar", sample=2):
     return jpg[3].split(".")[0]
 
 
+def load_error(data, backend, *words):
+    """`imgprep load` of the damaged dataset fails with one line naming train-000001.tar and `words`."""
+    r = run("load", data, "--backend", backend, "--batch-size", 8, "--workers", 1)
+    return one_line_error(r, "train-000001.tar", *words)
+
+
 @pytest.mark.parametrize("backend", ["dali", "torch"])
 def test_a_changed_sample_stops_loading_and_training_naming_it(data, backend, tmp_path):
     key = damage_a_sample(data)
-    one_line_error(
-        run("load", data, "--backend", backend, "--batch-size", 8, "--workers", 1),
-        "train-000001.tar",
-        f"sample {key} changed",
-        "--on-corrupt skip",
-    )
+    load_error(data, backend, f"sample {key} changed", "--on-corrupt skip")
     r = run(
         "train",
         data,
@@ -646,12 +647,7 @@ def test_a_forged_oversized_jpeg_never_reaches_the_decoder(data, backend):
     """Manifest and shard agree, but one JPEG is 1024x1024 in a 128 dataset: its header is read
     before any decoder sees it; an error naming it, or left out with --on-corrupt skip."""
     key = forge_a_sample(data)
-    one_line_error(
-        run("load", data, "--backend", backend, "--batch-size", 8, "--workers", 1),
-        "train-000001.tar",
-        f"sample {key} changed",
-        "not a JPEG of the dataset's size",
-    )
+    load_error(data, backend, f"sample {key} changed", "not a JPEG of the dataset's size")
     r = run("load", data, "--backend", backend, "--batch-size", 8, "--workers", 1, "--on-corrupt", "skip", "--json")
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)
