@@ -6,6 +6,7 @@ import sys
 
 import torch
 
+from helpers import DDP_RUN  # this script's folder (tests/) is first on sys.path
 from imgprep.trainer.config import TrainConfig
 from imgprep.trainer.train import train
 
@@ -19,19 +20,6 @@ def on_step(step, model, images, labels):
     steps.append({"images": images.cpu(), "labels": labels.cpu(), "checksum": params.double().sum().item()})
 
 
-cfg = TrainConfig(
-    data,
-    run,
-    epochs=1,
-    batch_size=8,
-    init="kaiming",
-    width_mult=0.125,
-    dropout=0.0,
-    workers=1,
-    seed=5,
-    lighting_std=0.1,
-    log_every=1,
-    steps_per_epoch=3,
-)
+cfg = TrainConfig(data, run, epochs=1, lighting_std=0.1, log_every=1, **DDP_RUN)
 train(cfg, progress=False, log=lambda s: None, on_step=on_step)
 torch.save(steps, os.path.join(record, f"rank{rank}.pt"))

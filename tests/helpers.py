@@ -1,9 +1,10 @@
-"""Helpers shared by the tests: small synthetic images and byte-for-byte tree comparisons."""
+"""Helpers shared by the tests: small synthetic images, byte-for-byte tree comparisons, the CLI's argv."""
 
 from __future__ import annotations
 
 import io
 import os
+import sys
 
 import numpy as np
 from PIL import Image
@@ -98,3 +99,13 @@ def slow_reads_env(folder, delay: float = 0.02) -> dict:
     with open(os.path.join(folder, "sitecustomize.py"), "w") as f:
         f.write(SLOW_READS.format(delay=delay))
     return {**os.environ, "PYTHONPATH": f"{folder}{os.pathsep}{ROOT}"}
+
+
+def cli_argv(*args) -> list[str]:
+    """The argv of `imgprep ARGS...` in a fresh interpreter (every argument as a string)."""
+    return [sys.executable, "-m", "imgprep.cli.main", *(str(a) for a in args)]
+
+
+# The run of test_distributed: ddp_script.py trains it as two torchrun ranks, the test resumes it in
+# one process, which needs the same architecture and data settings.
+DDP_RUN = dict(batch_size=8, init="kaiming", width_mult=0.125, dropout=0.0, workers=1, seed=5, steps_per_epoch=3)

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from helpers import DDP_RUN
 from imgprep.trainer.config import AlexNetConfig, TrainConfig
 from imgprep.trainer.model import TwoTowerAlexNet, init_kaiming
 from imgprep.trainer.runtime import CHECKPOINT
@@ -75,18 +76,7 @@ def test_two_ranks_equal_one_process_at_the_same_global_batch(data, tmp_path):
     assert sorted(os.listdir(run)) == ["checkpoint.pt", "config.json", "metrics.jsonl"] + ["tensorboard"] * tb
     assert not tb or len(os.listdir(run / "tensorboard")) == 1  # one writer: rank 0
     last = train(
-        TrainConfig(
-            data,
-            str(run),
-            epochs=2,
-            batch_size=8,
-            init="kaiming",
-            width_mult=0.125,
-            dropout=0.0,
-            workers=1,
-            seed=5,
-            steps_per_epoch=3,
-        ),
+        TrainConfig(data, str(run), epochs=2, **DDP_RUN),
         resume=True,
         progress=False,
         log=lambda s: None,

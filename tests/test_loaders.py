@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import cli_argv
 from imgprep.dataset import DatasetInfo
 from imgprep.errors import ImgprepError
 from imgprep.loader_base import PAD_LABEL, EpochPlan
@@ -383,10 +384,9 @@ def _cli_without_dali(*args):
 
 def test_auto_backend_is_dali_where_it_imports_and_torch_where_it_does_not(prepared):
     import subprocess
-    import sys
 
     args = ["load", prepared, "--split", "val", "--batch-size", "4", "--steps", "1", "--workers", "1", "--json"]
-    with_dali = subprocess.run([sys.executable, "-m", "imgprep.cli.main", *args], capture_output=True, text=True)
+    with_dali = subprocess.run(cli_argv(*args), capture_output=True, text=True)
     r = json.loads(with_dali.stdout)
     assert r["backend"] == "dali", with_dali.stderr
     assert r["first_batch_seconds"] > 0 and r["import_seconds"] > 0  # the loader's start, apart from imports

@@ -2,8 +2,8 @@
 
 import io
 import subprocess
-import sys
 
+from helpers import cli_argv
 from imgprep.progress import PlainProgress, progress_bar
 
 
@@ -26,17 +26,14 @@ def test_off_a_terminal_progress_is_whole_lines_with_the_figures():
 
 
 def test_prepare_and_train_write_no_carriage_returns_into_a_log(synth_src, prepared128, tmp_path):
-    cli = [sys.executable, "-m", "imgprep.cli.main"]
     prep = subprocess.run(
-        [*cli, "prepare", synth_src, str(tmp_path / "out"), "--size", "64", "--workers", "1"],
-        capture_output=True,
-        text=True,
+        cli_argv("prepare", synth_src, tmp_path / "out", "--size", 64, "--workers", 1), capture_output=True, text=True
     )
     assert prep.returncode == 0, prep.stderr
     log = prep.stdout + prep.stderr
     assert "\r" not in log and any(x.startswith("prepare: 32/32 img (100%)") for x in log.splitlines())
     tr = subprocess.run(
-        [*cli, "train", prepared128, "--run", str(tmp_path / "run"), "--epochs", "2", "--batch-size", "8"]
+        cli_argv("train", prepared128, "--run", tmp_path / "run", "--epochs", 2, "--batch-size", 8)
         + ["--width-mult", "0.25", "--init", "kaiming", "--workers", "1"],
         capture_output=True,
         text=True,

@@ -3,13 +3,12 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from crashing import CrashingSource
-from helpers import slow_reads_env, tree
+from helpers import cli_argv, slow_reads_env, tree
 from imgprep.prepare import PrepareConfig, prepare
 
 QUIET = dict(progress=False, log=lambda s: None)
@@ -22,7 +21,7 @@ def slow_env(tmp_path):
 
 def _start_cli(args: list[str], env: dict) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "imgprep.cli.main", *args],
+        cli_argv(*args),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -41,7 +40,7 @@ def _wait_for_shards(out: str, n: int) -> None:
 
 
 def _rerun(args: list[str]) -> str:
-    r = subprocess.run([sys.executable, "-m", "imgprep.cli.main", *args], capture_output=True, text=True)
+    r = subprocess.run(cli_argv(*args), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -114,7 +113,7 @@ def test_dead_worker_unit_is_redone(synth_src, prepared, tmp_path, monkeypatch):
 def test_kill_9_of_the_main_process_ends_its_workers_too(synth_src, tmp_path, slow_env):
     """The pool's workers, the forkserver and the resource tracker all end within seconds."""
     out = str(tmp_path / "out")
-    args = [sys.executable, "-m", "imgprep.cli.main", *_args(synth_src, out, 2)]
+    args = cli_argv(*_args(synth_src, out, 2))
     p = subprocess.Popen(
         args, env=slow_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )  # its own session: every process it starts is in the group

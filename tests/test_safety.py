@@ -5,13 +5,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
 from click.testing import CliRunner
 
-from helpers import slow_reads_env
+from helpers import cli_argv, slow_reads_env
 from imgprep.cli.main import main
 from imgprep.errors import ImgprepError
 from imgprep.fileio import FolderLock
@@ -235,28 +234,17 @@ def test_two_prepare_processes_into_one_out(synth_src, tmp_path):
     """The first run holds OUT to the end; the second gets one line naming it; the result verifies."""
     out = tmp_path / "out"
     env = slow_reads_env(tmp_path / "slow")
-    args = [
-        sys.executable,
-        "-m",
-        "imgprep.cli.main",
-        "prepare",
-        synth_src,
-        str(out),
-        "--size",
-        "40",
-        "--shard-size",
-        "3",
-        "--workers",
-        "1",
-        "--no-progress",
-    ]
-    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def args(shard_size):
+        return cli_argv(
+            "prepare", synth_src, out, "--size", 40, "--shard-size", shard_size, "--workers", 1, "--no-progress"
+        )
+
+    first = subprocess.Popen(args(3), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not (out / "train").is_dir():
         time.sleep(0.01)
-    second = subprocess.run(
-        args[:-5] + ["--shard-size", "4", "--workers", "1", "--no-progress"], capture_output=True, text=True
-    )
+    second = subprocess.run(args(4), capture_output=True, text=True)
     assert second.returncode == 1
     lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and f"in use by process {first.pid}" in lines[0], second.stderr
@@ -327,20 +315,7 @@ def test_a_file_reached_twice_is_listed_once_and_a_folder_named_like_an_image_is
 
 def prepare_process(src, out, *extra):
     """`imgprep prepare SRC OUT` at size 32 on one worker, in its own process (a hang is a timeout)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "imgprep.cli.main",
-        "prepare",
-        str(src),
-        str(out),
-        "--size",
-        "32",
-        "--workers",
-        "1",
-        "--no-progress",
-        *extra,
-    ]
+    cmd = cli_argv("prepare", src, out, "--size", 32, "--workers", 1, "--no-progress", *extra)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
@@ -464,23 +439,9 @@ def test_a_real_full_disk_is_one_line_and_the_rerun_after_freeing_space_is_ident
     from helpers import tree
 
     out = tiny_disk / "out"
-    args = [
-        sys.executable,
-        "-m",
-        "imgprep.cli.main",
-        "prepare",
-        synth_src,
-        str(out),
-        "--size",
-        "64",
-        "--shard-size",
-        "5",
-        "--seed",
-        "3",
-        "--workers",
-        "2",
-        "--no-progress",
-    ]
+    args = cli_argv(
+        "prepare", synth_src, out, "--size", 64, "--shard-size", 5, "--seed", 3, "--workers", 2, "--no-progress"
+    )
     r = subprocess.run(args, capture_output=True, text=True, timeout=120)
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 1 and len(lines) == 1 and "No space left on device" in lines[0], r.stderr
