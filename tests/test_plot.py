@@ -5,7 +5,8 @@ import json
 from click.testing import CliRunner
 
 from imgprep.cli.main import main
-from imgprep.trainer.plot import lr_drops, read_epochs
+from imgprep.trainer.plot import lr_drops
+from imgprep.trainer.runtime import read_epochs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

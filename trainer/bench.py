@@ -15,7 +15,7 @@ from imgprep.timing import Throughput, real_samples
 
 from .config import AlexNetConfig, TrainBenchConfig
 from .model import forward_macs
-from .runtime import autocast, build_model, compile_mode, compile_model, parse_devices
+from .runtime import autocast, build_model, maybe_compile, parse_devices
 
 __all__ = ["TrainBenchConfig", "bench_train", "available_placements"]
 
@@ -78,16 +78,6 @@ def _utilisation(mcfg: AlexNetConfig, crop: int, devs, override, model_rate: flo
     }
 
 
-def _maybe_compiled(model, x, devs, enabled: bool | None, log):
-    """(the model compiled as `train` compiles it, mode) where enabled (default: on CUDA), else (model, None)."""
-    if not (enabled if enabled is not None else devs[0].type == "cuda"):
-        return model, None
-    x = x.contiguous(memory_format=torch.channels_last) if devs[0].type == "cuda" else x
-    mode = compile_mode(devs, 1)
-    compiled = compile_model(model, x, lambda: autocast(devs[0]), mode, log)
-    return (compiled, mode) if compiled is not None else (model, None)
-
-
 def _loader_batches(loader):
     while True:
         yield from loader
@@ -117,7 +107,8 @@ def bench_train(cfg: TrainBenchConfig, log=print) -> dict:
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
         x = torch.randn(cfg.batch_size, 3, crop, crop, device=devs[0]).to(loader.dtype)
         y = torch.randint(0, n_cls, (cfg.batch_size,), device=devs[0])
-        net, mode = _maybe_compiled(model, x, devs, cfg.compile, log)
+        example = x.contiguous(memory_format=torch.channels_last) if gpu else x  # as _train_rate feeds it
+        net, mode = maybe_compile(model, example, devs, 1, cfg.compile, lambda d=devs[0]: autocast(d), log)
         graphs = mode == "reduce-overhead"
         synthetic = summarize(
             [_train_rate(net, opt, itertools.repeat((x, y)), cfg.steps, devs[0], graphs) for _ in range(cfg.repeats)]

@@ -17,7 +17,6 @@ to a separate timing table).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -27,8 +26,8 @@ from imgprep.errors import ImgprepError
 from imgprep.fileio import atomic_file, write_json_atomic
 from imgprep.report import bar_chart, line_chart, markdown_table, text_table, write_csv
 
-from .config import CONV_LAYERS, EXPERIMENT_NAMES, ExperimentConfig, TrainConfig
-from .runtime import CHECKPOINT, load_checkpoint
+from .config import CONV_LAYERS, ExperimentConfig, TrainConfig
+from .runtime import CHECKPOINT, load_checkpoint, read_epochs
 from .train import train
 
 __all__ = ["ExperimentConfig", "EXPERIMENTS", "run_experiment", "summarize_cells"]
@@ -43,10 +42,7 @@ def _run(tc: TrainConfig, log) -> dict:
     else:
         log(f"  {os.path.basename(tc.run_dir)}: training {tc.epochs} epochs")
         train(tc, resume=os.path.exists(ck_path), progress=False, log=lambda s: None)
-    with open(os.path.join(tc.run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-        epochs = [json.loads(x) for x in f if '"type": "epoch"' in x]
-    by_epoch = {e["epoch"]: e for e in epochs}  # a resumed run may repeat lines; the last one wins
-    return {"epochs": [by_epoch[k] for k in sorted(by_epoch)]}
+    return {"epochs": read_epochs(tc.run_dir)}
 
 
 def _final(res: dict) -> dict:
@@ -123,7 +119,8 @@ def _activation_derive(rows, cfg):
         r["seconds_to_target"] = round(sum(e["seconds"] for e in r["curve"][: reach["epoch"]]), 2) if reach else None
 
 
-EXPERIMENT_SPECS = {
+# in the order of config.EXPERIMENT_NAMES (the CLI's choices)
+EXPERIMENTS: dict[str, Experiment] = {
     "ablate-conv": Experiment(
         _ablate_cells, ["val_top1_error", "val_top5_error", "top1_change", "train_top1_error"], _ablate_derive
     ),
@@ -135,7 +132,6 @@ EXPERIMENT_SPECS = {
         _activation_cells, ["epochs_to_target", "train_top1_error", "val_top1_error"], _activation_derive
     ),
 }
-EXPERIMENTS: dict[str, Experiment] = {n: EXPERIMENT_SPECS[n] for n in EXPERIMENT_NAMES}
 
 
 def _mean_std(values: list) -> tuple[float | None, float | None, int]:

@@ -7,33 +7,13 @@ dotted line in the run's colour.
 
 from __future__ import annotations
 
-import json
 import os
 
-from imgprep.errors import ImgprepError
 from imgprep.report import save_figure
 
-__all__ = ["read_epochs", "lr_drops", "plot_runs"]
+from .runtime import read_epochs
 
-
-def read_epochs(run_dir: str) -> list[dict]:
-    """The epoch lines of RUN_DIR/metrics.jsonl in epoch order. A resumed run repeats epochs (the
-    last line wins); a line cut by a crash, and the line the next run appended to it, are skipped."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        raise ImgprepError(f"{run_dir}: no metrics.jsonl; give a RUN_DIR of `imgprep train`")
-    by_epoch = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and rec.get("type") == "epoch":
-                by_epoch[rec["epoch"]] = rec
-    if not by_epoch:
-        raise ImgprepError(f"{path}: no finished epoch yet; plot after the first epoch ends")
-    return [by_epoch[k] for k in sorted(by_epoch)]
+__all__ = ["lr_drops", "plot_runs"]
 
 
 def lr_drops(epochs: list[dict]) -> list[int]:

@@ -4,6 +4,7 @@ devices, building and initialising the model, mixed precision, and checkpoints."
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 
 import torch
@@ -25,8 +26,10 @@ __all__ = [
     "load_checkpoint",
     "model_config_from",
     "evaluate_run",
+    "read_epochs",
     "compile_mode",
     "compile_model",
+    "maybe_compile",
 ]
 
 CHECKPOINT = "checkpoint.pt"
@@ -159,6 +162,19 @@ def compile_model(net: torch.nn.Module, example: torch.Tensor, ctx_factory, mode
     return compiled
 
 
+def maybe_compile(
+    net: torch.nn.Module, example: torch.Tensor, devices, world: int, enabled: bool | None, ctx_factory, log
+) -> tuple[torch.nn.Module, str | None]:
+    """(what a step calls, torch.compile's mode) for `--compile` (None: on for CUDA, off on the
+    CPU): `net` compiled in the placement's mode and checked by `compile_model`, or (net, None)
+    when off or when compiling failed."""
+    if not (enabled if enabled is not None else devices[0].type == "cuda"):
+        return net, None
+    mode = compile_mode(devices, world)
+    compiled = compile_model(net, example, ctx_factory, mode, log)
+    return (compiled, mode) if compiled is not None else (net, None)
+
+
 def model_config_from(saved: dict) -> AlexNetConfig:
     """The AlexNetConfig stored in a checkpoint (`remove` back to a tuple)."""
     try:
@@ -191,6 +207,26 @@ def load_checkpoint(run_dir: str) -> dict:
     if missing:
         raise ImgprepError(f"{p}: not an imgprep checkpoint (no {', '.join(missing)})")
     return ckpt
+
+
+def read_epochs(run_dir: str) -> list[dict]:
+    """The epoch lines of RUN_DIR/metrics.jsonl in epoch order. A resumed run repeats epochs (the
+    last line wins); a line cut by a crash, and the line the next run appended to it, are skipped."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise ImgprepError(f"{run_dir}: no metrics.jsonl; give a RUN_DIR of `imgprep train`")
+    by_epoch = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and rec.get("type") == "epoch":
+                by_epoch[rec["epoch"]] = rec
+    if not by_epoch:
+        raise ImgprepError(f"{path}: no finished epoch yet; wait for the first epoch to end")
+    return [by_epoch[k] for k in sorted(by_epoch)]
 
 
 def evaluate_run(cfg: EvalConfig) -> dict:

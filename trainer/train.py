@@ -31,9 +31,8 @@ from .runtime import (
     CHECKPOINT,
     autocast,
     build_model,
-    compile_mode,
-    compile_model,
     load_checkpoint,
+    maybe_compile,
     parse_devices,
     save_checkpoint,
 )
@@ -235,21 +234,17 @@ def _tensorboard(run_dir: str):
 
 def _compile(run: Run, log: Callable[[str], None]) -> None:
     """Set `run.forward`: the model compiled (`--compile`, by default on CUDA), or as it is."""
-    run.forward = run.net
-    if not (run.cfg.compile if run.cfg.compile is not None else run.gpu):
-        run.resolved["compiled"] = None
-        return
     lo = run.train_loader
-    mode = compile_mode(run.devices, run.world)
     example = torch.zeros(lo.cfg.batch_size, 3, lo.cfg.crop, lo.cfg.crop, device=run.devices[0], dtype=lo.dtype)
     if run.channels_last:
         example = example.contiguous(memory_format=torch.channels_last)
     t0 = time.perf_counter()
-    compiled = compile_model(run.net, example, run.autocast, mode, log if run.main else lambda s: None)
-    if compiled is not None:
-        run.forward, run.compile_mode = compiled, mode
-        if run.main:
-            log(f"compiled the model ({mode}) in {time.perf_counter() - t0:.0f} s")
+    quiet = log if run.main else lambda s: None
+    run.forward, run.compile_mode = maybe_compile(
+        run.net, example, run.devices, run.world, run.cfg.compile, run.autocast, quiet
+    )
+    if run.compile_mode is not None and run.main:
+        log(f"compiled the model ({run.compile_mode}) in {time.perf_counter() - t0:.0f} s")
     run.resolved["compiled"] = run.compile_mode
 
 
