@@ -31,7 +31,8 @@ from .options import config_options, workers_option
 
 
 def user_errors(fn):
-    """Turn library errors into a one-line message and exit code 1 (no traceback)."""
+    """Turn library errors, and file-system errors nothing else caught, into a one-line message and
+    exit code 1 (no traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -39,6 +40,9 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except ImgprepError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a path the library did not name itself: an --out in a missing or read-only folder
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}; check the path and its permissions") from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

@@ -56,3 +56,12 @@ def test_plot_errors_are_one_line(tmp_path):
     (bad / "metrics.jsonl").write_text('{"type": "step"}\nnot json\n{"type": "step"}\n')
     r = CliRunner().invoke(main, ["plot", str(bad), "--out", str(tmp_path / "x.png")])
     assert r.exit_code != 0 and "no finished epoch yet" in r.output
+
+
+def test_an_out_that_cannot_be_written_is_one_line(tmp_path):
+    run = write_run(tmp_path / "a", [0.01, 0.001])
+    (tmp_path / "taken").write_text("a file, not a folder")
+    r = CliRunner().invoke(main, ["plot", str(run), "--out", str(tmp_path / "taken" / "curves.png")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    lines = [x for x in r.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "taken" in lines[0] and "check the path and its permissions" in lines[0], r.output
