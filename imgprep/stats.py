@@ -8,6 +8,7 @@ and in any order, and the result does not depend on how the work was split.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -97,16 +98,48 @@ class DatasetStats:
         }
 
 
+def _jacobi_eigh(a: list[list[float]], sweeps: int = 64) -> tuple[list[float], list[list[float]]]:
+    """Eigenvalues and eigenvector columns of a symmetric 3x3 matrix by cyclic Jacobi rotations,
+    in Python floats: only +, -, *, / and sqrt, each correctly rounded IEEE double arithmetic, so
+    the result is the same on every CPU. LAPACK's `eigh` is not: its kernels are chosen for the
+    processor, and AVX2 and AVX-512 machines differ in the last bits (and so in stats.json's bytes)."""
+    a = [row[:] for row in a]
+    v = [[1.0 if i == j else 0.0 for j in range(3)] for i in range(3)]
+    for _ in range(sweeps):
+        if a[0][1] == 0.0 and a[0][2] == 0.0 and a[1][2] == 0.0:
+            break
+        for p, q in ((0, 1), (0, 2), (1, 2)):
+            if a[p][q] == 0.0:
+                continue
+            theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q])
+            t = (1.0 if theta >= 0 else -1.0) / (abs(theta) + math.sqrt(theta * theta + 1.0))
+            c = 1.0 / math.sqrt(t * t + 1.0)
+            s = t * c
+            for k in range(3):  # a <- a J (columns p, q), then J^T a (rows p, q)
+                akp, akq = a[k][p], a[k][q]
+                a[k][p], a[k][q] = c * akp - s * akq, s * akp + c * akq
+            for k in range(3):
+                apk, aqk = a[p][k], a[q][k]
+                a[p][k], a[q][k] = c * apk - s * aqk, s * apk + c * aqk
+            a[p][q] = a[q][p] = 0.0  # zero by construction; rounding left a trace
+            for k in range(3):
+                vkp, vkq = v[k][p], v[k][q]
+                v[k][p], v[k][q] = c * vkp - s * vkq, s * vkp + c * vkq
+    return [a[i][i] for i in range(3)], v
+
+
 def pca(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigen-decomposition of a symmetric 3x3 covariance.
+    """Eigen-decomposition of a symmetric 3x3 covariance, bit for bit the same on every CPU.
 
     Returns:
         eigval (3,) descending and eigvec (3, 3) with eigvec[i] the unit eigenvector of eigval[i],
         signed so that its largest-magnitude component is positive (a deterministic choice).
     """
-    w, v = np.linalg.eigh(np.asarray(cov, np.float64))
-    order = np.argsort(w)[::-1]
-    eigval, eigvec = w[order], v[:, order].T.copy()
+    c = np.asarray(cov, np.float64)
+    w, v = _jacobi_eigh([[float(c[i, j]) for j in range(3)] for i in range(3)])
+    order = sorted(range(3), key=lambda i: -w[i])
+    eigval = np.array([w[i] for i in order])
+    eigvec = np.array([[v[k][i] for k in range(3)] for i in order])
     for i in range(3):
         if eigvec[i, np.argmax(np.abs(eigvec[i]))] < 0:
             eigvec[i] = -eigvec[i]

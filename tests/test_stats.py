@@ -77,3 +77,20 @@ def test_pca_sign_convention_and_order():
 def test_empty_accumulator_cannot_finalize():
     with pytest.raises(ValueError):
         finalize(StatsAccumulator(4))
+
+
+def test_pca_equals_lapack_on_random_and_degenerate_covariances():
+    """The pure-Python Jacobi solver (the same bits on every CPU) against numpy's LAPACK eigh."""
+    rng = np.random.default_rng(0)
+    covs = [np.diag([3.0, 2.0, 1.0]), np.eye(3) * 5.0, np.diag([4.0, 4.0, 1.0]), np.zeros((3, 3))]
+    for _ in range(200):
+        x = rng.normal(size=(50, 3)) * rng.uniform(0.1, 80, 3) + rng.uniform(0, 255, 3)
+        covs.append(np.cov(x.T, bias=True))
+    for cov in covs:
+        val, vec = pca(cov)
+        w = np.linalg.eigh(cov)[0][::-1]
+        scale = max(1.0, abs(w).max())
+        assert np.allclose(val, w, atol=1e-12 * scale), cov
+        assert np.allclose(vec @ vec.T, np.eye(3), atol=1e-12)
+        assert np.allclose(cov @ vec.T, vec.T * val, atol=1e-10 * scale)
+        assert list(val) == sorted(val, reverse=True)
