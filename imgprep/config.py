@@ -8,11 +8,18 @@ default and each list of choices is stated once, here in the library, and a comm
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, field
 from typing import Any
 
-__all__ = ["setting"]
+from .errors import ImgprepError
+
+__all__ = ["setting", "check_settings", "flag", "bad_number"]
+
+# The bound of every seed: numpy's generators take no negative seed.
+SEED_MIN = 0
 
 
 def setting(
@@ -54,3 +61,43 @@ def setting(
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a field name: `batch_size` -> `--batch-size`."""
+    return "--" + name.replace("_", "-")
+
+
+def bad_number(value, meta: dict) -> str | None:
+    """Why `value` breaks the range in a setting's metadata (NaN and infinities never pass), or None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value <= lo if meta.get("min_open") else value < lo):
+        return f"must be {'above' if meta.get('min_open') else 'at least'} {lo:g}"
+    if hi is not None and (value >= hi if meta.get("max_open") else value > hi):
+        return f"must be {'below' if meta.get('max_open') else 'at most'} {hi:g}"
+    return None
+
+
+def check_settings(cfg) -> None:
+    """Check every `setting` field of a config dataclass against its declaration (range, finite
+    numbers, choices), for the CLI and the Python API alike; ImgprepError naming the flag.
+    Nested config dataclasses are checked too; cross-field rules stay in each config's `validate`."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_settings(value)
+            continue
+        meta = f.metadata
+        if not meta:
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            why = bad_number(v, meta)
+            if why is None and meta.get("choices") is not None and v is not None and v not in meta["choices"]:
+                why = f"one of {', '.join(map(str, meta['choices']))}"
+            if why is not None:
+                raise ImgprepError(f"{flag(f.name)} {v!r}: {why}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .augment import LIGHTING_SCALES, NORMALIZE
-from .config import setting
+from .config import SEED_MIN, check_settings, setting
 from .constants import PCA_LIGHTING_STD, SPLITS
 from .dataset import DatasetInfo
 from .errors import ImgprepError
@@ -53,6 +53,9 @@ PAD_LABEL = -1  # label of a padding sample: the loss and the metrics skip it
 class LoaderConfig:
     """Everything a loader needs; saved with training runs."""
 
+    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
+        check_settings(self)
+
     root: str
     split: str = setting("train", "Split to read.", choices=SPLITS)
     batch_size: int = setting(256, "Samples per batch (per rank).", min=1)
@@ -61,15 +64,15 @@ class LoaderConfig:
         "train: random crop, flip, PCA lighting; eval: centre crop; ten_crop: the paper's ten views.",
         choices=MODES,
     )
-    rank: int = setting(0, cli=False)
-    world_size: int = setting(1, cli=False)
+    rank: int = setting(0, cli=False, min=0)
+    world_size: int = setting(1, cli=False, min=1)
     backend: str = setting(
         "auto", "auto: DALI where it is installed, else the PyTorch fallback; or either one.", choices=BACKENDS
     )
     device: str = setting("auto", "Where DALI decodes: auto (the GPU where there is one), cpu or gpu.", choices=DEVICES)
     device_id: int | None = setting(None, cli=False)  # GPU index; default: rank % number of GPUs
     workers: int = setting(0, "Decoding threads (DALI) or DataLoader processes (torch); 0: all cores.", min=0)
-    seed: int = setting(0, "Seed of the epoch order and the augmentation.")
+    seed: int = setting(0, "Seed of the epoch order and the augmentation.", min=SEED_MIN)
     crop: int = setting(0, cli=False)  # 0: size * 224 / 256 (224 for the stored 256)
     lighting_std: float = setting(PCA_LIGHTING_STD, "Std of the PCA lighting coefficients (0: off).", min=0)
     lighting_scale: str = setting("std", cli=False, choices=LIGHTING_SCALES)  # see augment.lighting_scales
@@ -90,32 +93,15 @@ class LoaderConfig:
     )
     dtype: str = setting("float32", cli=False, choices=DTYPES)  # of the images yielded (the trainer: bfloat16)
     channels_last: bool = setting(False, cli=False)  # yield images in channels_last memory format
-    shuffle_buffer: int = setting(4096, cli=False)  # samples in the in-memory shuffle buffer (train mode)
+    shuffle_buffer: int = setting(4096, cli=False, min=1)  # samples in the in-memory shuffle buffer (train mode)
     fixed_window: tuple[int, int] | None = setting(None, cli=False)  # (top, left) instead of random: for tests
     fixed_flip: bool | None = setting(None, cli=False)  # instead of a coin flip: for tests
 
     def validate(self) -> None:
-        """Raise ImgprepError on bad settings."""
-        checks = [
-            (self.mode in MODES, f"mode {self.mode!r}: one of {', '.join(MODES)}"),
-            (self.backend in BACKENDS, f"backend {self.backend!r}: one of {', '.join(BACKENDS)}"),
-            (self.device in DEVICES, f"device {self.device!r}: one of {', '.join(DEVICES)}"),
-            (self.batch_size >= 1, f"batch size {self.batch_size}: must be at least 1"),
-            (0 <= self.rank < self.world_size, f"rank {self.rank} with world size {self.world_size}"),
-            (self.normalize in NORMALIZE, f"normalize {self.normalize!r}: one of {', '.join(NORMALIZE)}"),
-            (self.last_batch in LAST_BATCH, f"last_batch {self.last_batch!r}: one of {', '.join(LAST_BATCH)}"),
-            (
-                self.lighting_scale in LIGHTING_SCALES,
-                f"lighting scale {self.lighting_scale!r}: one of {', '.join(LIGHTING_SCALES)}",
-            ),
-            (self.lighting_std >= 0, f"lighting std {self.lighting_std}: must be >= 0"),
-            (self.dtype in DTYPES, f"dtype {self.dtype!r}: one of {', '.join(DTYPES)}"),
-            (self.prefetch >= 1, f"prefetch {self.prefetch}: must be at least 1"),
-            (0 <= self.hw_decoder_load <= 1, f"hw_decoder_load {self.hw_decoder_load}: must be in [0, 1]"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ImgprepError(msg)
+        """Raise ImgprepError on bad settings: each against its declaration, then the cross-field rules."""
+        check_settings(self)
+        if not 0 <= self.rank < self.world_size:
+            raise ImgprepError(f"rank {self.rank} with world size {self.world_size}")
 
 
 @dataclass

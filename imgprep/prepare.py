@@ -21,7 +21,7 @@ import numpy as np
 
 from ._mp import resolve_workers
 from .codec import decode_rgb, encode_jpeg
-from .config import setting
+from .config import SEED_MIN, check_settings, setting
 from .constants import (
     JPEG_QUALITY,
     MAX_PIXELS,
@@ -49,6 +49,9 @@ STATE_DIR = ".imgprep"  # per-unit completion records, kept for resume and merge
 class PrepareConfig:
     """Settings of one `prepare` run. All but `workers` define the output."""
 
+    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
+        check_settings(self)
+
     src: str
     out: str
     split: str = setting("train", "Split of SRC when it is a plain folder of class folders.", choices=SPLITS)
@@ -65,7 +68,7 @@ class PrepareConfig:
     )
     quality: int = setting(JPEG_QUALITY, "JPEG quality.", min=1, max=100)
     shard_size: int = setting(SHARD_SIZE, "Samples per shard.", min=1)
-    seed: int = setting(0, "Seed of the global shuffle.")
+    seed: int = setting(0, "Seed of the global shuffle.", min=SEED_MIN)
     max_pixels: int = setting(
         MAX_PIXELS,
         "Refuse (list in rejects.jsonl) an image with more pixels, read from its "
@@ -93,23 +96,8 @@ class PrepareConfig:
         return d
 
     def validate(self) -> None:
-        """Raise ImgprepError on out-of-range settings."""
-        if self.size < 8:
-            raise ImgprepError(f"--size {self.size}: must be at least 8 pixels")
-        if not 1 <= self.quality <= 100:
-            raise ImgprepError(f"--quality {self.quality}: must be between 1 and 100")
-        if not 1 <= self.max_pixels <= MAX_PIXELS_CEILING:
-            raise ImgprepError(f"--max-pixels {self.max_pixels}: between 1 and {MAX_PIXELS_CEILING:,}")
-        if self.shard_size < 1:
-            raise ImgprepError(f"--shard-size {self.shard_size}: must be at least 1")
-        if self.workers < 0:
-            raise ImgprepError(f"--workers {self.workers}: must be 0 (all cores) or more")
-        if self.executor not in EXECUTORS:
-            raise ImgprepError(f"--executor {self.executor!r}: one of {', '.join(EXECUTORS)}")
-        if self.split not in SPLITS:
-            raise ImgprepError(f"--split {self.split!r}: must be one of {', '.join(SPLITS)}")
-        if self.layout not in LAYOUTS:
-            raise ImgprepError(f"--layout {self.layout!r}: must be one of {', '.join(LAYOUTS)}")
+        """Raise ImgprepError on bad settings (each is also checked against its declaration on construction)."""
+        check_settings(self)
 
 
 @dataclass

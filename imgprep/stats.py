@@ -7,8 +7,8 @@ and in any order, and the result does not depend on how the work was split.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import setting
+from .config import SEED_MIN, check_settings, setting
 from .errors import ImgprepError
 from .fileio import atomic_file
 
@@ -28,13 +28,16 @@ _GOLDEN = 0.6180339887
 class SynthConfig:
     """Settings of `imgprep synth`."""
 
+    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
+        check_settings(self)
+
     out: str
     classes: int = setting(10, "Classes.", min=1)
     per_class: int = setting(50, "Training images per class.", min=1)
     val_per_class: int | None = setting(
         None, "Validation images per class [default: per-class / 5, at least 1].", min=0
     )
-    seed: int = setting(0, "Seed: every image is a function of (seed, split, class, number).")
+    seed: int = setting(0, "Seed: every image is a function of (seed, split, class, number).", min=SEED_MIN)
     min_side: int = setting(150, "Shortest shorter side of an image.", min=1)
     max_side: int = setting(600, "Longest shorter side of an image.", min=1)
     quality: int = setting(90, "JPEG quality.", min=1, max=100)

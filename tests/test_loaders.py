@@ -346,7 +346,7 @@ def test_bad_loader_arguments(prepared, tmp_path):
         make_loader(prepared, mode="nope")
     with pytest.raises(ImgprepError, match="rank"):
         make_loader(prepared, rank=2, world_size=2)
-    with pytest.raises(ImgprepError, match="no 'test' split"):
+    with pytest.raises(ImgprepError, match="--split 'test': one of train, val"):
         make_loader(prepared, "test")
     with pytest.raises(ImgprepError, match="no manifest"):
         make_loader(str(tmp_path))

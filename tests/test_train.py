@@ -200,7 +200,7 @@ def _loss_and_grads(fn, run, images, labels, rng):
     run.opt.zero_grad(set_to_none=True)
     loss = torch.nn.functional.cross_entropy(fn(images), labels)
     loss.backward()
-    return float(loss), [p.grad.clone() for p in run.model.parameters()]
+    return float(loss.detach()), [p.grad.clone() for p in run.model.parameters()]
 
 
 def test_compiled_steps_equal_eager_steps_from_the_same_weights(prepared256, tmp_path):
@@ -306,3 +306,30 @@ def test_tensorboard_scalars_match_metrics_jsonl(data, tmp_path):
     assert [(e.step, e.value) for e in acc.Scalars("step/loss")] == [
         (x["step"], pytest.approx(x["loss"], abs=1e-5)) for x in steps
     ]
+
+
+def test_a_loss_that_stops_being_finite_stops_the_run_and_keeps_the_last_good_checkpoint(data, tmp_path):
+    """Weights broken after step 4 (epoch 2's first): step 5's loss is NaN; one error names it, and
+    the checkpoint of epoch 1 stays as it was."""
+
+    def poison(step, model, images, labels):
+        if step == 4:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+    run_dir = tmp_path / "nan"
+    with pytest.raises(ImgprepError, match=r"epoch 2, step 5: the loss is not finite .* last good checkpoint"):
+        train(cfg(data, run_dir, epochs=3), on_step=poison, **QUIET)
+    ck = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    assert ck["epoch"] == 1 and all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_weights_broken_by_the_epochs_last_update_are_never_checkpointed(data, tmp_path):
+    def poison(step, model, images, labels):
+        if step == 3:  # the last step of epoch 1: its loss was finite
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("inf"))
+
+    with pytest.raises(ImgprepError, match=r"epoch 1, step 3: the weights after the update are not finite"):
+        train(cfg(data, tmp_path / "w", epochs=2), on_step=poison, **QUIET)
+    assert not (tmp_path / "w" / CHECKPOINT).exists()

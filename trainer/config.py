@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
-from imgprep.config import setting
+from imgprep.config import SEED_MIN, check_settings, setting
 from imgprep.constants import PCA_LIGHTING_STD
 from imgprep.integrity import ON_CORRUPT
 from imgprep.loader_base import BACKENDS, NORMALIZE
@@ -67,6 +67,9 @@ class AlexNetConfig:
 class TrainConfig:
     """Settings of one training run; saved in RUN_DIR/config.json and in every checkpoint."""
 
+    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
+        check_settings(self)
+
     data: str
     run_dir: str
     epochs: int = setting(90, "Epochs to train.", min=1)
@@ -94,7 +97,7 @@ class TrainConfig:
     backend: str = setting("auto", "Loader backend (auto: DALI where installed, else torch).", choices=BACKENDS)
     devices: str = setting("auto", "auto, cpu, cuda:0, or cuda:0,cuda:1 (tower A, tower B: the paper's two-GPU split).")
     workers: int = setting(0, "Loader workers (0: all cores).", min=0)
-    seed: int = setting(0, "Seed of the weights, the data order and the augmentation.")
+    seed: int = setting(0, "Seed of the weights, the data order and the augmentation.", min=SEED_MIN)
     normalize: str = setting(
         "auto",
         "Pixel normalization (auto: mean image for the paper's init, also divided by the std for He init).",
@@ -128,6 +131,9 @@ class TrainConfig:
 class EvalConfig:
     """Settings of `imgprep eval`: a run's last checkpoint on a dataset's validation split."""
 
+    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
+        check_settings(self)
+
     run_dir: str
     data: str
     ten_crop: bool = setting(False, "Average the softmax over the paper's ten views.")
@@ -141,6 +147,9 @@ class EvalConfig:
 class ExperimentConfig:
     """Shared settings of an experiment series (reduced scale by default; `full` = the recipe)."""
 
+    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
+        check_settings(self)
+
     data: str
     out: str  # results folder; the runs are kept in out/runs/
     epochs: int = setting(8, "Epochs per run.", min=1)
@@ -148,7 +157,7 @@ class ExperimentConfig:
     batch_size: int = setting(64, "Batch size.", min=1)
     lr: float = setting(0.01, "Learning rate (the reference for the linear scaling rule).", min=0, min_open=True)
     init: str = setting("kaiming", "Initialisation.", choices=INIT_NAMES)
-    seed: int = setting(0, "Seed of the first run of each cell; the others take seed + 1, seed + 2, ...")
+    seed: int = setting(0, "Seed of the first run of each cell; the others take seed + 1, seed + 2, ...", min=SEED_MIN)
     seeds: int = setting(3, "Runs per cell, each with its own seed (results show mean +- std).", min=1)
     backend: str = setting("auto", "Loader backend (auto: DALI where installed, else torch).", choices=BACKENDS)
     workers: int = setting(0, "Loader workers (0: all cores).", min=0)
@@ -187,6 +196,9 @@ class ExperimentConfig:
 class TrainBenchConfig:
     """Settings of `imgprep bench train`."""
 
+    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
+        check_settings(self)
+
     data: str
     batch_size: int = setting(128, "Batch size.", min=1)
     steps: int = setting(5, "Timed steps per figure.", min=1)
@@ -212,6 +224,9 @@ class TrainBenchConfig:
 class DemoConfig:
     """Settings of `imgprep demo`."""
 
+    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
+        check_settings(self)
+
     out: str = setting("demo-out", "Working folder (replaced).", path=True)
     classes: int = setting(10, "Classes to synthesize.", min=2)
     per_class: int = setting(100, "Training images per class.", min=1)
@@ -221,6 +236,6 @@ class DemoConfig:
     epochs: int = setting(12, "Training epochs.", min=1)
     width_mult: float = setting(0.25, "Width multiplier of the network.", min=0, min_open=True)
     batch_size: int = setting(64, "Batch size.", min=1)
-    seed: int = setting(0, "Seed of the data and the run.")
+    seed: int = setting(0, "Seed of the data and the run.", min=SEED_MIN)
     workers: int = setting(0, "Worker processes (0: all cores).", min=0)
     backend: str = setting("auto", "Loader backend (auto: DALI where installed, else torch).", choices=BACKENDS)

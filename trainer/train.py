@@ -262,7 +262,8 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, on_step: Callab
     bar = _bar(n_batches, f"epoch {epoch + 1}/{cfg.epochs}", progress and run.main)
     loss_fn = nn.CrossEntropyLoss(ignore_index=PAD_LABEL, reduction="sum")
     sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, top1 hits, top5 hits, samples
-    since_log = torch.zeros_like(sums)
+    # the same sums since the last log point, and the first step whose loss was not finite (-1: none)
+    since_log = torch.tensor([0.0, 0.0, 0.0, 0.0, -1.0], dtype=torch.float64, device=dev)
     t_log = time.perf_counter()
     for i, (images, labels) in enumerate(loader):
         run.guard.check()
@@ -287,19 +288,26 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, on_step: Callab
             on_step(run.step, run.model, images, labels)
         step_sums = torch.cat([(loss.detach() * valid).reshape(1), topk_hits(logits.detach(), labels), valid[None]])
         sums += step_sums
-        since_log += step_sums
+        since_log[:4] += step_sums
+        # on the device, no host read: remember the first step whose loss was NaN or infinite
+        since_log[4] = torch.where((since_log[4] < 0) & ~torch.isfinite(loss.detach()), run.step, since_log[4])
         bar.update(1)
-        if run.main and (run.step % cfg.log_every == 0 or i == n_batches - 1):
+        if run.step % cfg.log_every == 0 or i == n_batches - 1:
             t_log = _log_step(run, epoch, since_log, t_log, bar)
     bar.close()
     return sums
 
 
 def _log_step(run: Run, epoch: int, since_log: torch.Tensor, t_log: float, bar) -> float:
-    """One metrics.jsonl line for the steps since the last one (the one host read of them); resets the sums."""
-    loss_sum, h1, h5, n = since_log.tolist()
-    since_log.zero_()
+    """One metrics.jsonl line for the steps since the last one (the one host read of them); resets the
+    sums. A loss that was not finite stops the run here, before any checkpoint holds its weights."""
+    loss_sum, h1, h5, n, bad_step = since_log.tolist()
+    since_log[:4].zero_()
+    if bad_step >= 0:
+        raise non_finite_error(run, epoch, int(bad_step), "the loss is")
     now = time.perf_counter()
+    if not run.main:
+        return now
     rec = {
         "type": "step",
         "epoch": epoch + 1,
@@ -315,8 +323,25 @@ def _log_step(run: Run, epoch: int, since_log: torch.Tensor, t_log: float, bar) 
     return now
 
 
+def non_finite_error(run: Run, epoch: int, step: int, what: str) -> ImgprepError:
+    """The one line for a run whose loss or weights stopped being finite: no checkpoint is written."""
+    kept = os.path.join(run.cfg.run_dir, CHECKPOINT)
+    kept = f"the last good checkpoint {kept} is kept" if os.path.exists(kept) else "no checkpoint was written"
+    return ImgprepError(
+        f"epoch {epoch + 1}, step {step}: {what} not finite (NaN or infinite); the run stops and {kept}; "
+        "lower --lr (or raise --warmup-epochs) and train again"
+    )
+
+
+def _weights_finite(model: nn.Module) -> bool:
+    """Whether every parameter is finite (a host read per parameter: once an epoch)."""
+    return all(bool(p.detach().isfinite().all()) for p in model.parameters())
+
+
 def end_of_epoch(run: Run, epoch: int, sums: torch.Tensor, seconds: float, log: Callable[[str], None]) -> dict:
     """Sum the epoch's counts over ranks, validate, step the lr schedule, write metrics and the checkpoint."""
+    if not _weights_finite(run.model):  # the epoch's last update can break the weights after its loss
+        raise non_finite_error(run, epoch, run.step, "the weights after the update are")
     if run.world > 1:
         import torch.distributed as dist
 

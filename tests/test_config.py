@@ -1,0 +1,91 @@
+"""Settings are checked against their declarations (`imgprep.config.setting`), for the Python API as
+for the CLI: every bounded field rejects a value just outside its bound, every float rejects NaN and
+infinities, every choice field rejects an unknown value."""
+
+import dataclasses
+import math
+import typing
+
+import pytest
+
+from imgprep.bench import LoadBenchConfig, PrepareBenchConfig
+from imgprep.errors import ImgprepError
+from imgprep.loader_base import LoaderConfig
+from imgprep.prepare import PrepareConfig
+from imgprep.synth import SynthConfig
+from imgprep.trainer.config import DemoConfig, EvalConfig, ExperimentConfig, TrainBenchConfig, TrainConfig
+
+CONFIGS = [
+    PrepareBenchConfig,
+    LoadBenchConfig,
+    LoaderConfig,
+    PrepareConfig,
+    SynthConfig,
+    TrainConfig,
+    EvalConfig,
+    ExperimentConfig,
+    TrainBenchConfig,
+    DemoConfig,
+]
+
+
+def _required(cls) -> dict:
+    """Placeholder values for the fields without a default (paths)."""
+    return {
+        f.name: "x"
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+
+
+def _outside(meta: dict, kind: type) -> list:
+    """Values just outside the declared range of a field."""
+    step = 1 if kind is int else 1e-9
+    out = []
+    if meta.get("min") is not None:
+        out.append(meta["min"] if meta.get("min_open") else meta["min"] - step)
+    if meta.get("max") is not None:
+        out.append(meta["max"] if meta.get("max_open") else meta["max"] + step)
+    return [kind(v) if kind is int else v for v in out]
+
+
+def _kind(hint):
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if args else hint
+    if typing.get_origin(base) is tuple:
+        return tuple, typing.get_args(base)[0]
+    return base, None
+
+
+@pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
+def test_every_bounded_field_rejects_a_value_just_outside_its_bound(cls):
+    hints = typing.get_type_hints(cls)
+    required = _required(cls)
+    cls(**required)  # the defaults pass
+    checked = 0
+    for f in dataclasses.fields(cls):
+        kind, item = _kind(hints[f.name])
+        number = item if kind is tuple else kind
+        if number not in (int, float):
+            continue
+        bad = _outside(f.metadata, number)
+        if number is float:
+            bad += [math.nan, math.inf, -math.inf]
+        for v in bad:
+            value = (v,) if kind is tuple else v
+            with pytest.raises(ImgprepError, match="--" + f.name.replace("_", "-")):
+                cls(**{**required, f.name: value})
+            checked += 1
+        if f.metadata.get("choices") and kind is str:
+            with pytest.raises(ImgprepError, match="one of"):
+                cls(**{**required, f.name: "no-such-choice"})
+    assert checked > 0 or cls in (EvalConfig,)
+
+
+def test_seeds_and_nan_learning_rates_are_one_line_errors():
+    with pytest.raises(ImgprepError, match="--seed -5: must be at least 0"):
+        PrepareConfig("s", "o", seed=-5)
+    for name in ("lr", "momentum", "weight_decay", "width_mult"):
+        for v in (math.nan, math.inf):
+            with pytest.raises(ImgprepError, match=f"--{name.replace('_', '-')} {v!r}: must be a finite number"):
+                TrainConfig("d", "r", **{name: v})
