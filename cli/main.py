@@ -25,6 +25,7 @@ from imgprep.trainer.config import (
     ExperimentConfig,
     TrainBenchConfig,
     TrainConfig,
+    may_change,
 )
 
 from .options import config_options, workers_option
@@ -206,7 +207,12 @@ def load(data, epochs, steps, as_json, **options) -> None:
     "--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Run folder (checkpoints, metrics)."
 )
 @config_options(TrainConfig, skip=("data", "run_dir"))
-@click.option("--resume", is_flag=True, help="Continue the run in RUN_DIR from its last checkpoint.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in RUN_DIR from its last checkpoint (mid-epoch after SIGTERM), with the run's "
+    f"settings: only {may_change()} may differ.",
+)
 @click.option("--progress/--no-progress", default=True)
 @user_errors
 def train(resume, progress, **options) -> None:

@@ -99,26 +99,35 @@ class InterruptGuard:
 
     A Ctrl-C that lands while C code calls back into Python (numba compiling, a DALI callback)
     raises KeyboardInterrupt inside that callback, where it is printed as "Exception ignored" and
-    lost; the flag set here is not. Use as a context manager in the main thread; elsewhere it
-    only checks.
+    lost; the flag set here is not. With `terminate`, SIGTERM (a cluster scheduler's notice before
+    it kills a job) only sets `terminated`: the run finishes its step, saves where it is and ends.
+    Use as a context manager in the main thread; elsewhere it only checks.
     """
 
-    def __init__(self):
+    def __init__(self, terminate: bool = False):
         self.interrupted = False
-        self._previous = None
+        self.terminated = False
+        self.terminate = terminate
+        self._previous: dict = {}
 
     def _handler(self, signum, frame):
         self.interrupted = True
         raise KeyboardInterrupt
 
+    def _on_term(self, signum, frame):
+        self.terminated = True
+
     def __enter__(self) -> InterruptGuard:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handler)
+            if self.terminate:
+                self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_term)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
     def check(self) -> None:
         """Raise KeyboardInterrupt if a Ctrl-C came, even one that was swallowed."""

@@ -31,7 +31,16 @@ from .constants import (
     SPLITS,
     STORED_SIZE,
 )
-from .dataset import MANIFEST, REJECTS, build_manifest, read_manifest, write_manifest, write_rejects, write_stats
+from .dataset import (
+    FORMAT_NAME,
+    MANIFEST,
+    REJECTS,
+    build_manifest,
+    read_manifest,
+    write_manifest,
+    write_rejects,
+    write_stats,
+)
 from .errors import DecodeError, ImgprepError, NotAnImage
 from .executors import EXECUTORS, make_executor
 from .fileio import PARTIAL_SUFFIX, FolderLock, atomic_file, json_bytes, write_atomic
@@ -296,9 +305,14 @@ def _output_state(cfg: PrepareConfig) -> str:
             try:
                 with open(p, encoding="utf-8") as f:
                     saved = json.load(f)
-                saved = saved.get("config", saved)
-            except (OSError, ValueError, AttributeError):
+            except (OSError, ValueError):
                 raise ImgprepError(f"{p}: unreadable; remove OUT or choose another folder") from None
+            if state == "complete":
+                if not isinstance(saved, dict) or saved.get("format") != FORMAT_NAME:
+                    raise ImgprepError(f"{out}: its {MANIFEST} is not an imgprep dataset's; choose an empty or new OUT")
+                saved = saved.get("config")
+            if not isinstance(saved, dict) or not {"src", "size", "seed"} <= set(saved):
+                raise ImgprepError(f"{p}: not the settings of an imgprep dataset; choose an empty or new OUT")
             diff = _differences(saved, wanted)
             if diff:
                 raise ImgprepError(

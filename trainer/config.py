@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
-from imgprep.config import SEED_MIN, check_settings, setting
+from imgprep.config import SEED_MIN, check_settings, flag, setting
 from imgprep.constants import PCA_LIGHTING_STD
 from imgprep.integrity import ON_CORRUPT
 from imgprep.loader_base import BACKENDS, NORMALIZE
@@ -30,6 +30,27 @@ ACTIVATIONS = ("relu", "tanh")  # section 3.1 compares the two
 INIT_NAMES = ("paper", "kaiming")
 NORMALIZE_CHOICES = ("auto", *NORMALIZE)
 LR_SCALINGS = ("none", "linear")
+# What `train --resume` lets change: how the run is executed, how long, how it logs; never the
+# recipe, the data order or the model. `data` may move (its classes and size are checked).
+RESUME_MAY_CHANGE = (
+    "data",
+    "run_dir",
+    "epochs",
+    "workers",
+    "log_every",
+    "checkpoint_every",
+    "backend",
+    "devices",
+    "compile",
+    "on_corrupt",
+)
+
+
+def may_change() -> str:
+    """The settings `--resume` lets change, as a user types them."""
+    return ", ".join("DATA" if k == "data" else flag(k) for k in RESUME_MAY_CHANGE if k != "run_dir")
+
+
 REFERENCE_BATCH = 128  # the paper's batch (section 5): the lr given is the lr at this batch
 # the reviewer's open questions, each a series of trainings (`imgprep experiment NAME`)
 EXPERIMENT_NAMES = (
@@ -117,6 +138,11 @@ class TrainConfig:
         choices=ON_CORRUPT,
     )
     log_every: int = setting(10, "Steps between lines of metrics.jsonl.", min=1)
+    checkpoint_every: int = setting(
+        0,
+        "Also checkpoint every N steps, inside epochs (0: at each epoch's end, and on SIGTERM where it stands).",
+        min=0,
+    )
 
     @property
     def base_lr(self) -> float:

@@ -10,7 +10,7 @@ import os
 import torch
 
 from imgprep.errors import ImgprepError
-from imgprep.fileio import atomic_file
+from imgprep.fileio import atomic_file, partial_path
 
 from .config import INIT_NAMES, AlexNetConfig, EvalConfig
 from .model import TwoTowerAlexNet, init_kaiming, init_paper
@@ -23,6 +23,7 @@ __all__ = [
     "build_model",
     "autocast",
     "save_checkpoint",
+    "remove_leftovers",
     "load_checkpoint",
     "model_config_from",
     "evaluate_run",
@@ -183,10 +184,50 @@ def model_config_from(saved: dict) -> AlexNetConfig:
         raise ImgprepError(f"checkpoint holds no usable model configuration ({exc})") from None
 
 
+class _WriteErrors:
+    """A file wrapper that remembers the OSError of a failed write: torch's zip writer turns it into
+    a RuntimeError that no longer says what happened ("unexpected pos 704 vs 598")."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def save_checkpoint(run_dir: str, checkpoint: dict) -> None:
-    """Write RUN_DIR/checkpoint.pt atomically: a crash leaves the previous one whole."""
-    with atomic_file(os.path.join(run_dir, CHECKPOINT)) as f:
-        torch.save(checkpoint, f)
+    """Write RUN_DIR/checkpoint.pt atomically: a crash leaves the previous one whole. A failed write
+    (a full disk, permissions) is one ImgprepError."""
+    path = os.path.join(run_dir, CHECKPOINT)
+    try:
+        with atomic_file(path) as f:
+            w = _WriteErrors(f)
+            try:
+                torch.save(checkpoint, w)
+            except RuntimeError:
+                if w.error is None:
+                    raise
+                raise w.error from None
+    except OSError as exc:
+        kept = "; the previous checkpoint is intact: --resume continues from it" if os.path.exists(path) else ""
+        raise ImgprepError(
+            f"{path}: cannot write the checkpoint ({exc.strerror or exc}); free space or fix permissions there{kept}"
+        ) from None
+
+
+def remove_leftovers(run_dir: str) -> None:
+    """Remove temporary files of our own (`.checkpoint.pt.partial`, ...) left by a run killed while
+    writing them: the finished files beside them are whole."""
+    for name in (CHECKPOINT, "config.json"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial_path(os.path.join(run_dir, name)))
 
 
 def load_checkpoint(run_dir: str) -> dict:

@@ -12,18 +12,19 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import IO
 
 import torch
 from torch import nn
 
 from imgprep._mp import InterruptGuard
+from imgprep.config import flag
 from imgprep.errors import ImgprepError
 from imgprep.fileio import FolderLock, write_json_atomic
 from imgprep.loader_base import PAD_LABEL
 
-from .config import AlexNetConfig, TrainConfig
+from .config import RESUME_MAY_CHANGE, AlexNetConfig, TrainConfig, may_change
 from .evaluate import evaluate, topk_hits
 from .model import TwoTowerAlexNet
 from .runtime import (
@@ -34,10 +35,11 @@ from .runtime import (
     load_checkpoint,
     maybe_compile,
     parse_devices,
+    remove_leftovers,
     save_checkpoint,
 )
 
-__all__ = ["TrainConfig", "train", "setup", "train_one_epoch", "end_of_epoch", "Run"]
+__all__ = ["TrainConfig", "train", "setup", "train_one_epoch", "end_of_epoch", "save_run", "Run", "Preempted"]
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -68,6 +70,7 @@ class Run:
     tb: object | None = None  # a TensorBoard SummaryWriter on RUN_DIR/tensorboard (rank 0, where installed)
     forward: nn.Module | None = None  # what a training step calls: `net` compiled, or `net` itself
     compile_mode: str | None = None  # torch.compile's mode when compiled
+    resume_at: dict | None = None  # a checkpoint written inside epoch `start_epoch`: its position there
 
     @property
     def main(self) -> bool:
@@ -105,6 +108,13 @@ def _check_resume(cfg: TrainConfig, mcfg: AlexNetConfig, resume: bool) -> dict |
             )
         return None
     ckpt = load_checkpoint(cfg.run_dir)
+    changed = resume_differences(ckpt["config"], cfg)
+    if changed:
+        raise ImgprepError(
+            f"{ckpt_path}: --resume with other settings than the run's ({'; '.join(changed)}); "
+            f"resume with the run's settings (only {may_change()} may change), "
+            "or start a new run in another RUN_DIR"
+        )
     if ckpt["model_config"] != asdict(mcfg):
         diff = [k for k in asdict(mcfg) if ckpt["model_config"].get(k) != asdict(mcfg)[k]]
         raise ImgprepError(
@@ -112,6 +122,28 @@ def _check_resume(cfg: TrainConfig, mcfg: AlexNetConfig, resume: bool) -> dict |
             "use the run's settings or another RUN_DIR"
         )
     return ckpt
+
+
+def normalize_of(cfg: TrainConfig) -> str:
+    """The pixel normalization a run uses: `--normalize`, or for auto the one that fits its init."""
+    return AUTO_NORMALIZE.get(cfg.init, "mean_image") if cfg.normalize == "auto" else cfg.normalize
+
+
+def resume_differences(saved: dict, cfg: TrainConfig) -> list[str]:
+    """'--lr was 0.01, now 0.5' for each setting of `cfg` that differs from the run's saved
+    configuration, except those that may change on resume. A setting the run predates counts as
+    its default."""
+    out = []
+    for f in fields(cfg):
+        if f.name in RESUME_MAY_CHANGE:
+            continue
+        now = normalize_of(cfg) if f.name == "normalize" else getattr(cfg, f.name)  # saved resolved
+        was = saved.get(f.name, f.default if f.default is not MISSING else None)
+        if isinstance(now, tuple):
+            was = tuple(was) if isinstance(was, (list, tuple)) else was
+        if was != now:
+            out.append(f"{flag(f.name)} was {was!r}, now {now!r}")
+    return out
 
 
 def _init_distributed(world: int, devices) -> None:
@@ -160,6 +192,7 @@ def setup(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
     lock = None
     try:
         lock = FolderLock(cfg.run_dir, "RUN_DIR")
+        remove_leftovers(cfg.run_dir)  # ours, from a run killed mid-write; safe under the lock
         run = _build_run(cfg, resume, log)
         run.lock = lock
         return run
@@ -180,7 +213,7 @@ def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Ru
     devices = parse_devices(cfg.devices, local_rank, shift=world > 1)
     if cfg.batch_size % world:
         raise ImgprepError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
-    normalize = AUTO_NORMALIZE.get(cfg.init, "mean_image") if cfg.normalize == "auto" else cfg.normalize
+    normalize = normalize_of(cfg)
     mcfg = cfg.model_config(len(info.classes))
     try:
         mcfg.validate()
@@ -205,6 +238,8 @@ def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Ru
         "devices_resolved": [str(d) for d in devices],
         "world_size": world,
         "batch_per_rank": cfg.batch_size // world,
+        "size": info.size,  # the dataset's stored size and class names: `eval` checks its data against them
+        "class_names": [c["name"] for c in info.classes],
     }
     run = Run(cfg, resolved, mcfg, devices, rank, world, model, net, opt, sched, train_loader, val_loader)
     if ckpt is not None:
@@ -212,8 +247,12 @@ def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Ru
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         run.start_epoch, run.step = ckpt["epoch"], ckpt["step"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        log(f"resuming {cfg.run_dir} after epoch {run.start_epoch}")
+        run.resume_at = _position(ckpt, world, rank)
+        if run.resume_at is None:
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            log(f"resuming {cfg.run_dir} after epoch {run.start_epoch}")
+        else:  # the RNG state is restored once the loader has replayed the epoch's first batches
+            log(f"resuming {cfg.run_dir} in epoch {run.start_epoch + 1} after batch {run.resume_at['batch']}")
     _compile(run, log)
     if run.main:
         write_json_atomic(os.path.join(cfg.run_dir, "config.json"), resolved)
@@ -221,6 +260,20 @@ def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Ru
         run.metrics = open(os.path.join(cfg.run_dir, "metrics.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
         run.tb = _tensorboard(cfg.run_dir)
     return run
+
+
+def _position(ckpt: dict, world: int, rank: int) -> dict | None:
+    """Where inside an epoch a checkpoint was written ({"batch", "sums" of this rank, "rng"}), or None
+    for one written at an epoch's end."""
+    pos = ckpt.get("position")
+    if not pos:
+        return None
+    if pos["world_size"] != world:
+        raise ImgprepError(
+            f"checkpoint written inside epoch {ckpt['epoch'] + 1} by {pos['world_size']} processes; "
+            f"resume it with {pos['world_size']} (the epoch's plan depends on it), or after the epoch ends"
+        )
+    return {"batch": int(pos["batch"]), "sums": pos["sums"][rank], "rng": ckpt["rng"]["torch"]}
 
 
 def _tensorboard(run_dir: str):
@@ -264,8 +317,16 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, on_step: Callab
     sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, top1 hits, top5 hits, samples
     # the same sums since the last log point, and the first step whose loss was not finite (-1: none)
     since_log = torch.tensor([0.0, 0.0, 0.0, 0.0, -1.0], dtype=torch.float64, device=dev)
+    batches, skip = iter(loader), 0
+    if run.resume_at is not None and epoch == run.start_epoch:  # a checkpoint from inside this epoch
+        skip = min(run.resume_at["batch"], n_batches)
+        for _ in range(skip):  # replayed, not trained: the loader draws its windows and flips as before
+            next(batches)
+        sums += torch.tensor(run.resume_at["sums"], dtype=torch.float64, device=dev)
+        torch.set_rng_state(run.resume_at["rng"])  # dropout continues where it stopped
+        bar.update(skip)
     t_log = time.perf_counter()
-    for i, (images, labels) in enumerate(loader):
+    for i, (images, labels) in enumerate(batches, start=skip):
         run.guard.check()
         if i >= n_batches:
             break
@@ -292,10 +353,33 @@ def train_one_epoch(run: Run, epoch: int, progress: bool = True, on_step: Callab
         # on the device, no host read: remember the first step whose loss was NaN or infinite
         since_log[4] = torch.where((since_log[4] < 0) & ~torch.isfinite(loss.detach()), run.step, since_log[4])
         bar.update(1)
-        if run.step % cfg.log_every == 0 or i == n_batches - 1:
+        log_point = run.step % cfg.log_every == 0 or i == n_batches - 1
+        if log_point:
             t_log = _log_step(run, epoch, since_log, t_log, bar)
+        if i < n_batches - 1 and _stop_or_save(run, epoch, i + 1, sums, log_point):
+            bar.close()
+            raise Preempted(epoch, i + 1)
     bar.close()
     return sums
+
+
+class Preempted(Exception):
+    """SIGTERM: the run saved its position inside epoch `epoch` (after `batch` batches) and stops."""
+
+    def __init__(self, epoch: int, batch: int):
+        super().__init__(epoch, batch)
+        self.epoch, self.batch = epoch, batch
+
+
+def _stop_or_save(run: Run, epoch: int, batch: int, sums: torch.Tensor, log_point: bool) -> bool:
+    """After a step: write a checkpoint of the position when SIGTERM came or `--checkpoint-every`
+    steps have passed; True to stop (SIGTERM). One process decides alone; data-parallel ranks agree
+    at log points (a read they make anyway), so all stop after the same step."""
+    stop = (log_point or run.world == 1) and _agreed(run, run.guard.terminated)
+    every = run.cfg.checkpoint_every
+    if stop or (every and run.step % every == 0):
+        save_run(run, epoch, position=(batch, sums))
+    return stop
 
 
 def _log_step(run: Run, epoch: int, since_log: torch.Tensor, t_log: float, bar) -> float:
@@ -372,21 +456,52 @@ def end_of_epoch(run: Run, epoch: int, sums: torch.Tensor, seconds: float, log: 
         run.metrics.flush()
         if run.tb is not None:
             run.tb.flush()
-        save_checkpoint(
-            run.cfg.run_dir,
-            {
-                "model": run.model.state_dict(),
-                "optimizer": run.opt.state_dict(),
-                "scheduler": run.sched.state_dict(),
-                "epoch": epoch + 1,
-                "step": run.step,
-                "config": run.resolved,
-                "model_config": asdict(run.model_config),
-                "rng": {"torch": torch.get_rng_state()},
-            },
-        )
+        save_run(run, epoch + 1)
         log(_epoch_line(last))
     return last
+
+
+def _agreed(run: Run, local: bool) -> bool:
+    """`local` in one process; under DDP, whether any rank says so (every rank must call this)."""
+    if run.world == 1:
+        return local
+    import torch.distributed as dist
+
+    flag = torch.tensor([float(local)], device=run.devices[0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def save_run(run: Run, epochs_done: int, position: tuple[int, torch.Tensor] | None = None) -> None:
+    """The checkpoint: model, optimizer, scheduler, RNG, configuration, and, inside an epoch, the
+    position there (batches done and every rank's sums so far). Written by rank 0; every rank takes part
+    in gathering the sums."""
+    pos = None
+    if position is not None:
+        batch, sums = position
+        all_sums = [sums]
+        if run.world > 1:
+            import torch.distributed as dist
+
+            all_sums = [torch.zeros_like(sums) for _ in range(run.world)]
+            dist.all_gather(all_sums, sums)
+        pos = {"batch": batch, "world_size": run.world, "sums": [s.tolist() for s in all_sums]}
+    if not run.main:
+        return
+    save_checkpoint(
+        run.cfg.run_dir,
+        {
+            "model": run.model.state_dict(),
+            "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(),
+            "epoch": epochs_done,
+            "step": run.step,
+            "position": pos,
+            "config": run.resolved,
+            "model_config": asdict(run.model_config),
+            "rng": {"torch": torch.get_rng_state()},
+        },
+    )
 
 
 def train(
@@ -403,7 +518,7 @@ def train(
     `on_step(step, model, images, labels)` is called after every optimizer step (for tools and
     tests).
     """
-    guard = InterruptGuard()
+    guard = InterruptGuard(terminate=True)
     with guard:
         run = setup(cfg, resume, log)
         run.guard = guard
@@ -415,6 +530,12 @@ def train(
                 sums = train_one_epoch(run, epoch, progress, on_step)
                 guard.check()  # a Ctrl-C swallowed anywhere in the epoch stops the run before its checkpoint
                 last = end_of_epoch(run, epoch, sums, time.perf_counter() - t0, log)
+                if _agreed(run, guard.terminated) and epoch + 1 < cfg.epochs:  # during validation or the checkpoint
+                    raise Preempted(epoch + 1, 0)
+        except Preempted as p:
+            where = f"after batch {p.batch} of epoch {p.epoch + 1}" if p.batch else f"after epoch {p.epoch}"
+            log(f"stopped by SIGTERM {where}; checkpoint saved: run the same command with --resume to continue")
+            return {"preempted": True, "epoch": p.epoch, "batch": p.batch}
         finally:
             _close(run)
     return last
