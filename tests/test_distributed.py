@@ -24,27 +24,17 @@ def data(prepared128):
     return prepared128
 
 
+def _torchrun(data, run, record, mode="record", port=29517):
+    record.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    script = os.path.join(ROOT, "tests", "ddp_script.py")
+    args = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(port), script, data, str(run), str(record), mode]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_two_ranks_equal_one_process_at_the_same_global_batch(data, tmp_path):
     run, record = tmp_path / "run", tmp_path / "rec"
-    record.mkdir()
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [
-            TORCHRUN,
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            "29517",
-            os.path.join(ROOT, "tests", "ddp_script.py"),
-            data,
-            str(run),
-            str(record),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = _torchrun(data, run, record)
     assert r.returncode == 0, r.stderr[-3000:]
     r0, r1 = torch.load(record / "rank0.pt", weights_only=False), torch.load(record / "rank1.pt", weights_only=False)
     assert len(r0) == len(r1) == 3
@@ -82,3 +72,24 @@ def test_two_ranks_equal_one_process_at_the_same_global_batch(data, tmp_path):
         log=lambda s: None,
     )
     assert last["epoch"] == 2
+
+
+def test_sigterm_stops_both_ranks_after_the_same_step_and_resume_is_exact(data, tmp_path):
+    """Rank 0 gets SIGTERM after step 1, rank 1 after step 2: both stop after step 2 (the ranks agree
+    at log points), rank 0 saves the position with both ranks' sums, and a resumed 2-rank run ends
+    with the weights of one that was never stopped."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert _torchrun(data, straight, tmp_path / "rec0", "plain", port=29518).returncode == 0
+    r = _torchrun(data, stopped, tmp_path / "rec1", "sigterm", port=29519)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for rank in (0, 1):
+        assert torch.load(tmp_path / "rec1" / f"result{rank}.pt") == {"preempted": True, "epoch": 0, "batch": 2}
+    ck = torch.load(stopped / CHECKPOINT, weights_only=True)
+    assert (ck["epoch"], ck["step"], ck["position"]["batch"], len(ck["position"]["sums"])) == (0, 2, 2, 2)
+    r = _torchrun(data, stopped, tmp_path / "rec2", "resume", port=29520)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = torch.load(straight / CHECKPOINT, weights_only=True)
+    b = torch.load(stopped / CHECKPOINT, weights_only=True)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"]) == (1, 3)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k

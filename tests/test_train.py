@@ -335,3 +335,133 @@ def test_weights_broken_by_the_epochs_last_update_are_never_checkpointed(data, t
     with pytest.raises(ImgprepError, match=r"epoch 1, step 3: the weights after the update are not finite"):
         train(cfg(data, tmp_path / "w", epochs=2), on_step=poison, **QUIET)
     assert not (tmp_path / "w" / CHECKPOINT).exists()
+
+
+def _sigterm_at(step_no):
+    import signal
+
+    def on_step(step, model, images, labels):
+        if step == step_no:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return on_step
+
+
+def _same_run(a_dir, b_dir):
+    a = torch.load(a_dir / CHECKPOINT, weights_only=True)
+    b = torch.load(b_dir / CHECKPOINT, weights_only=True)
+    assert (a["epoch"], a["step"]) == (b["epoch"], b["step"])
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
+    ea = [json.loads(x) for x in open(a_dir / "metrics.jsonl") if '"type": "epoch"' in x]
+    eb = {json.loads(x)["epoch"]: json.loads(x) for x in open(b_dir / "metrics.jsonl") if '"type": "epoch"' in x}
+    for e in ea:  # the interrupted epoch's sums were carried over: the same epoch lines
+        assert eb[e["epoch"]]["train_loss"] == pytest.approx(e["train_loss"], rel=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_sigterm_mid_epoch_checkpoints_the_position_and_resume_is_exact(data, tmp_path, backend):
+    """SIGTERM after step 4 (epoch 2, batch 1 of 3): the step finishes, a checkpoint records the
+    position, train returns; --resume replays the epoch's first batch and ends where a run that was
+    never stopped ends, bit for bit."""
+    kw = dict(epochs=3, backend=backend, workers=1)
+    train(cfg(data, tmp_path / "straight", **kw), **QUIET)
+    lines = []
+    r = train(cfg(data, tmp_path / "stopped", **kw), on_step=_sigterm_at(4), progress=False, log=lines.append)
+    assert r == {"preempted": True, "epoch": 1, "batch": 1}
+    assert lines[-1].startswith("stopped by SIGTERM after batch 1 of epoch 2; checkpoint saved")
+    ck = torch.load(tmp_path / "stopped" / CHECKPOINT, weights_only=True)
+    assert (ck["epoch"], ck["step"], ck["position"]["batch"]) == (1, 4, 1)
+    lines = []
+    train(cfg(data, tmp_path / "stopped", **kw), resume=True, progress=False, log=lines.append)
+    assert "resuming" in lines[0] and "in epoch 2 after batch 1" in lines[0]
+    _same_run(tmp_path / "straight", tmp_path / "stopped")
+
+
+def test_sigterm_during_the_checkpoint_write_finishes_it_then_stops(data, tmp_path, monkeypatch):
+    """The signal lands while epoch 1's checkpoint is being written: the write completes (whole, not
+    a partial file), the run stops there, and --resume continues exactly."""
+    import signal
+
+    train(cfg(data, tmp_path / "straight", epochs=2), **QUIET)
+    real_save = torch.save
+
+    def save_and_signal(obj, f, *a, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", save_and_signal)
+    lines = []
+    r = train(cfg(data, tmp_path / "s", epochs=2), progress=False, log=lines.append)
+    monkeypatch.undo()
+    assert r["preempted"] and lines[-1].startswith("stopped by SIGTERM after epoch 1")
+    assert sorted(os.listdir(tmp_path / "s")) == sorted(os.listdir(tmp_path / "straight"))  # no .partial left
+    train(cfg(data, tmp_path / "s", epochs=2), resume=True, **QUIET)
+    _same_run(tmp_path / "straight", tmp_path / "s")
+
+
+def test_checkpoint_every_n_steps_and_a_killed_write_leaves_nothing_behind(data, tmp_path):
+    """--checkpoint-every 2 and a crash in step 5 (as kill -9 would end it): the checkpoint of step 4,
+    inside epoch 2, is on disk; a 0-byte .checkpoint.pt.partial (a write that was killed) is removed
+    at the next start; resuming from step 4 ends where an uninterrupted run ends."""
+    train(cfg(data, tmp_path / "straight", epochs=2), **QUIET)
+
+    def crash(step, model, images, labels):
+        if step == 5:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg(data, tmp_path / "k", epochs=2, checkpoint_every=2), on_step=crash, **QUIET)
+    ck = torch.load(tmp_path / "k" / CHECKPOINT, weights_only=True)
+    assert (ck["epoch"], ck["step"], ck["position"]["batch"]) == (1, 4, 1)
+    (tmp_path / "k" / ".checkpoint.pt.partial").write_bytes(b"")
+    train(cfg(data, tmp_path / "k", epochs=2, checkpoint_every=2), resume=True, **QUIET)
+    assert not (tmp_path / "k" / ".checkpoint.pt.partial").exists()
+    _same_run(tmp_path / "straight", tmp_path / "k")
+
+
+def test_resume_with_other_settings_is_refused_naming_each(data, tmp_path):
+    run_dir = tmp_path / "r"
+    train(cfg(data, run_dir, epochs=1), **QUIET)
+    with pytest.raises(ImgprepError) as e:
+        train(cfg(data, run_dir, lr=0.5, momentum=0.0, batch_size=4), resume=True, **QUIET)
+    msg = str(e.value)
+    assert (
+        "--batch-size was 8, now 4" in msg and "--lr was 0.01, now 0.5" in msg and "--momentum was 0.9, now 0.0" in msg
+    )
+    with pytest.raises(ImgprepError, match="--init was 'kaiming', now 'paper'"):
+        train(cfg(data, run_dir, init="paper"), resume=True, **QUIET)
+    # what may change does: more epochs, other workers, log interval, backend
+    last = train(cfg(data, run_dir, epochs=2, workers=1, log_every=3, backend="torch"), resume=True, **QUIET)
+    assert last["epoch"] == 2
+    assert json.load(open(run_dir / "config.json"))["epochs"] == 2
+
+
+def test_a_full_disk_during_the_checkpoint_write_is_one_line_and_keeps_the_previous(data, tmp_path):
+    import subprocess
+
+    from helpers import cli_argv
+
+    train(cfg(data, tmp_path / "probe", epochs=1), **QUIET)
+    need = os.path.getsize(tmp_path / "probe" / CHECKPOINT)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size = int(need * 1.5) + 256 * 1024  # one checkpoint and the logs fit; a second beside it does not
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True
+    ).returncode:
+        pytest.skip("mounting a tmpfs needs root (and a kernel that allows it)")
+    try:
+        args = ["train", data, "--run", disk / "r", "--epochs", 2, "--batch-size", 8, "--init", "kaiming"]
+        args += ["--width-mult", 0.25, "--workers", 2, "--seed", 4, "--no-progress"]
+        r = subprocess.run(cli_argv(*args), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1
+        err = r.stderr.strip().splitlines()
+        assert len(err) == 1 and "cannot write the checkpoint (No space left on device)" in err[0], r.stderr
+        assert "the previous checkpoint is intact" in err[0]
+        assert torch.load(disk / "r" / CHECKPOINT, weights_only=True)["epoch"] == 1
+        assert not (disk / "r" / ".checkpoint.pt.partial").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
