@@ -3,7 +3,10 @@
 DALI's `NumbaFunction` compiles its C-callable wrappers afresh in every process (~5 s here, most
 of a loader's start). These are the same wrappers, specialized to this operator's types and
 declared with `cache=True`, so numba stores the machine code (beside this file, or in its user
-cache when that is read-only) and later processes load it in a fraction of a second.
+cache when that is read-only) and later processes load it in a fraction of a second. Where neither
+is writable (a read-only install run by a user with no writable home: a container, a cluster job)
+the cache goes to a private per-user folder in the temporary directory, and where even that cannot
+be had, the wrappers are compiled in memory (one note line): every user can run the loader.
 
 ABI (DALI's numba plugin, per-sample mode): run(out_ptrs, out_shapes, out_ndims, num_outs, in_ptrs,
 in_shapes, in_ndims, num_ins): each *_ptrs is an array of data addresses, each *_shapes an array of
@@ -13,8 +16,14 @@ num_ins, num_samples) fills the output shapes of a batch.
 
 from __future__ import annotations
 
+import os
+import stat
+import sys
+import tempfile
+
 import numpy as np
 from numba import carray, cfunc, extending, njit
+from numba import config as numba_config
 from numba import types as nt
 
 __all__ = ["fused_kernel", "run_cfunc", "setup_cfunc"]
@@ -31,8 +40,51 @@ def _ptr(typingctx, src):
     return nt.voidptr(src), codegen
 
 
-@njit(cache=True)
-def fused_kernel(out, img, mean, p):
+def _private_cache_dir() -> str | None:
+    """A folder only this user can write, in the temporary directory: numba loads what its cache
+    holds, so a folder someone else made (or a link placed there) is never used."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    path = os.path.join(tempfile.gettempdir(), f"imgprep-numba-cache-{uid}")
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o022:
+        return None
+    return path
+
+
+_NOTED = False  # the in-memory note is printed once per process
+
+
+def cached(decorator, fn):
+    """`decorator(cache=True)(fn)`, with the cache moved to a private temporary folder where numba
+    finds no writable place for it, or compiled in memory (`cache=False`) where there is none."""
+    try:
+        return decorator(cache=True)(fn)
+    except RuntimeError as exc:
+        if "no locator available" not in str(exc):
+            raise
+    private = _private_cache_dir()
+    if private is not None:
+        numba_config.CACHE_DIR = private  # numba's UserProvidedCacheLocator, tried first
+        try:
+            return decorator(cache=True)(fn)
+        except RuntimeError:
+            pass
+    global _NOTED
+    if not _NOTED:
+        _NOTED = True
+        print(
+            "note: no writable folder for numba's cache; compiling the loader's CPU operator in memory", file=sys.stderr
+        )
+    return decorator(cache=False)(fn)
+
+
+def _fused_kernel(out, img, mean, p):
     """One augmented view in one pass (DALI calls it per sample on its threads).
 
     out: float32 (3, c, c). img: uint8 (c, c, 3), the decoded window. mean: float32 (2, 3, S, S),
@@ -79,8 +131,10 @@ _RUN_SIG = nt.void(nt.uint64, nt.uint64, nt.uint64, nt.int32, nt.uint64, nt.uint
 _SETUP_SIG = nt.void(nt.uint64, nt.uint64, nt.int32, nt.uint64, nt.uint64, nt.int32, nt.int32)
 
 
-@cfunc(_RUN_SIG, nopython=True, cache=True)
-def run_cfunc(out_ptr, out_shapes_ptr, out_ndims_ptr, num_outs, in_ptr, in_shapes_ptr, in_ndims_ptr, num_ins):
+fused_kernel = cached(njit, _fused_kernel)
+
+
+def _run(out_ptr, out_shapes_ptr, out_ndims_ptr, num_outs, in_ptr, in_shapes_ptr, in_ndims_ptr, num_ins):
     """DALI's per-sample entry: out float32 (3, c, c); ins uint8 (c, c, 3), float32 (2, 3, S, S), float32 (9,)."""
     outs = carray(_ptr(out_ptr), 1, dtype=np.int64)
     out_shapes = carray(_ptr(out_shapes_ptr), 1, dtype=np.int64)
@@ -97,8 +151,7 @@ def run_cfunc(out_ptr, out_shapes_ptr, out_ndims_ptr, num_outs, in_ptr, in_shape
     fused_kernel(out, img, mean, p)
 
 
-@cfunc(_SETUP_SIG, nopython=True, cache=True)
-def setup_cfunc(out_shapes_ptr, out_ndims_ptr, num_outs, in_shapes_ptr, in_ndims_ptr, num_ins, num_samples):
+def _setup(out_shapes_ptr, out_ndims_ptr, num_outs, in_shapes_ptr, in_ndims_ptr, num_ins, num_samples):
     """Output shape (3, c, c) of every sample from its window's (c, c, 3)."""
     outs = carray(_ptr(out_shapes_ptr), (num_outs, num_samples), dtype=np.int64)
     ins = carray(_ptr(in_shapes_ptr), (num_ins, num_samples), dtype=np.int64)
@@ -106,3 +159,7 @@ def setup_cfunc(out_shapes_ptr, out_ndims_ptr, num_outs, in_shapes_ptr, in_ndims
         o = carray(_ptr(outs[0, i]), 3, dtype=np.int64)
         s = carray(_ptr(ins[0, i]), 3, dtype=np.int64)
         o[0], o[1], o[2] = 3, s[0], s[1]
+
+
+run_cfunc = cached(lambda cache: cfunc(_RUN_SIG, nopython=True, cache=cache), _run)
+setup_cfunc = cached(lambda cache: cfunc(_SETUP_SIG, nopython=True, cache=cache), _setup)
