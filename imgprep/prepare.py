@@ -313,6 +313,7 @@ def _output_state(cfg: PrepareConfig) -> str:
                 saved = saved.get("config")
             if not isinstance(saved, dict) or not {"src", "size", "seed"} <= set(saved):
                 raise ImgprepError(f"{p}: not the settings of an imgprep dataset; choose an empty or new OUT")
+            saved = {k: v for k, v in saved.items() if k != "source_listing_sha256"}  # compared on resume
             diff = _differences(saved, wanted)
             if diff:
                 raise ImgprepError(
@@ -395,10 +396,37 @@ def _remove_partials(out: str) -> None:
                     os.remove(os.path.join(d, name))
 
 
-def _open_state(cfg: PrepareConfig, kind: str, units: list[Unit], log) -> _State:
-    """The resume state of OUT (empty for a new run), with damaged records dropped."""
+def _listing_changed(out: str, listing: str) -> bool:
+    """Whether an unfinished run's plan was made from another SRC listing (files added, removed,
+    renamed, resized or rewritten since): its finished shards hold another shuffle's samples."""
+    try:
+        with open(os.path.join(out, STATE_DIR, "config.json"), encoding="utf-8") as f:
+            return json.load(f).get("source_listing_sha256") != listing
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+def _remove_shards(out: str) -> None:
+    """Remove the shards and index files an unfinished run wrote (names of our own only)."""
+    for split in SPLITS:
+        d = os.path.join(out, split)
+        if os.path.isdir(d):
+            for name in os.listdir(d):
+                if name.startswith(f"{split}-") and name.endswith((".tar", ".idx", PARTIAL_SUFFIX)):
+                    os.remove(os.path.join(d, name))
+
+
+def _open_state(cfg: PrepareConfig, kind: str, units: list[Unit], listing: str, log) -> _State:
+    """The resume state of OUT (empty for a new run), with damaged records dropped. A run whose SRC
+    listing changed since it was interrupted starts over: its shards belong to another plan."""
+    state_cfg = os.path.join(cfg.out, STATE_DIR, "config.json")
+    if kind == "resume" and _listing_changed(cfg.out, listing):
+        log(f"{cfg.src}: files changed since the interrupted run (the listing differs); starting over")
+        shutil.rmtree(os.path.join(cfg.out, STATE_DIR))
+        _remove_shards(cfg.out)
+        kind = "new"
     os.makedirs(os.path.join(cfg.out, STATE_DIR), exist_ok=True)
-    write_atomic(os.path.join(cfg.out, STATE_DIR, "config.json"), json_bytes(cfg.dataset_settings()))
+    write_atomic(state_cfg, json_bytes({**cfg.dataset_settings(), "source_listing_sha256": listing}))
     state = _State(cfg.out, cfg.size)
     if kind == "resume":
         state.load()
@@ -417,18 +445,20 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
         ImgprepError: bad SRC, bad settings, or OUT holding something else.
     """
     cfg.validate()
-    index = discover(cfg.src, cfg.split, cfg.layout, cfg.val_labels)
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise ImgprepError(f"{cfg.out}: exists and is not a folder; choose another OUT")
     created = not os.path.exists(cfg.out)
-    os.makedirs(cfg.out, exist_ok=True)
     try:
+        # made before SRC is listed, so that an OUT inside SRC is left out of it on every run alike
+        # (removed again below when SRC is refused)
+        os.makedirs(cfg.out, exist_ok=True)
+        index = discover(cfg.src, cfg.split, cfg.layout, cfg.val_labels, cfg.out)  # OUT left out
         with FolderLock(cfg.out, "OUT"):  # one writer per OUT, for the whole run
             return _prepare_into(cfg, index, progress, log, executor)
     except OSError as exc:  # reading errors are rejects, so this is writing OUT: disk full, permissions
         raise _write_error(exc, cfg.out) from None
     finally:
-        if created and not os.listdir(cfg.out):  # refused before anything was written
+        if created and os.path.isdir(cfg.out) and not os.listdir(cfg.out):  # refused before anything was written
             os.rmdir(cfg.out)
 
 
@@ -447,7 +477,7 @@ def _prepare_into(cfg: PrepareConfig, index: SourceIndex, progress: bool, log, e
         return summary
     t0 = time.perf_counter()
     units = plan_units(index, cfg.shard_size, cfg.seed)
-    state = _open_state(cfg, kind, units, log)
+    state = _open_state(cfg, kind, units, index.listing_digest(), log)
     todo = [u for u in units if u.name not in state.records]
     classes = [c.to_json(i) for i, c in enumerate(index.classes)]
     jobs = [

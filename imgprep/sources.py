@@ -17,6 +17,7 @@ torchvision convention, taken from the training split and shared by every split.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import re
@@ -52,7 +53,8 @@ class Item:
     label: int
     archive: int = -1  # index into Source.archives, or -1 for a plain file at SRC/ref
     offset: int = 0  # byte offset of the data in that archive
-    size: int = 0
+    size: int = 0  # bytes (of a plain file: as listed)
+    mtime_ns: int = 0  # a plain file's modification time as listed (0 inside archives)
 
 
 @dataclass(frozen=True)
@@ -116,16 +118,50 @@ class SourceIndex:
     splits: dict[str, list[Item]]
     skipped: dict[str, int] = field(default_factory=dict)  # hidden/stray files per split
 
+    def listing_digest(self) -> str:
+        """sha256 of what the plan is made from: classes, and per split every item's name, label,
+        place, size and modification time (and each archive's size and time). A resume keeps the
+        finished shards only while this is unchanged."""
+        h = hashlib.sha256()
+        for c in self.classes:
+            h.update(f"class\t{c.wnid}\t{c.words}\n".encode("utf-8", "surrogateescape"))
+        for a in self.source.archives:
+            st = os.stat(a)
+            h.update(
+                f"archive\t{os.path.basename(a)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape")
+            )
+        for split in sorted(self.splits):
+            for it in self.splits[split]:
+                row = f"{split}\t{it.ref}\t{it.label}\t{it.archive}\t{it.offset}\t{it.size}\t{it.mtime_ns}\n"
+                h.update(row.encode("utf-8", "surrogateescape"))
+        return h.hexdigest()
+
 
 def _visible(name: str) -> bool:
     return not name.startswith(".") and not name.startswith("__")
 
 
+# (st_dev, st_ino) of folders never listed as part of SRC: `prepare`'s OUT when it lies inside SRC.
+# Set by `discover` for one listing; a module-level value because every layout's walk reads it.
+_EXCLUDED: set[tuple[int, int]] = set()
+
+
+def _excluded(entry: os.DirEntry) -> bool:
+    if not _EXCLUDED:
+        return False
+    try:
+        st = entry.stat()
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) in _EXCLUDED
+
+
 def _list(path: str) -> list[os.DirEntry]:
-    """The entries of a folder sorted by name; ImgprepError (not silence) when it cannot be listed."""
+    """The entries of a folder sorted by name, without excluded folders (OUT inside SRC);
+    ImgprepError (not silence) when it cannot be listed."""
     try:
         with os.scandir(path) as it:
-            return sorted(it, key=lambda e: e.name)
+            return sorted((e for e in it if not _excluded(e)), key=lambda e: e.name)
     except OSError as exc:
         raise ImgprepError(
             f"{path}: cannot list this folder ({exc.strerror or exc}); fix its permissions or move it out of SRC"
@@ -154,6 +190,7 @@ class _SplitWalk:
         self.root = root
         self.skipped = 0
         self.seen_files: set[tuple[int, int]] = set()
+        self.listed: dict[str, tuple[int, int]] = {}  # ref -> (size, mtime_ns)
         self.seen_dirs = {self._key(os.stat(os.path.join(root, rel))) for rel in top_rels}
 
     @staticmethod
@@ -167,6 +204,11 @@ class _SplitWalk:
             return False
         self.seen_files.add(self._key(st))
         return True
+
+    def item(self, ref: str, label: int) -> Item:
+        """The Item of a file listed by this walk (its size and modification time as listed)."""
+        st = self.listed[ref]
+        return Item(ref, label, size=st[0], mtime_ns=st[1])
 
     def files(self, rel: str) -> list[str]:
         """Relative paths (with /) of the files under root/rel, recursively: each folder's files
@@ -183,7 +225,7 @@ class _SplitWalk:
                     self.seen_dirs.add(self._key(st))
                     subdirs.append(e.name)
             elif self._file(st):
-                refs.append(f"{rel}/{e.name}" if rel else e.name)
+                refs.append(self._add(f"{rel}/{e.name}" if rel else e.name, st))
         for d in subdirs:
             refs += self.files(f"{rel}/{d}" if rel else d)
         return refs
@@ -196,8 +238,12 @@ class _SplitWalk:
             if not _visible(e.name) or (st is not None and stat.S_ISDIR(st.st_mode)):
                 self.skipped += 1
             elif self._file(st):
-                refs.append(f"{rel}/{e.name}" if rel else e.name)
+                refs.append(self._add(f"{rel}/{e.name}" if rel else e.name, st))
         return refs
+
+    def _add(self, ref: str, st: os.stat_result) -> str:
+        self.listed[ref] = (st.st_size, st.st_mtime_ns)
+        return ref
 
 
 def _stem(name: str) -> str:
@@ -416,7 +462,7 @@ def _discover_kaggle(src: str) -> SourceIndex:
     if has_train:
         rels = [f"{train_rel}/{w}".replace(os.sep, "/") for w in wnids]
         walk = _SplitWalk(src, [train_rel, *rels])
-        splits["train"] = [Item(r, index[w]) for w, rel in zip(wnids, rels, strict=True) for r in walk.files(rel)]
+        splits["train"] = [walk.item(r, index[w]) for w, rel in zip(wnids, rels, strict=True) for r in walk.files(rel)]
         skipped["train"] = walk.skipped
     val_rel = os.path.join(KAGGLE_DATA, "val").replace(os.sep, "/")
     if os.path.isdir(os.path.join(src, val_rel)):
@@ -430,7 +476,7 @@ def _discover_kaggle(src: str) -> SourceIndex:
         if missing:
             raise ImgprepError(f"{sol}: no label for {missing[0]} ({len(missing)} validation files unlabelled)")
         labs = _label_all([labels[_stem(r)] for r in refs], index, sol)
-        splits["val"], skipped["val"] = [Item(r, lab) for r, lab in zip(refs, labs, strict=True)], walk.skipped
+        splits["val"], skipped["val"] = [walk.item(r, lab) for r, lab in zip(refs, labs, strict=True)], walk.skipped
     return SourceIndex(Source(src), "kaggle", classes, splits, skipped)
 
 
@@ -463,7 +509,7 @@ def _discover_folders(src: str, split: str, val_labels: str | None) -> SourceInd
                     "(one WNID per line in file-name order, or CSV file,wnid)"
                 )
             labs = _label_all(read_val_labels(val_labels, refs), index, val_labels)
-            splits[s], skipped[s] = [Item(r, lab) for r, lab in zip(refs, labs, strict=True)], walk.skipped
+            splits[s], skipped[s] = [walk.item(r, lab) for r, lab in zip(refs, labs, strict=True)], walk.skipped
             continue
         unknown = [c for c in per_split[s] if c not in index]
         if unknown:
@@ -474,7 +520,7 @@ def _discover_folders(src: str, split: str, val_labels: str | None) -> SourceInd
         strays = sum(1 for e in _list(split_root) if not e.is_dir() or not _visible(e.name))
         rels = [f"{d}/{c}" if d else c for c in per_split[s]]
         walk = _SplitWalk(root, [d, *rels])
-        splits[s] = [Item(r, index[c]) for c, rel in zip(per_split[s], rels, strict=True) for r in walk.files(rel)]
+        splits[s] = [walk.item(r, index[c]) for c, rel in zip(per_split[s], rels, strict=True) for r in walk.files(rel)]
         skipped[s] = strays + walk.skipped
     return SourceIndex(Source(root), "split-folders" if has_splits else "class-folders", classes, splits, skipped)
 
@@ -488,8 +534,11 @@ def detect_layout(src: str) -> str:
     return "folders"
 
 
-def discover(src: str, split: str = "train", layout: str = "auto", val_labels: str | None = None) -> SourceIndex:
-    """Index SRC in the given (or detected) layout.
+def discover(
+    src: str, split: str = "train", layout: str = "auto", val_labels: str | None = None, exclude: str | None = None
+) -> SourceIndex:
+    """Index SRC in the given (or detected) layout, never entering the folder `exclude` (OUT,
+    where it lies inside SRC: its shards are not source images).
 
     Raises:
         ImgprepError: SRC missing, not a folder, empty, without classes or images, or labels
@@ -506,6 +555,17 @@ def discover(src: str, split: str = "train", layout: str = "auto", val_labels: s
     if val_labels and not os.path.isfile(val_labels):
         raise ImgprepError(f"--val-labels {val_labels}: no such file")
     kind = detect_layout(src) if layout == "auto" else layout
+    _EXCLUDED.clear()
+    if exclude is not None and os.path.isdir(exclude):
+        st = os.stat(exclude)
+        _EXCLUDED.add((st.st_dev, st.st_ino))
+    try:
+        return _discover(src, split, kind, val_labels)
+    finally:
+        _EXCLUDED.clear()
+
+
+def _discover(src: str, split: str, kind: str, val_labels: str | None) -> SourceIndex:
     if kind == "ilsvrc":
         index = _discover_ilsvrc(src, devkit_required=not val_labels)
         if val_labels and os.path.isfile(os.path.join(src, VAL_TAR)) and "val" not in index.splits:

@@ -3,6 +3,7 @@ recompute the training statistics from the stored shards."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -27,13 +28,14 @@ def _decode(jpeg: bytes) -> np.ndarray | None:
     return None if a is None else np.ascontiguousarray(a[:, :, ::-1])
 
 
-def _check_shard(args) -> tuple[list[str], StatsAccumulator | None]:
-    """Problems found in one shard, and (for train, when asked) its recomputed statistics sums."""
+def _check_shard(args) -> tuple[list[str], StatsAccumulator | None, list[str]]:
+    """Problems found in one shard, (for train, when asked) its recomputed statistics sums, and the
+    source path of each sample (from its .json)."""
     p, sh, size, n_classes, want_stats = args
     rel = sh["path"]
     if not os.path.exists(p):
-        return [f"{rel}: missing"], None
-    problems = []
+        return [f"{rel}: missing"], None, []
+    problems, sources = [], []
     if os.path.getsize(p) != sh["bytes"]:
         problems.append(f"{rel}: {os.path.getsize(p)} bytes, manifest says {sh['bytes']}")
     elif sha256_file(p) != sh["sha256"]:
@@ -49,6 +51,7 @@ def _check_shard(args) -> tuple[list[str], StatsAccumulator | None]:
     try:
         for key, sample in iter_samples(p):
             n += 1
+            sources.append(_source(sample.get("json", b"")))
             try:
                 label = int(sample.get("cls", b"").decode())
             except ValueError:
@@ -74,7 +77,29 @@ def _check_shard(args) -> tuple[list[str], StatsAccumulator | None]:
         problems.append(f"{rel}: {n} samples, manifest says {sh['count']}")
     if index is not None and len(index) != n:
         problems.append(f"{rel[:-4]}.idx: lists {len(index)} samples, shard has {n}")
-    return problems, acc
+    return problems, acc, sources
+
+
+def _source(meta: bytes) -> str | None:
+    try:
+        src = json.loads(meta).get("source")
+    except (ValueError, AttributeError):
+        return None
+    return src if isinstance(src, str) else None
+
+
+def _duplicates(split: str, sources: list[str | None]) -> list[str]:
+    """A problem for each source image stored more than once in a split (a resume that mixed plans)."""
+    seen, problems = {}, []
+    for src in sources:
+        if src is not None:
+            seen[src] = seen.get(src, 0) + 1
+    dups = sorted(k for k, v in seen.items() if v > 1)
+    for src in dups[:20]:
+        problems.append(f"{split}: source {src} is stored {seen[src]} times")
+    if len(dups) > 20:
+        problems.append(f"{split}: {len(dups) - 20} more sources stored more than once")
+    return problems
 
 
 def _map(fn, jobs, workers: int):
@@ -94,7 +119,13 @@ def verify(out: str, workers: int = 1) -> dict:
     m = read_manifest(out)
     size, n_classes = m["config"]["size"], len(m["classes"])
     jobs = [(_shard_path(out, sh), sh, size, n_classes, False) for s in m["splits"].values() for sh in s["shards"]]
-    problems = [p for ps, _ in _map(_check_shard, jobs, workers) for p in ps]
+    results = list(_map(_check_shard, jobs, workers))
+    problems = [p for ps, _, _ in results for p in ps]
+    split_of = [split for split, s in m["splits"].items() for _ in s["shards"]]
+    for split in m["splits"]:
+        problems += _duplicates(
+            split, [src for r, sp in zip(results, split_of, strict=True) if sp == split for src in r[2]]
+        )
     for name in [os.path.join(STATS_DIR, MEAN_FILE), os.path.join(STATS_DIR, STATS_FILE)] if m.get("stats") else []:
         if not os.path.exists(os.path.join(out, name)):
             problems.append(f"{name}: missing")
@@ -110,7 +141,7 @@ def recompute_stats(out: str, workers: int = 1) -> dict:
     mean_img, st = load_stats(out, size)
     jobs = [(_shard_path(out, sh), sh, size, len(m["classes"]), True) for sh in m["splits"]["train"]["shards"]]
     acc = StatsAccumulator(size)
-    for problems, part in _map(_check_shard, jobs, workers):
+    for problems, part, _ in _map(_check_shard, jobs, workers):
         if problems:
             raise ImgprepError(f"{problems[0]}; run `imgprep verify {out}`")
         acc.merge(part)

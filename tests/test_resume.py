@@ -129,3 +129,93 @@ def test_kill_9_of_the_main_process_ends_its_workers_too(synth_src, tmp_path, sl
             return
         time.sleep(0.1)
     pytest.fail("processes of the killed run were still alive 15 s later")
+
+
+class _StopsAfter:
+    """An executor that runs units in this process and is interrupted (Ctrl-C) after `n` of them."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def run(self, fn, jobs, on_done, on_progress):
+        for k, job in enumerate(jobs):
+            if k == self.n:
+                raise KeyboardInterrupt
+            on_done(fn(job, on_progress))
+
+
+def _copy_tree(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst, symlinks=True)
+    return str(dst)
+
+
+def test_a_resume_after_src_changed_starts_over_and_equals_a_fresh_run(synth_src, tmp_path):
+    """Interrupted after 2 of 6 shards, then a JPEG is added to SRC: the rerun says so in one line and
+    starts over; the result equals a fresh run over the changed SRC (no sample twice, none missing)."""
+    import shutil
+
+    from imgprep.errors import ImgprepError
+    from imgprep.verify import verify
+
+    src = _copy_tree(synth_src, tmp_path / "src")
+    out = str(tmp_path / "out")
+    cfg = PrepareConfig(src, out, size=32, shard_size=5, seed=3, workers=1)
+    with pytest.raises(ImgprepError, match="interrupted; 2 of 7 shards are done"):
+        prepare(cfg, progress=False, log=lambda s: None, executor=_StopsAfter(2))
+    cls = sorted(os.listdir(os.path.join(src, "train")))[0]
+    first = sorted(os.listdir(os.path.join(src, "train", cls)))[0]
+    shutil.copy(os.path.join(src, "train", cls, first), os.path.join(src, "train", cls, "added.jpg"))
+    lines = []
+    summary = prepare(cfg, progress=False, log=lines.append)
+    assert any("files changed since the interrupted run (the listing differs); starting over" in x for x in lines)
+    assert summary["splits"]["train"]["count"] == 25
+    fresh = str(tmp_path / "fresh")
+    prepare(PrepareConfig(src, fresh, size=32, shard_size=5, seed=3, workers=1), **QUIET)
+    assert tree(out) == tree(fresh)
+    assert verify(out)["problems"] == []
+
+
+def test_an_out_inside_src_is_never_taken_for_a_class(synth_src, tmp_path):
+    """`prepare cf cf/out`, interrupted and resumed: OUT's own files are not a class `out` on either
+    run, and the result equals a run into an OUT outside SRC."""
+    from imgprep.errors import ImgprepError
+
+    cf = _copy_tree(os.path.join(synth_src, "train"), tmp_path / "cf")  # a folder of class folders
+    outside = str(tmp_path / "outside")  # made first: an OUT inside cf would be a class folder to this run
+    prepare(PrepareConfig(cf, outside, size=32, shard_size=5, seed=3, workers=1), **QUIET)
+    out = os.path.join(cf, "out")
+    cfg = PrepareConfig(cf, out, size=32, shard_size=5, seed=3, workers=1)
+    with pytest.raises(ImgprepError, match="interrupted"):
+        prepare(cfg, progress=False, log=lambda s: None, executor=_StopsAfter(2))
+    prepare(cfg, **QUIET)
+    assert tree(out) == tree(outside)
+    import json
+
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    assert [c["name"] for c in m["classes"]] == sorted(c for c in os.listdir(cf) if c != "out")
+    assert m["splits"]["train"]["count"] == 24
+
+
+def test_verify_finds_a_source_stored_twice(prepared, tmp_path):
+    """A dataset forged whole (manifest and shards agree) in which one source image is stored twice."""
+    import json
+
+    from imgprep.shards import ShardWriter, iter_samples
+    from imgprep.verify import verify
+
+    out = _copy_tree(prepared, tmp_path / "dup")
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    rec = m["splits"]["train"]["shards"][0]
+    path = os.path.join(out, rec["path"])
+    samples = list(iter_samples(path))
+    samples[1][1]["json"] = samples[0][1]["json"]  # sample 1 claims sample 0's source
+    w = ShardWriter(path)
+    for key, sample in samples:
+        w.write(key, {k: sample[k] for k in ("cls", "jpg", "json")})
+    info = w.close()
+    rec.update(bytes=info.bytes, sha256=info.sha256, sample_crc32=info.sample_crc32)
+    open(os.path.join(out, "manifest.json"), "w").write(json.dumps(m))
+    source = json.loads(samples[0][1]["json"])["source"]
+    assert verify(out)["problems"] == [f"train: source {source} is stored 2 times"]
