@@ -465,3 +465,27 @@ def test_a_full_disk_during_the_checkpoint_write_is_one_line_and_keeps_the_previ
         assert not (disk / "r" / ".checkpoint.pt.partial").exists()
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_eval_refuses_data_unlike_the_runs_and_crops_too_small(data, prepared256, synth_src, tmp_path):
+    """A run trained on 128 px data: eval on 256 px data, on data whose class names differ, and
+    training or evaluating on 8 px data are one-line errors naming the mismatch."""
+    import shutil
+
+    run_dir = str(tmp_path / "e")
+    train(cfg(data, run_dir, epochs=1), **QUIET)
+    with pytest.raises(ImgprepError, match="stored at 256 px, but .* was trained on data stored at 128 px"):
+        evaluate_run(EvalConfig(run_dir, prepared256, workers=1))
+    renamed = tmp_path / "renamed"
+    shutil.copytree(synth_src, renamed)
+    for split in ("train", "val"):
+        first = sorted(os.listdir(renamed / split))[0]
+        os.rename(renamed / split / first, renamed / split / "a-other")
+    other = str(tmp_path / "other")
+    prepare(PrepareConfig(str(renamed), other, size=128, shard_size=8, seed=1, workers=1), **QUIET)
+    with pytest.raises(ImgprepError, match="class 0 is '01_square_h222', but for the model of .* it is '00_circle_h000'"):
+        evaluate_run(EvalConfig(run_dir, other, workers=1))
+    tiny = str(tmp_path / "tiny")
+    prepare(PrepareConfig(synth_src, tiny, size=8, shard_size=8, seed=1, workers=1), **QUIET)
+    with pytest.raises(ImgprepError, match="its 7x7 crops are too small for AlexNet's layers"):
+        train(cfg(tiny, tmp_path / "t"), **QUIET)

@@ -27,6 +27,8 @@ __all__ = [
     "load_checkpoint",
     "model_config_from",
     "evaluate_run",
+    "check_eval_data",
+    "check_input_size",
     "read_epochs",
     "compile_mode",
     "compile_model",
@@ -270,6 +272,41 @@ def read_epochs(run_dir: str) -> list[dict]:
     return [by_epoch[k] for k in sorted(by_epoch)]
 
 
+def check_eval_data(saved: dict, info, mcfg: AlexNetConfig, data: str, run_dir: str) -> None:
+    """Refuse to evaluate a run on data unlike its training data: another stored size (other crops
+    than it learned on), another class count, or other class names (a checkpoint of before they
+    were recorded is checked for the count only)."""
+    n_classes = len(info.classes)
+    if n_classes != mcfg.num_classes:
+        raise ImgprepError(f"{data}: {n_classes} classes, but the model of {run_dir} has {mcfg.num_classes}")
+    size = saved.get("size")
+    if size is not None and size != info.size:
+        raise ImgprepError(
+            f"{data}: stored at {info.size} px, but {run_dir} was trained on data stored at {size} px; "
+            f"evaluate on data prepared with --size {size}"
+        )
+    names = saved.get("class_names")
+    if names is not None:
+        for i, (want, got) in enumerate(zip(names, (c["name"] for c in info.classes), strict=True)):
+            if want != got:
+                raise ImgprepError(
+                    f"{data}: class {i} is {got!r}, but for the model of {run_dir} it is {want!r}; "
+                    "evaluate on data prepared from the same classes"
+                )
+
+
+def check_input_size(model: torch.nn.Module, crop: int, data: str, device) -> None:
+    """One line, not a traceback deep in a convolution, where the crops are too small for the model."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, crop, crop, device=device))
+    except RuntimeError as exc:
+        raise ImgprepError(
+            f"{data}: its {crop}x{crop} crops are too small for AlexNet's layers "
+            f"({str(exc).splitlines()[0][:80]}); prepare the data with a larger --size (the paper's is 256)"
+        ) from None
+
+
 def evaluate_run(cfg: EvalConfig) -> dict:
     """Top-1/top-5 error of a run's last checkpoint on the validation split of `data`."""
     from imgprep.dataset import batch_within
@@ -294,9 +331,8 @@ def evaluate_run(cfg: EvalConfig) -> dict:
         workers=cfg.workers,
         normalize=ckpt["config"]["normalize"],
     )
-    n_classes = len(loader.info.classes)
-    if n_classes != mcfg.num_classes:
-        raise ImgprepError(f"{data}: {n_classes} classes, but the model of {run_dir} has {mcfg.num_classes}")
+    check_eval_data(ckpt["config"], loader.info, mcfg, data, run_dir)
+    check_input_size(model, loader.cfg.crop, data, devs[0])
     r = evaluate(model, loader, devs[0], autocast(devs[0]))
     r.update(ten_crop=cfg.ten_crop, epoch=ckpt["epoch"])
     return r

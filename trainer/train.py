@@ -22,6 +22,7 @@ from imgprep._mp import InterruptGuard
 from imgprep.config import flag
 from imgprep.errors import ImgprepError
 from imgprep.fileio import FolderLock, write_json_atomic
+from imgprep.geometry import train_crop
 from imgprep.loader_base import PAD_LABEL
 
 from .config import RESUME_MAY_CHANGE, AlexNetConfig, TrainConfig, may_change
@@ -32,6 +33,7 @@ from .runtime import (
     CHECKPOINT,
     autocast,
     build_model,
+    check_input_size,
     load_checkpoint,
     maybe_compile,
     parse_devices,
@@ -221,6 +223,8 @@ def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Ru
         raise ImgprepError(str(exc)) from None
     ckpt = _check_resume(cfg, mcfg, resume)
     model = build_model(mcfg, cfg.init, devices, cfg.seed, cfg.channels_last)
+    check_input_size(model, train_crop(info.size), cfg.data, devices[0])  # the loader's crop
+    model.train()
     _init_distributed(world, devices)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
