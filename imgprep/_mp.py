@@ -30,9 +30,23 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_workers(n: int) -> int:
-    """A --workers value: n itself, or every available core for 0."""
-    return n if n > 0 else cpu_count()
+_NOTED: set[int] = set()
+
+
+def resolve_workers(n: int, bound: bool = True) -> int:
+    """A --workers value: every available core for 0; n itself, at most the cores this process may
+    run on (with one note line per value), since more processes or threads than cores only cost
+    memory and start-up time. `bound=False` for a cluster's workers (Ray), which are not this
+    machine's."""
+    cores = cpu_count()
+    if n <= 0:
+        return cores
+    if bound and n > cores:
+        if n not in _NOTED:
+            _NOTED.add(n)
+            print(f"note: --workers {n} is more than the {cores} cores here; using {cores}", file=sys.stderr)
+        return cores
+    return n
 
 
 def pool_context():

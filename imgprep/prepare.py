@@ -486,7 +486,11 @@ def _prepare_into(cfg: PrepareConfig, index: SourceIndex, progress: bool, log, e
     ]
     total = sum(job.weight for job in jobs)
     if executor is None:
-        executor = make_executor(cfg.executor, min(resolve_workers(cfg.workers), max(1, len(todo))), cfg.ray_address)
+        executor = make_executor(
+            cfg.executor,
+            min(resolve_workers(cfg.workers, bound=cfg.executor == "local"), max(1, len(todo))),
+            cfg.ray_address,
+        )
 
     def on_done(rec: dict) -> None:
         state.add(rec)

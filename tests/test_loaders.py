@@ -397,3 +397,20 @@ def test_auto_backend_is_dali_where_it_imports_and_torch_where_it_does_not(prepa
     explicit = _cli_without_dali(*args, "--backend", "dali")
     assert explicit.returncode != 0 and "Traceback" not in explicit.stderr
     assert "backend 'dali' needs NVIDIA DALI" in explicit.stderr and len(explicit.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_workers_beyond_the_cores_are_bounded_with_one_note(prepared, backend, capfd):
+    """--workers 10000 starts no more processes (torch) or threads (DALI) than there are cores."""
+    from imgprep import _mp
+
+    _mp._NOTED.clear()
+    lo = make_loader(prepared, "train", 5, "train", backend=backend, workers=10000)
+    lo2 = make_loader(prepared, "train", 5, "train", backend=backend, workers=10000)
+    used = lo.threads if backend == "dali" else lo.workers
+    assert used == (lo2.threads if backend == "dali" else lo2.workers) == _mp.cpu_count()
+    next(iter(lo))
+    err = capfd.readouterr().err.strip().splitlines()
+    assert [x for x in err if x.startswith("note:")] == [
+        f"note: --workers 10000 is more than the {_mp.cpu_count()} cores here; using {_mp.cpu_count()}"
+    ]

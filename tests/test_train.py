@@ -483,7 +483,9 @@ def test_eval_refuses_data_unlike_the_runs_and_crops_too_small(data, prepared256
         os.rename(renamed / split / first, renamed / split / "a-other")
     other = str(tmp_path / "other")
     prepare(PrepareConfig(str(renamed), other, size=128, shard_size=8, seed=1, workers=1), **QUIET)
-    with pytest.raises(ImgprepError, match="class 0 is '01_square_h222', but for the model of .* it is '00_circle_h000'"):
+    with pytest.raises(
+        ImgprepError, match="class 0 is '01_square_h222', but for the model of .* it is '00_circle_h000'"
+    ):
         evaluate_run(EvalConfig(run_dir, other, workers=1))
     tiny = str(tmp_path / "tiny")
     prepare(PrepareConfig(synth_src, tiny, size=8, shard_size=8, seed=1, workers=1), **QUIET)
