@@ -315,29 +315,92 @@ def kaggle_words(path: str) -> dict[str, str]:
     return out
 
 
+# What a real ILSVRC2012 devkit holds, with room to spare: meta.mat is a few hundred KB (1,860
+# synsets), the ground truth 50,000 short lines. A crafted archive is refused past these bounds
+# before anything is expanded into memory.
+DEVKIT_META_MAX = 16 << 20  # bytes of data/meta.mat in the archive
+DEVKIT_META_EXPANDED_MAX = 64 << 20  # bytes of meta.mat's compressed variables once expanded
+DEVKIT_TRUTH_MAX = 2 << 20  # bytes of the ground-truth file
+DEVKIT_MEMBERS_MAX = 10_000  # members of the devkit tar looked at
+
+
+def _member(tar: tarfile.TarFile, m: tarfile.TarInfo, limit: int, path: str) -> bytes:
+    if m.size > limit:
+        raise ImgprepError(
+            f"{path}: {m.name} is {m.size:,} bytes, more than a real devkit's ({limit:,} at most); "
+            "is this ILSVRC2012_devkit_t12.tar.gz?"
+        )
+    return tar.extractfile(m).read(limit + 1)
+
+
+def check_mat_v5(data: bytes, limit: int, what: str) -> None:
+    """Refuse a MAT file that is not MATLAB's v5 format or whose compressed variables expand past
+    `limit` bytes, streaming the expansion (nothing of it is kept), before scipy reads it."""
+    import struct
+    import zlib
+
+    if len(data) < 128 or not data.startswith(b"MATLAB 5.0 MAT-file"):
+        raise ImgprepError(f"{what}: not a MATLAB 5 MAT-file; is this the devkit's data/meta.mat?")
+    endian = "<" if data[126:128] == b"IM" else ">"
+    pos, expanded = 128, 0
+    while pos + 8 <= len(data):
+        kind, nbytes = struct.unpack_from(endian + "II", data, pos)
+        body = data[pos + 8 : pos + 8 + nbytes]
+        if kind == 15:  # miCOMPRESSED: a zlib stream
+            d = zlib.decompressobj()
+            chunk = body
+            while chunk:
+                expanded += len(d.decompress(chunk, 1 << 20))
+                if expanded > limit:
+                    raise ImgprepError(
+                        f"{what}: its variables expand to more than {limit:,} bytes, far more than a real "
+                        "devkit's meta.mat; is this ILSVRC2012_devkit_t12.tar.gz?"
+                    )
+                chunk = d.unconsumed_tail
+        else:
+            expanded += nbytes
+        pos += 8 + nbytes + (-nbytes % 8 if kind != 15 else 0)
+    if expanded > limit:
+        raise ImgprepError(f"{what}: holds more than {limit:,} bytes of variables; is this the devkit's meta.mat?")
+
+
 def parse_devkit(path: str) -> tuple[dict[int, tuple[str, str]], list[int]]:
     """From the devkit tar.gz, read in memory: {ILSVRC2012_ID: (WNID, words)} of the leaf synsets
-    (num_children == 0) from data/meta.mat, and the validation ground truth (IDs in file order)."""
+    (num_children == 0) from data/meta.mat, and the validation ground truth (IDs in file order).
+    What is read is bounded by what a real devkit holds (a crafted archive is one line)."""
     import numpy as np
     import scipy.io
 
     meta = truth = None
     try:
         with tarfile.open(path, "r:*") as tar:
-            for m in tar:
+            for k, m in enumerate(tar):
+                if k >= DEVKIT_MEMBERS_MAX:
+                    raise ImgprepError(f"{path}: more than {DEVKIT_MEMBERS_MAX:,} members; not a devkit")
                 if m.isfile() and m.name.endswith("data/meta.mat"):
-                    meta = scipy.io.loadmat(io.BytesIO(tar.extractfile(m).read()), squeeze_me=True)
+                    data = _member(tar, m, DEVKIT_META_MAX, path)
+                    check_mat_v5(data, DEVKIT_META_EXPANDED_MAX, f"{path}: {m.name}")
+                    meta = scipy.io.loadmat(io.BytesIO(data), squeeze_me=True)
                 elif m.isfile() and m.name.endswith("ILSVRC2012_validation_ground_truth.txt"):
-                    truth = [int(x) for x in tar.extractfile(m).read().split()]
-    except (OSError, tarfile.TarError, ValueError) as exc:
-        raise ImgprepError(f"{path}: unreadable devkit ({exc})") from None
+                    truth = [int(x) for x in _member(tar, m, DEVKIT_TRUTH_MAX, path).split()]
+                if meta is not None and truth is not None:
+                    break
+    except ImgprepError:
+        raise
+    except Exception as exc:  # tarfile, gzip, scipy's MatReadError, int(): a damaged or crafted devkit
+        lines = str(exc).strip().splitlines()
+        why = f"{type(exc).__name__}: {lines[0][:120]}" if lines else type(exc).__name__
+        raise ImgprepError(f"{path}: unreadable devkit ({why}); is this ILSVRC2012_devkit_t12.tar.gz?") from None
     if meta is None or "synsets" not in meta:
         raise ImgprepError(f"{path}: no data/meta.mat with 'synsets'; is this ILSVRC2012_devkit_t12.tar.gz?")
-    s = np.atleast_1d(meta["synsets"])
-    leaves = {}
-    for sid, wnid, words, nchild in zip(s["ILSVRC2012_ID"], s["WNID"], s["words"], s["num_children"], strict=True):
-        if int(nchild) == 0:
-            leaves[int(sid)] = (str(wnid), str(words))
+    try:
+        s = np.atleast_1d(meta["synsets"])
+        leaves = {}
+        for sid, wnid, words, nchild in zip(s["ILSVRC2012_ID"], s["WNID"], s["words"], s["num_children"], strict=True):
+            if int(nchild) == 0:
+                leaves[int(sid)] = (str(wnid), str(words))
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise ImgprepError(f"{path}: meta.mat's 'synsets' are not the devkit's ({exc})") from None
     return leaves, truth or []
 
 

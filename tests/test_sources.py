@@ -163,3 +163,47 @@ def test_source_pickles_without_open_files(ilsvrc):
     src.read(idx.splits["train"][0])
     clone = pickle.loads(pickle.dumps(src))
     assert isinstance(clone, Source) and clone.read(idx.splits["val"][0]) == src.read(idx.splits["val"][0])
+
+
+def _devkit(path, meta: bytes, truth: bytes = b"1\n") -> str:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as t:
+        for name, data in (("data/meta.mat", meta), ("data/ILSVRC2012_validation_ground_truth.txt", truth)):
+            info = tarfile.TarInfo(f"ILSVRC2012_devkit_t12/{name}")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def test_devkit_bombs_and_junk_are_one_line_within_bounded_memory(tmp_path):
+    """A meta.mat whose compressed variable expands to 256 MiB (stored in a few hundred KB), a 1 MiB
+    meta.mat of zeros, and a 32 MiB ground truth: each refused by what a real devkit holds."""
+    import io
+    import resource
+
+    import numpy as np
+    import scipy.io
+
+    from imgprep.sources import parse_devkit
+
+    b = io.BytesIO()
+    scipy.io.savemat(b, {"synsets": np.zeros(256 << 20, np.uint8)}, do_compression=True)
+    bomb = _devkit(tmp_path / "bomb.tar.gz", b.getvalue())
+    del b
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImgprepError, match="its variables expand to more than 67,108,864 bytes"):
+        parse_devkit(bomb)
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # ru_maxrss: KiB on Linux
+    assert grown < 64 << 20
+    with pytest.raises(ImgprepError, match="not a MATLAB 5 MAT-file"):
+        parse_devkit(_devkit(tmp_path / "zeros.tar.gz", bytes(1 << 20)))
+    with pytest.raises(ImgprepError, match="ground_truth.txt is 33,554,432 bytes, more than a real devkit's"):
+        from imagenet_fixtures import write_meta_mat
+
+        write_meta_mat(str(tmp_path / "meta.mat"))
+        real_meta = open(tmp_path / "meta.mat", "rb").read()
+        parse_devkit(_devkit(tmp_path / "truth.tar.gz", real_meta, b"1\n" * (16 << 20)))
+    with pytest.raises(ImgprepError, match="unreadable devkit"):
+        parse_devkit(_devkit(tmp_path / "junk.tar.gz", b"MATLAB 5.0 MAT-file" + bytes(200)))
