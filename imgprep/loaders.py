@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import replace
 
 from .dataset import DatasetInfo
@@ -19,6 +20,15 @@ from .geometry import train_crop
 from .loader_base import BACKENDS, MODES, PAD_LABEL, BaseLoader, EpochPlan, LoaderConfig, resolve_backend
 
 __all__ = ["LoaderConfig", "DatasetInfo", "EpochPlan", "BaseLoader", "make_loader", "MODES", "BACKENDS", "PAD_LABEL"]
+
+
+def _utf8(path: str) -> bool:
+    """Whether a path is valid UTF-8 (a name with another encoding's bytes holds surrogates here)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def make_loader(
@@ -63,10 +73,18 @@ def make_loader(
         **kwargs,
     )
     cfg.validate()
+    requested = cfg.backend
     cfg = replace(cfg, backend=resolve_backend(cfg.backend))
     info = DatasetInfo.load(
         root, split, need_stats=cfg.normalize != "none" or (mode == "train" and cfg.lighting_std > 0)
     )
+    if cfg.backend == "dali" and not _utf8(info.shards[0]):  # DALI takes paths as UTF-8 strings only
+        if requested == "dali":
+            raise ImgprepError(
+                f"{os.fsencode(root)!r}: DALI cannot open paths that are not UTF-8; rename the folder "
+                "or use --backend torch (or auto)"
+            )
+        cfg = replace(cfg, backend="torch")
     if cfg.crop == 0:
         cfg = replace(cfg, crop=train_crop(info.size))
     if info.total < cfg.world_size:

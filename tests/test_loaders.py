@@ -414,3 +414,24 @@ def test_workers_beyond_the_cores_are_bounded_with_one_note(prepared, backend, c
     assert [x for x in err if x.startswith("note:")] == [
         f"note: --workers 10000 is more than the {_mp.cpu_count()} cores here; using {_mp.cpu_count()}"
     ]
+
+
+def test_a_dataset_and_run_folder_whose_names_are_not_utf8(prepared128, tmp_path):
+    """A folder name with a Latin-1 byte: auto reads it with the torch backend (DALI takes UTF-8
+    paths only), an explicit dali is one line, and train runs into such a RUN_DIR (TensorBoard,
+    which cannot write there, is left out with a note)."""
+    import shutil
+
+    from imgprep.trainer.config import TrainConfig
+    from imgprep.trainer.train import train
+
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/donn\xe9es")
+    shutil.copytree(prepared128, odd)
+    lo = _make_loader(odd, "train", 5, "train", backend="auto", workers=1)
+    assert lo.cfg.backend == "torch" and sum(1 for _ in lo) == len(lo)
+    with pytest.raises(ImgprepError, match="DALI cannot open paths that are not UTF-8"):
+        make_loader(odd, "train", 5, "train", backend="dali", workers=1)
+    run_dir = os.fsdecode(os.fsencode(str(tmp_path)) + b"/run\xe9")
+    cfg = TrainConfig(odd, run_dir, epochs=1, batch_size=5, width_mult=0.125, init="kaiming", workers=1)
+    last = train(cfg, progress=False, log=lambda s: None)
+    assert last["epoch"] == 1 and os.path.exists(os.path.join(run_dir, "checkpoint.pt"))

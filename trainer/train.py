@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -285,6 +286,11 @@ def _tensorboard(run_dir: str):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
+        return None
+    try:
+        run_dir.encode("utf-8")
+    except UnicodeEncodeError:  # TensorBoard's writer takes UTF-8 names only
+        print("note: RUN_DIR's name is not UTF-8; no TensorBoard scalars (metrics.jsonl has them)", file=sys.stderr)
         return None
     return SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
