@@ -20,7 +20,7 @@ __all__ = ["sniff_format", "DecodedImage", "decode_rgb", "encode_jpeg", "apply_o
 
 # Extensions that promise an image: such a file that is not one is rejected (listed), not skipped.
 IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .png .gif .bmp .tif .tiff .webp .ppm .pgm .pbm .pnm .j2k .jp2".split()  # noqa: SIM905
+    ".jpg .jpeg .jpe .jfif .png .gif .bmp .tif .tiff .webp .ppm .pgm .pbm .pnm .j2k .jp2 .avif .heic .heif".split()  # noqa: SIM905
 )
 
 _MAGIC = (
@@ -45,6 +45,10 @@ def sniff_format(head: bytes) -> str | None:
         return "webp"
     if len(head) >= 2 and head[0:1] == b"P" and head[1:2] in b"123456":
         return "pnm"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
+        return "avif"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1"):
+        return "heif"  # decoded where the installed Pillow has a HEIF plugin, else a reject that says so
     return None
 
 
@@ -59,6 +63,7 @@ _EXT_FORMAT = {
     ".tif": "tiff",
     ".tiff": "tiff",
     ".webp": "webp",
+    ".avif": "avif",
 }
 
 
@@ -162,7 +167,10 @@ def decode_rgb(data: bytes, name: str = "", min_side: int = 0, max_pixels: int |
             w0, h0 = h0, w0
         short = min(im.size)
         pixels = None
-        if fmt == "jpeg" and im.mode in ("RGB", "L") and (min_side <= 0 or short < 2 * min_side):
+        if getattr(im, "n_frames", 1) > 1:  # animated GIF/WebP, multi-page TIFF: the first frame is kept
+            converted.append("first_frame")
+        icc = im.info.get("icc_profile")
+        if fmt == "jpeg" and im.mode in ("RGB", "L") and not icc and (min_side <= 0 or short < 2 * min_side):
             pixels = _fast_jpeg(data)
         if pixels is not None:
             if im.mode == "L":
@@ -179,6 +187,8 @@ def decode_rgb(data: bytes, name: str = "", min_side: int = 0, max_pixels: int |
         if orientation not in (None, 1):
             im = ImageOps.exif_transpose(im)
             converted.append("exif_rotated")
+        if icc:
+            im = _to_srgb(im, icc, converted)
         pixels = _to_rgb(im, converted)
     except DecodeError:
         raise
@@ -188,6 +198,46 @@ def decode_rgb(data: bytes, name: str = "", min_side: int = 0, max_pixels: int |
     if pixels.shape[0] == 0 or pixels.shape[1] == 0:
         raise DecodeError("image has no pixels")
     return DecodedImage(pixels, w0, h0, fmt, converted)
+
+
+_SRGB_TRANSFORMS: dict = {}  # (profile bytes' hash, mode) -> an ImageCms transform, or None for sRGB itself
+
+
+def _to_srgb(im, icc: bytes, converted: list[str]):
+    """`im` converted from its embedded colour profile (Adobe RGB, a camera's, a CMYK press profile)
+    to sRGB, as a colour-managed viewer shows it; noted as `icc_profile`. An sRGB profile changes
+    nothing; a profile that cannot be read is ignored (`icc_unreadable`). Transforms are cached."""
+    import hashlib
+
+    from PIL import ImageCms
+
+    if im.mode not in ("RGB", "CMYK", "L"):
+        return im
+    key = (hashlib.sha1(icc).digest(), im.mode)
+    if key not in _SRGB_TRANSFORMS:
+        if len(_SRGB_TRANSFORMS) > 64:
+            _SRGB_TRANSFORMS.clear()
+        try:
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            if "srgb" in ImageCms.getProfileDescription(src).lower().replace(" ", ""):
+                _SRGB_TRANSFORMS[key] = None
+            else:
+                dst = ImageCms.createProfile("sRGB")
+                _SRGB_TRANSFORMS[key] = ImageCms.buildTransform(src, dst, im.mode, "RGB")
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+            _SRGB_TRANSFORMS[key] = "unreadable"
+    t = _SRGB_TRANSFORMS[key]
+    if t is None:
+        return im
+    if t == "unreadable":
+        converted.append("icc_unreadable")
+        return im
+    converted.append("icc_profile")
+    if im.mode == "CMYK":
+        converted.append("cmyk")
+    elif im.mode == "L":
+        converted.append("grayscale")
+    return ImageCms.applyTransform(im, t)
 
 
 def _to_rgb(im, converted: list[str]) -> np.ndarray:

@@ -428,22 +428,30 @@ def scan_tar(path: str) -> list[tuple[str, int, int]]:
         raise ImgprepError(f"{path}: not a readable uncompressed tar ({exc})") from None
 
 
-def _scan_nested(path: str) -> dict[str, list[tuple[str, int, int]]]:
-    """{inner tar name: [(member name, absolute data offset, size)]} of a tar of tars."""
-    out = {}
+def _scan_nested(path: str) -> tuple[dict[str, list[tuple[str, int, int]]], int]:
+    """({inner tar name: [(member name, absolute data offset, size)]}, members skipped) of a tar of
+    tars. Members that are not regular files (symbolic and hard links, devices, FIFOs) are never
+    read: they are counted as skipped, as folders' such entries are."""
+    out, skipped = {}, 0
     try:
         with tarfile.open(path, "r:") as outer:
             for m in outer:
                 if not m.isreg():
+                    skipped += not m.isdir()
                     continue
                 if not m.name.endswith(".tar"):
                     out.setdefault("", []).append((m.name, m.offset_data, m.size))
                     continue
-                with tarfile.open(fileobj=outer.extractfile(m), mode="r:") as inner:
-                    out[m.name] = [(i.name, m.offset_data + i.offset_data, i.size) for i in inner if i.isreg()]
+                try:
+                    with tarfile.open(fileobj=outer.extractfile(m), mode="r:") as inner:
+                        members = list(inner)
+                except (OSError, tarfile.TarError) as exc:
+                    raise ImgprepError(f"{path}: its member {m.name} is not a readable tar ({exc})") from None
+                out[m.name] = [(i.name, m.offset_data + i.offset_data, i.size) for i in members if i.isreg()]
+                skipped += sum(1 for i in members if not i.isreg() and not i.isdir())
     except (OSError, tarfile.TarError) as exc:
         raise ImgprepError(f"{path}: not a readable tar of per-class tars ({exc})") from None
-    return out
+    return out, skipped
 
 
 # --- layouts ---------------------------------------------------------------------------------
@@ -471,8 +479,8 @@ def _discover_ilsvrc(src: str, devkit_required: bool = True) -> SourceIndex:
     classes: list[ClassInfo] = []
     per_class = {}
     if has_train:
-        nested = _scan_nested(train_tar)
-        skipped["train"] = len(nested.pop("", []))
+        nested, not_files = _scan_nested(train_tar)
+        skipped["train"] = len(nested.pop("", [])) + not_files
         per_class = {os.path.splitext(os.path.basename(k))[0]: v for k, v in nested.items()}
         if not per_class:
             raise ImgprepError(f"{train_tar}: holds no per-class tars")

@@ -97,3 +97,82 @@ def test_encode_jpeg_roundtrip():
     data = encode_jpeg(rgb, 95)
     back = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     assert back.shape == rgb.shape and np.abs(back.astype(int) - rgb.astype(int)).mean() < 2
+
+
+def _adobe_rgb_icc() -> bytes:
+    """A minimal ICC v2 matrix/TRC profile with Adobe RGB (1998)'s primaries (D50-adapted) and gamma 2.2."""
+    import struct
+
+    def s15(v):
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz(x, y, z):
+        return b"XYZ " + bytes(4) + s15(x) + s15(y) + s15(z)
+
+    curv = b"curv" + bytes(4) + struct.pack(">IH", 1, 563) + bytes(2)  # gamma 563/256 = 2.199
+    text = b"Adobe RGB (1998) test\x00"
+    desc = b"desc" + bytes(4) + struct.pack(">I", len(text)) + text + bytes(4 + 4 + 2 + 1 + 67)
+    tags = [
+        (b"desc", desc),
+        (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+        (b"rXYZ", xyz(0.6097, 0.3111, 0.0195)),
+        (b"gXYZ", xyz(0.2053, 0.6257, 0.0609)),
+        (b"bXYZ", xyz(0.1492, 0.0632, 0.7446)),
+        (b"rTRC", curv),
+        (b"gTRC", curv),
+        (b"bTRC", curv),
+    ]
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for sig, body in tags:
+        body += bytes(-len(body) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = struct.pack(">I4sI4s4s4s", size, b"lcms", 0x02100000, b"mntr", b"RGB ", b"XYZ ") + bytes(12)
+    header += b"acsp" + bytes(4 + 4 + 4 + 4 + 8 + 4) + s15(0.9642) + s15(1.0) + s15(0.8249) + bytes(4)
+    header += bytes(128 - len(header))
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+def test_an_embedded_colour_profile_is_converted_to_srgb_and_counted():
+    """Adobe RGB pixels read as if sRGB are off by many levels in R and B; converted, they are not."""
+    from PIL import ImageCms
+
+    from imgprep.codec import decode_rgb
+
+    rgb = np.zeros((32, 48, 3), np.uint8)
+    rgb[:, :16] = (200, 60, 40)
+    rgb[:, 16:32] = (60, 180, 70)
+    rgb[:, 32:] = (50, 70, 200)
+    icc = _adobe_rgb_icc()
+    b = io.BytesIO()
+    Image.fromarray(rgb).save(b, "PNG", icc_profile=icc)
+    img = decode_rgb(b.getvalue(), "x.png")
+    assert "icc_profile" in img.converted
+    want = ImageCms.profileToProfile(
+        Image.fromarray(rgb), ImageCms.ImageCmsProfile(io.BytesIO(icc)), ImageCms.createProfile("sRGB")
+    )
+    assert np.abs(img.pixels.astype(int) - np.asarray(want).astype(int)).max() <= 1
+    assert np.abs(img.pixels.astype(int) - rgb.astype(int))[..., [0, 2]].max() >= 10  # it moved R or B
+    b = io.BytesIO()  # the same pixels tagged sRGB: unchanged, nothing counted
+    Image.fromarray(rgb).save(b, "PNG", icc_profile=ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    img = decode_rgb(b.getvalue(), "x.png")
+    assert "icc_profile" not in img.converted and np.array_equal(img.pixels, rgb)
+
+
+def test_animated_images_keep_their_first_frame_and_say_so_and_avif_decodes():
+    from imgprep.codec import decode_rgb
+
+    frames = [Image.fromarray(np.full((20, 30, 3), v, np.uint8)) for v in (30, 200)]
+    b = io.BytesIO()
+    frames[0].save(b, "GIF", save_all=True, append_images=frames[1:])
+    img = decode_rgb(b.getvalue(), "a.gif")
+    assert "first_frame" in img.converted and abs(int(img.pixels.mean()) - 30) <= 2
+    pytest.importorskip("PIL.AvifImagePlugin")
+    b = io.BytesIO()
+    try:
+        frames[1].save(b, "AVIF")
+    except (KeyError, OSError):
+        pytest.skip("this Pillow writes no AVIF")
+    img = decode_rgb(b.getvalue(), "a.avif")
+    assert img.format == "avif" and abs(int(img.pixels.mean()) - 200) <= 4
