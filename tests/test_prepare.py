@@ -203,3 +203,16 @@ def test_foreign_non_empty_out_refused(synth_src, tmp_path):
     with pytest.raises(ImgprepError, match="not empty"):
         prepare(PrepareConfig(synth_src, str(tmp_path / "o")), **QUIET)
     assert os.listdir(tmp_path / "o") == ["thesis.tex"]
+
+
+def test_an_out_whose_manifest_is_not_ours_is_one_line(synth_src, tmp_path):
+    import json as _json
+
+    from imgprep.errors import ImgprepError
+
+    for i, manifest in enumerate(({"config": None}, {"config": {"a": 1}}, [1, 2])):
+        out = tmp_path / f"o{i}"
+        out.mkdir()
+        (out / "manifest.json").write_text(_json.dumps(manifest))
+        with pytest.raises(ImgprepError, match="not an imgprep dataset's; choose an empty or new OUT"):
+            prepare(PrepareConfig(synth_src, str(out), size=32, workers=1), progress=False, log=lambda s: None)

@@ -207,3 +207,37 @@ def test_devkit_bombs_and_junk_are_one_line_within_bounded_memory(tmp_path):
         parse_devkit(_devkit(tmp_path / "truth.tar.gz", real_meta, b"1\n" * (16 << 20)))
     with pytest.raises(ImgprepError, match="unreadable devkit"):
         parse_devkit(_devkit(tmp_path / "junk.tar.gz", b"MATLAB 5.0 MAT-file" + bytes(200)))
+
+
+def test_train_tar_members_that_are_links_are_counted_as_skipped(tmp_path):
+    import io
+    import tarfile
+
+    from helpers import jpeg_bytes, smooth_rgb
+
+    root = tmp_path / "src"
+    root.mkdir()
+    with tarfile.open(root / "ILSVRC2012_img_train.tar", "w") as outer:
+        for w in WNIDS[:2]:
+            b = io.BytesIO()
+            with tarfile.open(fileobj=b, mode="w") as inner:
+                for i in range(2):
+                    data = jpeg_bytes(smooth_rgb(40, 50, i))
+                    info = tarfile.TarInfo(f"{w}_{i}.JPEG")
+                    info.size = len(data)
+                    inner.addfile(info, io.BytesIO(data))
+                for kind, name in ((tarfile.SYMTYPE, "sym.JPEG"), (tarfile.LNKTYPE, "hard.JPEG")):
+                    info = tarfile.TarInfo(name)
+                    info.type, info.linkname = kind, f"{w}_0.JPEG"
+                    inner.addfile(info)
+            info = tarfile.TarInfo(f"{w}.tar")
+            info.size = len(b.getvalue())
+            outer.addfile(info, io.BytesIO(b.getvalue()))
+    index = discover(str(root))
+    assert len(index.splits["train"]) == 4 and index.skipped["train"] == 4  # 2 links in each class tar
+    with tarfile.open(root / "ILSVRC2012_img_train.tar", "a") as outer:
+        info = tarfile.TarInfo("broken.tar")
+        info.size = 5
+        outer.addfile(info, io.BytesIO(b"junk!"))
+    with pytest.raises(ImgprepError, match="its member broken.tar is not a readable tar"):
+        discover(str(root))
