@@ -77,6 +77,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
         progress=False,
         log=lambda line: log("      " + line),
     )
+    if last.get("preempted"):
+        raise ImgprepError(f"{run}: stopped by SIGTERM before training finished; run the demo again")
     train_s = time.perf_counter() - t
     centre = evaluate_run(EvalConfig(run, data, False, backend=cfg.backend, workers=workers))
     ten = evaluate_run(EvalConfig(run, data, True, backend=cfg.backend, workers=workers))

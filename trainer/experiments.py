@@ -41,7 +41,11 @@ def _run(tc: TrainConfig, log) -> dict:
         log(f"  {os.path.basename(tc.run_dir)}: finished earlier, kept")
     else:
         log(f"  {os.path.basename(tc.run_dir)}: training {tc.epochs} epochs")
-        train(tc, resume=os.path.exists(ck_path), progress=False, log=lambda s: None)
+        last = train(tc, resume=os.path.exists(ck_path), progress=False, log=lambda s: None)
+        if last.get("preempted"):  # SIGTERM: the run saved its place; the series stops with it
+            raise ImgprepError(
+                f"{tc.run_dir}: stopped by SIGTERM (checkpoint saved); run the same command again to continue"
+            )
     return {"epochs": read_epochs(tc.run_dir)}
 
 
