@@ -491,3 +491,17 @@ def test_eval_refuses_data_unlike_the_runs_and_crops_too_small(data, prepared256
     prepare(PrepareConfig(synth_src, tiny, size=8, shard_size=8, seed=1, workers=1), **QUIET)
     with pytest.raises(ImgprepError, match="its 7x7 crops are too small for AlexNet's layers"):
         train(cfg(tiny, tmp_path / "t"), **QUIET)
+
+
+def test_checkpoint_every_never_saves_weights_that_are_not_finite(data, tmp_path):
+    """--checkpoint-every 2 with log lines every 3 steps: weights broken in step 2 are caught before
+    step 2's checkpoint (not a log point), so no checkpoint holds them."""
+
+    def poison(step, model, images, labels):
+        if step == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+    with pytest.raises(ImgprepError, match=r"epoch 1, step 2: the weights after the update are not finite"):
+        train(cfg(data, tmp_path / "n", epochs=2, checkpoint_every=2, log_every=3), on_step=poison, **QUIET)
+    assert not (tmp_path / "n" / CHECKPOINT).exists()

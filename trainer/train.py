@@ -489,6 +489,8 @@ def save_run(run: Run, epochs_done: int, position: tuple[int, torch.Tensor] | No
     pos = None
     if position is not None:
         batch, sums = position
+        if not _weights_finite(run.model):  # inside an epoch the loss was last read at a log point
+            raise non_finite_error(run, epochs_done, run.step, "the weights after the update are")
         all_sums = [sums]
         if run.world > 1:
             import torch.distributed as dist
