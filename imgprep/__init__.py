@@ -20,6 +20,8 @@ _LAZY = {
     "read_manifest": "dataset",
     "load_stats": "dataset",
     "DatasetInfo": "dataset",
+    "Dataset": "dataset",
+    "open_dataset": "dataset",
     "ImgprepError": "errors",
     "make_loader": "loaders",
     "LoaderConfig": "loader_base",

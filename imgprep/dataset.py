@@ -44,6 +44,8 @@ __all__ = [
     "write_rejects",
     "resolve_inside",
     "DatasetInfo",
+    "Dataset",
+    "open_dataset",
 ]
 
 FORMAT_NAME = "imgprep-webdataset"
@@ -180,11 +182,10 @@ def read_manifest(root: str) -> dict:
     return validate_manifest(m, p)
 
 
-def batch_within(root: str, split: str, batch_size: int, world_size: int = 1) -> int:
+def batch_within(root: str | Dataset, split: str, batch_size: int, world_size: int = 1) -> int:
     """`batch_size`, or less where the split gives each of `world_size` ranks fewer samples: for
     evaluation, where a batch larger than the split would only be padding."""
-    s = read_manifest(root)["splits"].get(split)
-    return max(1, min(batch_size, -(-s["count"] // world_size))) if s else batch_size
+    return open_dataset(root).batch_within(split, batch_size, world_size)
 
 
 def load_stats(root: str, size: int | None = None) -> tuple[np.ndarray, dict]:
@@ -225,22 +226,72 @@ class DatasetInfo:
     mean_image: np.ndarray | None  # float32 (size, size, 3)
 
     @classmethod
-    def load(cls, root: str, split: str, need_stats: bool = True) -> DatasetInfo:
-        """Read the manifest (and statistics) of a prepared dataset."""
-        m = read_manifest(root)
-        if split not in m["splits"]:
-            raise ImgprepError(f"{root}: no {split!r} split (has {', '.join(m['splits'])}); prepare it first")
-        records = m["splits"][split]["shards"]
-        shards = [resolve_inside(root, sh["path"], os.path.join(root, MANIFEST)) for sh in records]
-        for p in shards:
-            if not os.path.isfile(p) or not os.path.isfile(index_path(p)):
-                raise ImgprepError(f"{p}: missing shard or index; run `imgprep verify {root}`")
-        size = m["config"]["size"]
-        stats = mean = None
-        if need_stats:
-            mean, stats = load_stats(root, size)
-        return cls(root, split, size, shards, records, [sh["count"] for sh in records], m["classes"], stats, mean)
+    def load(cls, root: str | Dataset, split: str, need_stats: bool = True) -> DatasetInfo:
+        """A split of a prepared dataset (a path, opened here, or a `Dataset` already open)."""
+        return open_dataset(root).info(split, need_stats)
 
     @property
     def total(self) -> int:
         return sum(self.counts)
+
+
+class Dataset:
+    """A prepared dataset, opened once: its manifest read and validated on opening, its statistics
+    on first use, and both kept, so that a process reads each once however many loaders, batch
+    sizes and checks it asks for. Everything reads the dataset through this object (the place
+    where a dataset at a URL plugs in: `read_manifest` and `load_stats` are its only readers)."""
+
+    def __init__(self, root: str, manifest: dict):
+        self.root, self.manifest = root, manifest
+        self._stats: tuple[np.ndarray, dict] | None = None
+
+    @classmethod
+    def open(cls, root: str) -> Dataset:
+        """Read and validate the manifest of the prepared dataset at `root`."""
+        return cls(root, read_manifest(root))
+
+    @property
+    def size(self) -> int:
+        """The stored side of every image."""
+        return self.manifest["config"]["size"]
+
+    @property
+    def classes(self) -> list[dict]:
+        return self.manifest["classes"]
+
+    @property
+    def splits(self) -> dict:
+        return self.manifest["splits"]
+
+    def stats(self) -> tuple[np.ndarray, dict]:
+        """(mean image float32 (S, S, 3), stats.json dict), read on first use."""
+        if self._stats is None:
+            self._stats = load_stats(self.root, self.size)
+        return self._stats
+
+    def batch_within(self, split: str, batch_size: int, world_size: int = 1) -> int:
+        """`batch_size`, or less where `split` gives each rank fewer samples (see `batch_within`)."""
+        s = self.splits.get(split)
+        return max(1, min(batch_size, -(-s["count"] // world_size))) if s else batch_size
+
+    def info(self, split: str, need_stats: bool = True) -> DatasetInfo:
+        """One split: its shards (paths checked to lie inside the dataset and to exist), counts and
+        (need_stats) the statistics."""
+        root = self.root
+        if split not in self.splits:
+            raise ImgprepError(f"{root}: no {split!r} split (has {', '.join(self.splits)}); prepare it first")
+        records = self.splits[split]["shards"]
+        shards = [resolve_inside(root, sh["path"], os.path.join(root, MANIFEST)) for sh in records]
+        for p in shards:
+            if not os.path.isfile(p) or not os.path.isfile(index_path(p)):
+                raise ImgprepError(f"{p}: missing shard or index; run `imgprep verify {root}`")
+        stats = mean = None
+        if need_stats:
+            mean, stats = self.stats()
+        counts = [sh["count"] for sh in records]
+        return DatasetInfo(root, split, self.size, shards, records, counts, self.classes, stats, mean)
+
+
+def open_dataset(data: str | Dataset) -> Dataset:
+    """`data` itself when already open, else the prepared dataset at that path, opened."""
+    return data if isinstance(data, Dataset) else Dataset.open(data)

@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import replace
 
-from .dataset import DatasetInfo
+from .dataset import Dataset, DatasetInfo, open_dataset
 from .errors import ImgprepError
 from .geometry import train_crop
 from .loader_base import BACKENDS, MODES, PAD_LABEL, BaseLoader, EpochPlan, LoaderConfig, resolve_backend
@@ -32,7 +32,7 @@ def _utf8(path: str) -> bool:
 
 
 def make_loader(
-    root: str,
+    root: str | Dataset,
     split: str = "train",
     batch_size: int = 256,
     mode: str = "train",
@@ -46,7 +46,8 @@ def make_loader(
     """A loader over a prepared dataset: iterate it for one epoch of `(images, labels)`.
 
     Args:
-        root: OUT folder of `imgprep prepare`.
+        root: OUT folder of `imgprep prepare`, or that dataset opened once (`open_dataset`), so
+            that several loaders read its manifest and statistics once.
         split: "train" or "val".
         batch_size: samples per batch (per rank).
         mode: "train" (random 224 crop, flip, PCA lighting), "eval" (centre crop) or "ten_crop".
@@ -61,8 +62,9 @@ def make_loader(
         `len()` is the number of batches per epoch; `set_epoch(e)` picks the epoch's order
         (iterating advances it by one).
     """
+    dataset = open_dataset(root) if isinstance(root, Dataset) else None
     cfg = LoaderConfig(
-        root=root,
+        root=dataset.root if dataset is not None else root,
         split=split,
         batch_size=batch_size,
         mode=mode,
@@ -76,7 +78,7 @@ def make_loader(
     requested = cfg.backend
     cfg = replace(cfg, backend=resolve_backend(cfg.backend))
     info = DatasetInfo.load(
-        root, split, need_stats=cfg.normalize != "none" or (mode == "train" and cfg.lighting_std > 0)
+        dataset or cfg.root, split, need_stats=cfg.normalize != "none" or (mode == "train" and cfg.lighting_std > 0)
     )
     if cfg.backend == "dali" and not _utf8(info.shards[0]):  # DALI takes paths as UTF-8 strings only
         if requested == "dali":

@@ -309,7 +309,7 @@ def check_input_size(model: torch.nn.Module, crop: int, data: str, device) -> No
 
 def evaluate_run(cfg: EvalConfig) -> dict:
     """Top-1/top-5 error of a run's last checkpoint on the validation split of `data`."""
-    from imgprep.dataset import batch_within
+    from imgprep.dataset import open_dataset
     from imgprep.loaders import make_loader
 
     from .evaluate import evaluate
@@ -321,10 +321,11 @@ def evaluate_run(cfg: EvalConfig) -> dict:
     model = TwoTowerAlexNet(mcfg)
     model.load_state_dict(ckpt["model"])
     model.place(*devs)
+    dataset = open_dataset(data)  # read once: the batch bound and the loader share it
     loader = make_loader(
-        data,
+        dataset,
         "val",
-        batch_within(data, "val", cfg.batch_size),
+        dataset.batch_within("val", cfg.batch_size),
         "ten_crop" if cfg.ten_crop else "eval",
         backend=cfg.backend,
         device="gpu" if devs[0].type == "cuda" else "cpu",

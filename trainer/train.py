@@ -159,8 +159,7 @@ def _init_distributed(world: int, devices) -> None:
             torch.cuda.set_device(devices[0])
 
 
-def _loaders(cfg: TrainConfig, normalize: str, rank: int, world: int, gpu: bool, has_val: bool):
-    from imgprep.dataset import batch_within
+def _loaders(cfg: TrainConfig, dataset, normalize: str, rank: int, world: int, gpu: bool):
     from imgprep.loaders import make_loader
 
     kw = dict(
@@ -176,9 +175,9 @@ def _loaders(cfg: TrainConfig, normalize: str, rank: int, world: int, gpu: bool,
     if gpu:  # the loader's last op writes the model's input as it wants it: no conversion pass per step
         kw.update(dtype="bfloat16" if cfg.bf16 else "float32", channels_last=cfg.channels_last)
     per_rank = cfg.batch_size // world
-    train_loader = make_loader(cfg.data, "train", per_rank, "train", lighting_std=cfg.lighting_std, **kw)
-    val_batch = batch_within(cfg.data, "val", per_rank, world)
-    val_loader = make_loader(cfg.data, "val", val_batch, "eval", **kw) if has_val else None
+    train_loader = make_loader(dataset, "train", per_rank, "train", lighting_std=cfg.lighting_std, **kw)
+    val_batch = dataset.batch_within("val", per_rank, world)
+    val_loader = make_loader(dataset, "val", val_batch, "eval", **kw) if "val" in dataset.splits else None
     return train_loader, val_loader
 
 
@@ -208,11 +207,11 @@ def setup(cfg: TrainConfig, resume: bool = False, log: Callable[[str], None] = p
 
 
 def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Run:
-    from imgprep.dataset import DatasetInfo, read_manifest
+    from imgprep.dataset import open_dataset
 
     rank, world, local_rank = _dist_env()
-    info = DatasetInfo.load(cfg.data, "train")  # errors on a missing dataset or statistics
-    has_val = "val" in read_manifest(cfg.data)["splits"]
+    dataset = open_dataset(cfg.data)  # the manifest and statistics, read once for the whole run
+    info = dataset.info("train")  # errors on a missing split or statistics
     devices = parse_devices(cfg.devices, local_rank, shift=world > 1)
     if cfg.batch_size % world:
         raise ImgprepError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
@@ -235,7 +234,7 @@ def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Ru
     if world > 1:
         same = devices[0] == devices[1] and devices[0].type == "cuda"
         net = nn.parallel.DistributedDataParallel(model, device_ids=[devices[0]] if same else None)
-    train_loader, val_loader = _loaders(cfg, normalize, rank, world, devices[0].type == "cuda", has_val)
+    train_loader, val_loader = _loaders(cfg, dataset, normalize, rank, world, devices[0].type == "cuda")
     resolved = {
         **asdict(cfg),
         "num_classes": mcfg.num_classes,
