@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from .dataset import MANIFEST, MEAN_FILE, STATS_DIR, STATS_FILE, load_stats, read_manifest, resolve_inside
+from .dataset import MANIFEST, MEAN_FILE, STATS_DIR, STATS_FILE, Dataset, open_dataset, resolve_inside
 from .errors import ImgprepError
 from .integrity import jpeg_is
 from .shards import index_path, iter_samples, read_dali_index, sha256_file
@@ -114,9 +114,10 @@ def _map(fn, jobs, workers: int):
         pool.close()
 
 
-def verify(out: str, workers: int = 1) -> dict:
+def verify(out: str | Dataset, workers: int = 1) -> dict:
     """Check every shard against the manifest. Returns {"problems": [...], "shards", "samples"}."""
-    m = read_manifest(out)
+    ds = open_dataset(out)
+    out, m = ds.root, ds.manifest
     size, n_classes = m["config"]["size"], len(m["classes"])
     jobs = [(_shard_path(out, sh), sh, size, n_classes, False) for s in m["splits"].values() for sh in s["shards"]]
     results = list(_map(_check_shard, jobs, workers))
@@ -132,13 +133,14 @@ def verify(out: str, workers: int = 1) -> dict:
     return {"problems": problems, "shards": len(jobs), "samples": sum(s["count"] for s in m["splits"].values())}
 
 
-def recompute_stats(out: str, workers: int = 1) -> dict:
+def recompute_stats(out: str | Dataset, workers: int = 1) -> dict:
     """Recompute the training statistics from the stored (decoded) shards and compare."""
-    m = read_manifest(out)
+    ds = open_dataset(out)
+    out, m = ds.root, ds.manifest
     if "train" not in m["splits"]:
         raise ImgprepError(f"{out}: no train split; statistics are computed over the training set")
-    size = m["config"]["size"]
-    mean_img, st = load_stats(out, size)
+    size = ds.size
+    mean_img, st = ds.stats()
     jobs = [(_shard_path(out, sh), sh, size, len(m["classes"]), True) for sh in m["splits"]["train"]["shards"]]
     acc = StatsAccumulator(size)
     for problems, part, _ in _map(_check_shard, jobs, workers):

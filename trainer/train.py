@@ -159,7 +159,8 @@ def _init_distributed(world: int, devices) -> None:
             torch.cuda.set_device(devices[0])
 
 
-def _loaders(cfg: TrainConfig, dataset, normalize: str, rank: int, world: int, gpu: bool):
+def _loaders(cfg: TrainConfig, dataset, normalize: str, rank: int, world: int, gpu: bool, per_rank: int):
+    """The training and validation loaders of one rank; `per_rank` is its part of the global batch."""
     from imgprep.loaders import make_loader
 
     kw = dict(
@@ -174,7 +175,6 @@ def _loaders(cfg: TrainConfig, dataset, normalize: str, rank: int, world: int, g
     )
     if gpu:  # the loader's last op writes the model's input as it wants it: no conversion pass per step
         kw.update(dtype="bfloat16" if cfg.bf16 else "float32", channels_last=cfg.channels_last)
-    per_rank = cfg.batch_size // world
     train_loader = make_loader(dataset, "train", per_rank, "train", lighting_std=cfg.lighting_std, **kw)
     val_batch = dataset.batch_within("val", per_rank, world)
     val_loader = make_loader(dataset, "val", val_batch, "eval", **kw) if "val" in dataset.splits else None
@@ -234,14 +234,15 @@ def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Ru
     if world > 1:
         same = devices[0] == devices[1] and devices[0].type == "cuda"
         net = nn.parallel.DistributedDataParallel(model, device_ids=[devices[0]] if same else None)
-    train_loader, val_loader = _loaders(cfg, dataset, normalize, rank, world, devices[0].type == "cuda")
+    per_rank = cfg.batch_size // world  # --batch-size is the global batch; each rank loads its share
+    train_loader, val_loader = _loaders(cfg, dataset, normalize, rank, world, devices[0].type == "cuda", per_rank)
     resolved = {
         **asdict(cfg),
         "num_classes": mcfg.num_classes,
         "normalize": normalize,
         "devices_resolved": [str(d) for d in devices],
         "world_size": world,
-        "batch_per_rank": cfg.batch_size // world,
+        "batch_per_rank": per_rank,
         "size": info.size,  # the dataset's stored size and class names: `eval` checks its data against them
         "class_names": [c["name"] for c in info.classes],
     }
