@@ -24,9 +24,9 @@ def data(prepared128):
     return prepared128
 
 
-def _torchrun(data, run, record, mode="record", port=29517):
+def _torchrun(data, run, record, mode="record", port=29517, backend="auto"):
     record.mkdir(exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "IMGPREP_TEST_BACKEND": backend}
     script = os.path.join(ROOT, "tests", "ddp_script.py")
     args = [TORCHRUN, "--nproc-per-node", "2", "--master-port", str(port), script, data, str(run), str(record), mode]
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
@@ -74,19 +74,21 @@ def test_two_ranks_equal_one_process_at_the_same_global_batch(data, tmp_path):
     assert last["epoch"] == 2
 
 
-def test_sigterm_stops_both_ranks_after_the_same_step_and_resume_is_exact(data, tmp_path):
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_sigterm_stops_both_ranks_after_the_same_step_and_resume_is_exact(data, tmp_path, backend):
     """Rank 0 gets SIGTERM after step 1, rank 1 after step 2: both stop after step 2 (the ranks agree
     at log points), rank 0 saves the position with both ranks' sums, and a resumed 2-rank run ends
     with the weights of one that was never stopped."""
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert _torchrun(data, straight, tmp_path / "rec0", "plain", port=29518).returncode == 0
-    r = _torchrun(data, stopped, tmp_path / "rec1", "sigterm", port=29519)
+    port = 29518 if backend == "dali" else 29528
+    assert _torchrun(data, straight, tmp_path / "rec0", "plain", port, backend).returncode == 0
+    r = _torchrun(data, stopped, tmp_path / "rec1", "sigterm", port + 1, backend)
     assert r.returncode == 0, r.stderr[-3000:]
     for rank in (0, 1):
         assert torch.load(tmp_path / "rec1" / f"result{rank}.pt") == {"preempted": True, "epoch": 0, "batch": 2}
     ck = torch.load(stopped / CHECKPOINT, weights_only=True)
     assert (ck["epoch"], ck["step"], ck["position"]["batch"], len(ck["position"]["sums"])) == (0, 2, 2, 2)
-    r = _torchrun(data, stopped, tmp_path / "rec2", "resume", port=29520)
+    r = _torchrun(data, stopped, tmp_path / "rec2", "resume", port + 2, backend)
     assert r.returncode == 0, r.stderr[-3000:]
     a = torch.load(straight / CHECKPOINT, weights_only=True)
     b = torch.load(stopped / CHECKPOINT, weights_only=True)
