@@ -98,6 +98,7 @@ def config_options(cls, skip: typing.Iterable[str] = ()):
     hints = typing.get_type_hints(cls)
     skip = set(skip)
     chosen = [f for f in dataclasses.fields(cls) if f.name not in skip and f.metadata.get("cli", True)]
+    chosen.sort(key=lambda f: bool(f.kw_only))  # inherited groups (LoaderSettings) after the command's own
 
     def decorate(fn):
         for f in reversed(chosen):  # click lists options in decoration order, innermost first

@@ -16,7 +16,7 @@ the backends.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from .errors import ImgprepError
 from .integrity import ON_CORRUPT, ShardChecker, corrupt_sample_error
 
 __all__ = [
+    "LoaderSettings",
     "LoaderConfig",
     "EpochPlan",
     "BaseLoader",
@@ -49,8 +50,37 @@ DTYPES = ("float32", "bfloat16", "float16")  # of the images a loader yields
 PAD_LABEL = -1  # label of a padding sample: the loss and the metrics skip it
 
 
+@dataclass(frozen=True, kw_only=True)
+class LoaderSettings:
+    """The loader settings a user chooses, declared once here: every command that loads data (`load`,
+    `train`, `eval`, `experiment`, `bench train`) has them as options, by inheriting them, and hands
+    them to `make_loader` whole (`loader_settings()`); none is copied by hand."""
+
+    backend: str = setting(
+        "auto", "Loader: auto (DALI where it is installed, else the PyTorch fallback), dali or torch.", choices=BACKENDS
+    )
+    workers: int = setting(0, "Loader: decoding threads (DALI) or DataLoader processes (torch); 0: all cores.", min=0)
+    on_corrupt: str = setting(
+        "error",
+        "Loader: a sample whose bytes changed since prepare: stop with an error naming it, or skip it (counted).",
+        choices=ON_CORRUPT,
+    )
+    prefetch: int = setting(2, "Loader: batches DALI prepares ahead of the one being used.", min=1)
+    hw_decoder_load: float = setting(
+        0.65,
+        "Loader: share of the JPEGs given to the GPU's hardware JPEG decoder where it has one (A100, H100, "
+        "H200); nvJPEG's CUDA decoder takes the rest.",
+        min=0,
+        max=1,
+    )
+
+    def loader_settings(self) -> dict:
+        """These settings as keyword arguments of `make_loader`."""
+        return {f.name: getattr(self, f.name) for f in fields(LoaderSettings)}
+
+
 @dataclass(frozen=True)
-class LoaderConfig:
+class LoaderConfig(LoaderSettings):
     """Everything a loader needs; saved with training runs."""
 
     def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
@@ -66,31 +96,14 @@ class LoaderConfig:
     )
     rank: int = setting(0, cli=False, min=0)
     world_size: int = setting(1, cli=False, min=1)
-    backend: str = setting(
-        "auto", "auto: DALI where it is installed, else the PyTorch fallback; or either one.", choices=BACKENDS
-    )
     device: str = setting("auto", "Where DALI decodes: auto (the GPU where there is one), cpu or gpu.", choices=DEVICES)
     device_id: int | None = setting(None, cli=False)  # GPU index; default: rank % number of GPUs
-    workers: int = setting(0, "Decoding threads (DALI) or DataLoader processes (torch); 0: all cores.", min=0)
     seed: int = setting(0, "Seed of the epoch order and the augmentation.", min=SEED_MIN)
     crop: int = setting(0, cli=False)  # 0: size * 224 / 256 (224 for the stored 256)
     lighting_std: float = setting(PCA_LIGHTING_STD, "Std of the PCA lighting coefficients (0: off).", min=0)
     lighting_scale: str = setting("std", cli=False, choices=LIGHTING_SCALES)  # see augment.lighting_scales
     normalize: str = setting("mean_image", "Pixel normalization after the lighting noise.", choices=NORMALIZE)
     last_batch: str = setting("pad", cli=False, choices=LAST_BATCH)
-    on_corrupt: str = setting(
-        "error",
-        "A sample whose bytes changed since prepare: stop with an error naming it, or skip it (counted).",
-        choices=ON_CORRUPT,
-    )
-    prefetch: int = setting(2, "Batches DALI prepares ahead of the one being used (its prefetch_queue_depth).", min=1)
-    hw_decoder_load: float = setting(
-        0.65,
-        "Share of the JPEGs given to the GPU's hardware JPEG decoder where it has one (A100, H100, H200); "
-        "nvJPEG's CUDA decoder takes the rest.",
-        min=0,
-        max=1,
-    )
     dtype: str = setting("float32", cli=False, choices=DTYPES)  # of the images yielded (the trainer: bfloat16)
     channels_last: bool = setting(False, cli=False)  # yield images in channels_last memory format
     shuffle_buffer: int = setting(4096, cli=False, min=1)  # samples in the in-memory shuffle buffer (train mode)

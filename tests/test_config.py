@@ -89,3 +89,59 @@ def test_seeds_and_nan_learning_rates_are_one_line_errors():
         for v in (math.nan, math.inf):
             with pytest.raises(ImgprepError, match=f"--{name.replace('_', '-')} {v!r}: must be a finite number"):
                 TrainConfig("d", "r", **{name: v})
+
+
+def test_every_loader_setting_is_an_option_of_every_command_that_loads():
+    """LoaderSettings is declared once; `load`, `train`, `eval`, `experiment` and `bench train` all
+    have each of its settings as an option, with the same help and default."""
+    from imgprep.cli.main import main
+    from imgprep.loader_base import LoaderSettings
+
+    commands = {
+        "load": main.commands["load"],
+        "train": main.commands["train"],
+        "eval": main.commands["eval"],
+        "experiment": main.commands["experiment"],
+        "bench train": main.commands["bench"].commands["train"],
+    }
+    for f in dataclasses.fields(LoaderSettings):
+        for name, cmd in commands.items():
+            (opt,) = [p for p in cmd.params if p.name == f.name]
+            assert opt.opts == ["--" + f.name.replace("_", "-")], name
+            assert opt.help == f.metadata["help"] and opt.default == f.default, (name, f.name)
+
+
+def test_loader_settings_reach_the_loaders_of_train_and_eval(prepared128, tmp_path):
+    from imgprep.trainer.config import EvalConfig
+    from imgprep.trainer.train import setup
+
+    kw = dict(width_mult=0.125, init="kaiming", batch_size=8, workers=1, prefetch=3, hw_decoder_load=0.5)
+    run = setup(TrainConfig(prepared128, str(tmp_path / "r"), on_corrupt="skip", **kw))
+    try:
+        for lo in (run.train_loader, run.val_loader):
+            assert (lo.cfg.prefetch, lo.cfg.hw_decoder_load, lo.cfg.on_corrupt, lo.cfg.workers) == (3, 0.5, "skip", 1)
+    finally:
+        run.metrics.close()
+        run.lock.release()
+    assert EvalConfig("r", "d", on_corrupt="skip").loader_settings()["on_corrupt"] == "skip"
+
+
+def test_a_run_saved_before_the_loader_settings_were_shared_resumes(prepared128, tmp_path):
+    """A checkpoint whose config has no prefetch / hw_decoder_load (runs saved before they were
+    train options) resumes: a setting a run predates counts as its default."""
+    import torch
+
+    from imgprep.trainer.runtime import CHECKPOINT
+    from imgprep.trainer.train import train
+
+    kw = dict(width_mult=0.125, init="kaiming", batch_size=8, workers=1, log_every=1)
+    run_dir = tmp_path / "old"
+    train(TrainConfig(prepared128, str(run_dir), epochs=1, **kw), progress=False, log=lambda s: None)
+    ck = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    for k in ("prefetch", "hw_decoder_load", "checkpoint_every", "size", "class_names"):
+        ck["config"].pop(k)
+    torch.save(ck, run_dir / CHECKPOINT)
+    last = train(
+        TrainConfig(prepared128, str(run_dir), epochs=2, **kw), resume=True, progress=False, log=lambda s: None
+    )
+    assert last["epoch"] == 2

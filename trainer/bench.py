@@ -96,10 +96,9 @@ def bench_train(cfg: TrainBenchConfig, log=print) -> dict:
             cfg.data,
             "train",
             cfg.batch_size,
-            backend=cfg.backend,
             device="gpu" if gpu else "cpu",
-            workers=cfg.workers,
             normalize="mean_image_std",
+            **cfg.loader_settings(),
             **({"dtype": "bfloat16", "channels_last": True} if gpu else {}),
         )
         n_cls, crop = len(loader.info.classes), loader.cfg.crop

@@ -4,12 +4,11 @@ the paper for the recipe). Plain dataclasses: importing them costs nothing (no t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from imgprep.config import SEED_MIN, check_settings, flag, setting
 from imgprep.constants import PCA_LIGHTING_STD
-from imgprep.integrity import ON_CORRUPT
-from imgprep.loader_base import BACKENDS, NORMALIZE
+from imgprep.loader_base import BACKENDS, NORMALIZE, LoaderSettings
 
 __all__ = [
     "CONV_LAYERS",
@@ -36,13 +35,11 @@ RESUME_MAY_CHANGE = (
     "data",
     "run_dir",
     "epochs",
-    "workers",
     "log_every",
     "checkpoint_every",
-    "backend",
     "devices",
     "compile",
-    "on_corrupt",
+    *(f.name for f in fields(LoaderSettings)),  # backend, workers, on_corrupt, prefetch, hw_decoder_load
 )
 
 
@@ -85,7 +82,7 @@ class AlexNetConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(LoaderSettings):
     """Settings of one training run; saved in RUN_DIR/config.json and in every checkpoint."""
 
     def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
@@ -115,9 +112,7 @@ class TrainConfig:
     remove: tuple[str, ...] = setting(
         help="Leave out a conv layer (repeatable).", choices=CONV_LAYERS, default_factory=tuple
     )
-    backend: str = setting("auto", "Loader backend (auto: DALI where installed, else torch).", choices=BACKENDS)
     devices: str = setting("auto", "auto, cpu, cuda:0, or cuda:0,cuda:1 (tower A, tower B: the paper's two-GPU split).")
-    workers: int = setting(0, "Loader workers (0: all cores).", min=0)
     seed: int = setting(0, "Seed of the weights, the data order and the augmentation.", min=SEED_MIN)
     normalize: str = setting(
         "auto",
@@ -131,12 +126,6 @@ class TrainConfig:
         None, "torch.compile the model, with CUDA graphs on one GPU [default: on for CUDA, off on the CPU]."
     )
     steps_per_epoch: int = setting(0, "Cap batches per epoch (0: all).", min=0)
-    on_corrupt: str = setting(
-        "error",
-        "A sample whose bytes changed since prepare: stop with an error naming it, "
-        "or skip it (counted in metrics.jsonl).",
-        choices=ON_CORRUPT,
-    )
     log_every: int = setting(10, "Steps between lines of metrics.jsonl.", min=1)
     checkpoint_every: int = setting(
         0,
@@ -154,7 +143,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(LoaderSettings):
     """Settings of `imgprep eval`: a run's last checkpoint on a dataset's validation split."""
 
     def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
@@ -164,13 +153,11 @@ class EvalConfig:
     data: str
     ten_crop: bool = setting(False, "Average the softmax over the paper's ten views.")
     batch_size: int = setting(64, "Batch size (at most the split's size).", min=1)
-    backend: str = setting("auto", "Loader backend (auto: DALI where installed, else torch).", choices=BACKENDS)
     devices: str = setting("auto", "auto, cpu, cuda:0, or cuda:0,cuda:1 (tower A, tower B).")
-    workers: int = setting(0, "Loader workers (0: all cores).", min=0)
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(LoaderSettings):
     """Shared settings of an experiment series (reduced scale by default; `full` = the recipe)."""
 
     def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
@@ -185,8 +172,6 @@ class ExperimentConfig:
     init: str = setting("kaiming", "Initialisation.", choices=INIT_NAMES)
     seed: int = setting(0, "Seed of the first run of each cell; the others take seed + 1, seed + 2, ...", min=SEED_MIN)
     seeds: int = setting(3, "Runs per cell, each with its own seed (results show mean +- std).", min=1)
-    backend: str = setting("auto", "Loader backend (auto: DALI where installed, else torch).", choices=BACKENDS)
-    workers: int = setting(0, "Loader workers (0: all cores).", min=0)
     steps_per_epoch: int = setting(0, "Cap batches per epoch (0: all).", min=0)
     full: bool = setting(False, "The paper's recipe: width 1, 90 epochs, batch 128, paper init.")
     dropouts: tuple[float, ...] = setting((0.0, 0.25, 0.5, 0.75), "dropout: the rates.")
@@ -209,17 +194,15 @@ class ExperimentConfig:
             lr=kw.pop("lr", self.lr),
             init=self.init,
             width_mult=self.width_mult,
-            backend=self.backend,
-            workers=self.workers,
             seed=kw.pop("seed", self.seed),
             steps_per_epoch=self.steps_per_epoch,
             lr_patience=2,
-            **kw,
+            **{**self.loader_settings(), **kw},
         )
 
 
 @dataclass(frozen=True)
-class TrainBenchConfig:
+class TrainBenchConfig(LoaderSettings):
     """Settings of `imgprep bench train`."""
 
     def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
@@ -230,8 +213,6 @@ class TrainBenchConfig:
     steps: int = setting(5, "Timed steps per figure.", min=1)
     repeats: int = setting(3, "Runs per figure (median and spread reported).", min=1)
     width_mult: float = setting(1.0, "Width multiplier of the network.", min=0, min_open=True)
-    backend: str = setting("auto", "Loader backend (auto: DALI where installed, else torch).", choices=BACKENDS)
-    workers: int = setting(0, "Loader workers (0: all cores).", min=0)
     compile: bool | None = setting(
         None, "torch.compile the model as `train` does [default: on for CUDA, off on the CPU]."
     )

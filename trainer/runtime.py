@@ -327,10 +327,9 @@ def evaluate_run(cfg: EvalConfig) -> dict:
         "val",
         dataset.batch_within("val", cfg.batch_size),
         "ten_crop" if cfg.ten_crop else "eval",
-        backend=cfg.backend,
         device="gpu" if devs[0].type == "cuda" else "cpu",
-        workers=cfg.workers,
         normalize=ckpt["config"]["normalize"],
+        **cfg.loader_settings(),
     )
     check_eval_data(ckpt["config"], loader.info, mcfg, data, run_dir)
     check_input_size(model, loader.cfg.crop, data, devs[0])

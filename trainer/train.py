@@ -166,12 +166,10 @@ def _loaders(cfg: TrainConfig, dataset, normalize: str, rank: int, world: int, g
     kw = dict(
         rank=rank,
         world_size=world,
-        backend=cfg.backend,
         device="gpu" if gpu else "cpu",
-        workers=cfg.workers,
         seed=cfg.seed,
         normalize=normalize,
-        on_corrupt=cfg.on_corrupt,
+        **cfg.loader_settings(),
     )
     if gpu:  # the loader's last op writes the model's input as it wants it: no conversion pass per step
         kw.update(dtype="bfloat16" if cfg.bf16 else "float32", channels_last=cfg.channels_last)
