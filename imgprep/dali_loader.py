@@ -378,6 +378,7 @@ class DaliLoader(BaseLoader):
         self.fused: bool | None = None  # the one-pass CPU operator: None = whenever numba is installed
         self.handover: bool | None = None  # uint8 windows + one fused op: None = on the GPU
         self._finisher = None
+        self._pipe, self._pipe_key = None, None  # the last epoch's pipeline, reused where it reads the same
 
     def _finish(self):
         """The WindowFinisher of this loader's device, dtype and layout (built once)."""
@@ -406,9 +407,8 @@ class DaliLoader(BaseLoader):
         skipped = {(self.info.shards[i], key) for i, keys in skip.items() for key in keys}
         seed = int(np.random.default_rng([self.cfg.seed, self.epoch, self.cfg.rank]).integers(0, 2**31 - 1))
         handover = (self.handover if self.handover is not None else self.gpu) and self.cfg.mode != "ten_crop"
-        pipe = build_pipeline(
-            self.cfg, self.info, paths, self.gpu, self.device_id, seed, self.threads, self.fused, indexes, handover
-        )
+        pipe = self._pipeline(paths, indexes, seed, handover, reusable=self.cfg.mode != "train" and not skip)
+        finished = False
         try:
             for _ in range(math.ceil(left / self.cfg.batch_size)):
                 outs = pipe.run()
@@ -427,5 +427,25 @@ class DaliLoader(BaseLoader):
                 valid = min(self.cfg.batch_size, left)
                 left -= valid
                 yield images, labels, valid
+            finished = True
         finally:
+            if not finished:  # stopped inside the epoch: its reader is mid-way, never to be reused
+                self._pipe = self._pipe_key = None
             del pipe
+
+    def _pipeline(self, paths: list[str], indexes: list[str], seed: int, handover: bool, reusable: bool):
+        """The epoch's DALI pipeline. DALI's reader takes its files and order when it is built, so a
+        training epoch (a new shard order and seed) builds its own; an evaluation epoch reads the
+        same shards in the same order with no random draws, so the last one's pipeline, which ran a
+        whole epoch and stands at the start of the next (pad_last_batch, stick_to_shard), is reused:
+        no rebuild and, on a GPU, no new decoder at every validation."""
+        key = (tuple(paths), tuple(indexes), handover)
+        if reusable and self._pipe is not None and self._pipe_key == key:
+            return self._pipe
+        self._pipe = self._pipe_key = None  # the old one's buffers go before the new one's come
+        pipe = build_pipeline(
+            self.cfg, self.info, paths, self.gpu, self.device_id, seed, self.threads, self.fused, indexes, handover
+        )
+        if reusable:
+            self._pipe, self._pipe_key = pipe, key
+        return pipe

@@ -435,3 +435,26 @@ def test_a_dataset_and_run_folder_whose_names_are_not_utf8(prepared128, tmp_path
     cfg = TrainConfig(odd, run_dir, epochs=1, batch_size=5, width_mult=0.125, init="kaiming", workers=1)
     last = train(cfg, progress=False, log=lambda s: None)
     assert last["epoch"] == 1 and os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
+
+
+@pytest.mark.parametrize("mode", ["eval", "ten_crop"])
+def test_an_evaluation_loader_builds_its_pipeline_once_and_repeats_its_batches(prepared, monkeypatch, mode):
+    """Evaluation epochs read the same shards in the same order with no random draws: the pipeline
+    of the first is reused (built once) and every epoch gives the same batches, padding included,
+    as a fresh loader does; a loader stopped inside an epoch builds a new one."""
+    from imgprep import dali_loader
+
+    builds = []
+    real = dali_loader.build_pipeline
+    monkeypatch.setattr(dali_loader, "build_pipeline", lambda *a, **kw: builds.append(1) or real(*a, **kw))
+    lo = make_loader(prepared, "val", 3, mode, backend="dali", workers=1)  # 8 samples: 3 batches, 1 padded
+    epochs = [collect(lo) for _ in range(3)]
+    assert len(builds) == 1
+    fresh = collect(make_loader(prepared, "val", 3, mode, backend="dali", workers=1))
+    for images, labels in epochs:
+        np.testing.assert_array_equal(labels, fresh[1])
+        np.testing.assert_array_equal(images, fresh[0])
+    next(iter(lo))  # an epoch stopped after one batch (on the reused pipeline)
+    assert len(builds) == 2  # lo's and the fresh loader's
+    np.testing.assert_array_equal(collect(lo)[1], fresh[1])  # a new pipeline, from the start
+    assert len(builds) == 3
