@@ -505,3 +505,14 @@ def test_checkpoint_every_never_saves_weights_that_are_not_finite(data, tmp_path
     with pytest.raises(ImgprepError, match=r"epoch 1, step 2: the weights after the update are not finite"):
         train(cfg(data, tmp_path / "n", epochs=2, checkpoint_every=2, log_every=3), on_step=poison, **QUIET)
     assert not (tmp_path / "n" / CHECKPOINT).exists()
+
+
+def test_a_crafted_position_in_a_checkpoint_is_one_line(data, tmp_path):
+    run_dir = tmp_path / "p"
+    train(cfg(data, run_dir, epochs=2, checkpoint_every=4), on_step=_sigterm_at(4), **QUIET)
+    ck = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    for bad in ({"batch": "x", "world_size": 1, "sums": [[0.0] * 4]}, {"batch": 1, "world_size": 1, "sums": [[0.0]]}):
+        ck["position"] = bad
+        torch.save(ck, run_dir / CHECKPOINT)
+        with pytest.raises(ImgprepError, match="its position inside the epoch is damaged or crafted"):
+            train(cfg(data, run_dir, epochs=2, checkpoint_every=4), resume=True, **QUIET)

@@ -250,7 +250,7 @@ def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Ru
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         run.start_epoch, run.step = ckpt["epoch"], ckpt["step"]
-        run.resume_at = _position(ckpt, world, rank)
+        run.resume_at = _position(ckpt, world, rank, cfg.run_dir)
         if run.resume_at is None:
             torch.set_rng_state(ckpt["rng"]["torch"])
             log(f"resuming {cfg.run_dir} after epoch {run.start_epoch}")
@@ -265,12 +265,26 @@ def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Ru
     return run
 
 
-def _position(ckpt: dict, world: int, rank: int) -> dict | None:
+def _position(ckpt: dict, world: int, rank: int, run_dir: str) -> dict | None:
     """Where inside an epoch a checkpoint was written ({"batch", "sums" of this rank, "rng"}), or None
     for one written at an epoch's end."""
     pos = ckpt.get("position")
     if not pos:
         return None
+    ok = (
+        isinstance(pos, dict)
+        and isinstance(pos.get("batch"), int)
+        and pos["batch"] >= 0
+        and isinstance(pos.get("world_size"), int)
+        and isinstance(pos.get("sums"), list)
+        and len(pos["sums"]) == pos["world_size"]
+        and all(isinstance(r, list) and len(r) == 4 and all(isinstance(v, float) for v in r) for r in pos["sums"])
+    )
+    if not ok:
+        raise ImgprepError(
+            f"{os.path.join(run_dir, CHECKPOINT)}: its position inside the epoch is damaged or crafted; "
+            "start a new run in another RUN_DIR"
+        )
     if pos["world_size"] != world:
         raise ImgprepError(
             f"checkpoint written inside epoch {ckpt['epoch'] + 1} by {pos['world_size']} processes; "
