@@ -422,6 +422,7 @@ def _open_state(cfg: PrepareConfig, kind: str, units: list[Unit], listing: str, 
     state_cfg = os.path.join(cfg.out, STATE_DIR, "config.json")
     if kind == "resume" and _listing_changed(cfg.out, listing):
         log(f"{cfg.src}: files changed since the interrupted run (the listing differs); starting over")
+        # (an interrupted run of a version that recorded no listing starts over too: nothing proves its plan)
         shutil.rmtree(os.path.join(cfg.out, STATE_DIR))
         _remove_shards(cfg.out)
         kind = "new"

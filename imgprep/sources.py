@@ -206,8 +206,9 @@ class _SplitWalk:
         return True
 
     def item(self, ref: str, label: int) -> Item:
-        """The Item of a file listed by this walk (its size and modification time as listed)."""
-        st = self.listed[ref]
+        """The Item of a file listed by this walk (its size and modification time as listed); taken
+        out of `listed`, which so holds one class folder's files at a time, not ImageNet's 1.28M."""
+        st = self.listed.pop(ref)
         return Item(ref, label, size=st[0], mtime_ns=st[1])
 
     def files(self, rel: str) -> list[str]:
