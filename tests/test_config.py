@@ -145,3 +145,17 @@ def test_a_run_saved_before_the_loader_settings_were_shared_resumes(prepared128,
         TrainConfig(prepared128, str(run_dir), epochs=2, **kw), resume=True, progress=False, log=lambda s: None
     )
     assert last["epoch"] == 2
+
+
+def test_every_model_setting_is_an_option_of_train_and_bench_train():
+    from imgprep.cli.main import main
+    from imgprep.trainer.config import ModelSettings
+
+    for cmd in (main.commands["train"], main.commands["bench"].commands["train"]):
+        for f in dataclasses.fields(ModelSettings):
+            (opt,) = [p for p in cmd.params if p.name == f.name]
+            assert opt.help == f.metadata["help"], (cmd.name, f.name)
+    from imgprep.trainer.config import AlexNetConfig
+
+    got = TrainConfig("d", "r", width_mult=0.5, dropout=0.25, activation="tanh", remove=("conv3",)).model_config(7)
+    assert got == AlexNetConfig(7, 0.5, 0.25, "tanh", ("conv3",))

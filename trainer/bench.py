@@ -102,7 +102,7 @@ def bench_train(cfg: TrainBenchConfig, log=print) -> dict:
             **({"dtype": "bfloat16", "channels_last": True} if gpu else {}),
         )
         n_cls, crop = len(loader.info.classes), loader.cfg.crop
-        model = build_model(AlexNetConfig(n_cls, cfg.width_mult), "kaiming", devs, seed=0, channels_last=True)
+        model = build_model(cfg.model_config(n_cls), "kaiming", devs, seed=0, channels_last=True)
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
         x = torch.randn(cfg.batch_size, 3, crop, crop, device=devs[0]).to(loader.dtype)
         y = torch.randint(0, n_cls, (cfg.batch_size,), device=devs[0])

@@ -16,6 +16,7 @@ __all__ = [
     "INIT_NAMES",
     "EXPERIMENT_NAMES",
     "AlexNetConfig",
+    "ModelSettings",
     "TrainConfig",
     "EvalConfig",
     "ExperimentConfig",
@@ -81,8 +82,25 @@ class AlexNetConfig:
             raise ValueError(f"dropout {self.dropout}: must be in [0, 1)")
 
 
+@dataclass(frozen=True, kw_only=True)
+class ModelSettings:
+    """The architecture switches a user chooses, declared once: `train` and `bench train` inherit
+    them (and so have them as options); `model_config` makes the AlexNetConfig of a dataset."""
+
+    width_mult: float = setting(1.0, "Model: width multiplier of every layer.", min=0, min_open=True)
+    dropout: float = setting(0.5, "Model: dropout of fc6 and fc7.", min=0, max=1, max_open=True)
+    activation: str = setting("relu", "Model: non-linearity.", choices=ACTIVATIONS)
+    remove: tuple[str, ...] = setting(
+        help="Model: leave out a conv layer (repeatable).", choices=CONV_LAYERS, default_factory=tuple
+    )
+
+    def model_config(self, num_classes: int) -> AlexNetConfig:
+        """The architecture for `num_classes` classes with these switches."""
+        return AlexNetConfig(num_classes, self.width_mult, self.dropout, self.activation, tuple(self.remove))
+
+
 @dataclass(frozen=True)
-class TrainConfig(LoaderSettings):
+class TrainConfig(ModelSettings, LoaderSettings):
     """Settings of one training run; saved in RUN_DIR/config.json and in every checkpoint."""
 
     def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
@@ -106,12 +124,6 @@ class TrainConfig(LoaderSettings):
     lr_patience: int = setting(1, "Epochs without a better validation error before the lr is divided by 10.", min=0)
     lr_drops: int = setting(3, "At most this many lr drops.", min=0)
     init: str = setting("paper", "Initialisation: the paper's, or He-normal for small runs.", choices=INIT_NAMES)
-    width_mult: float = setting(1.0, "Width multiplier of every layer.", min=0, min_open=True)
-    dropout: float = setting(0.5, "Dropout of fc6 and fc7.", min=0, max=1, max_open=True)
-    activation: str = setting("relu", "Non-linearity.", choices=ACTIVATIONS)
-    remove: tuple[str, ...] = setting(
-        help="Leave out a conv layer (repeatable).", choices=CONV_LAYERS, default_factory=tuple
-    )
     devices: str = setting("auto", "auto, cpu, cuda:0, or cuda:0,cuda:1 (tower A, tower B: the paper's two-GPU split).")
     seed: int = setting(0, "Seed of the weights, the data order and the augmentation.", min=SEED_MIN)
     normalize: str = setting(
@@ -137,9 +149,6 @@ class TrainConfig(LoaderSettings):
     def base_lr(self) -> float:
         """The lr after warm-up: `lr`, scaled by batch / 128 with linear scaling."""
         return self.lr * self.batch_size / REFERENCE_BATCH if self.lr_scaling == "linear" else self.lr
-
-    def model_config(self, num_classes: int) -> AlexNetConfig:
-        return AlexNetConfig(num_classes, self.width_mult, self.dropout, self.activation, tuple(self.remove))
 
 
 @dataclass(frozen=True)
@@ -202,7 +211,7 @@ class ExperimentConfig(LoaderSettings):
 
 
 @dataclass(frozen=True)
-class TrainBenchConfig(LoaderSettings):
+class TrainBenchConfig(ModelSettings, LoaderSettings):
     """Settings of `imgprep bench train`."""
 
     def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
@@ -212,7 +221,6 @@ class TrainBenchConfig(LoaderSettings):
     batch_size: int = setting(128, "Batch size.", min=1)
     steps: int = setting(5, "Timed steps per figure.", min=1)
     repeats: int = setting(3, "Runs per figure (median and spread reported).", min=1)
-    width_mult: float = setting(1.0, "Width multiplier of the network.", min=0, min_open=True)
     compile: bool | None = setting(
         None, "torch.compile the model as `train` does [default: on for CUDA, off on the CPU]."
     )
