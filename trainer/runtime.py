@@ -280,13 +280,13 @@ def check_eval_data(saved: dict, info, mcfg: AlexNetConfig, data: str, run_dir: 
     if n_classes != mcfg.num_classes:
         raise ImgprepError(f"{data}: {n_classes} classes, but the model of {run_dir} has {mcfg.num_classes}")
     size = saved.get("size")
-    if size is not None and size != info.size:
+    if isinstance(size, int) and size != info.size:
         raise ImgprepError(
             f"{data}: stored at {info.size} px, but {run_dir} was trained on data stored at {size} px; "
             f"evaluate on data prepared with --size {size}"
         )
     names = saved.get("class_names")
-    if names is not None:
+    if isinstance(names, list) and len(names) == n_classes:
         for i, (want, got) in enumerate(zip(names, (c["name"] for c in info.classes), strict=True)):
             if want != got:
                 raise ImgprepError(
