@@ -25,11 +25,6 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _chain(loader):
-    loader.fused = False
-    return loader
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="a prepared dataset (default: synthesize and prepare one)")
@@ -63,7 +58,9 @@ def main() -> None:
     steps = max(2, (a.images // b) - 1)
     variants = {
         "dali full": lambda: make_loader(data, "train", b, backend="dali", device=a.device, workers=w),
-        "dali full chain": lambda: _chain(make_loader(data, "train", b, backend="dali", device="cpu", workers=w)),
+        "dali full chain": lambda: make_loader(
+            data, "train", b, backend="dali", device="cpu", workers=w, cpu_operator="chain"
+        ),
         "dali basic": lambda: make_loader(
             data, "train", b, backend="dali", device=a.device, workers=w, lighting_std=0.0, normalize="channel"
         ),

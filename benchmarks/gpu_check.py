@@ -78,8 +78,8 @@ def main() -> None:
         "dali_mixed_basic_b128_images_per_second",
         make_loader(data, "train", 128, device="gpu", lighting_std=0.0, normalize="channel"),
     )
-    lo = make_loader(data, "train", 128, device="gpu")
-    lo.handover = False  # the former GPU path: crop_mirror_normalize twice and a subtraction, in DALI
+    # the former GPU path: crop_mirror_normalize twice and a subtraction, in DALI
+    lo = make_loader(data, "train", 128, device="gpu", handover="off")
     rate("dali_mixed_operator_chain_train_b128_images_per_second", lo)
     for load in (0.0, 0.65, 0.9):
         rate(f"dali_mixed_train_b128_hw_decoder_load_{load}", make_loader(data, "train", 128, hw_decoder_load=load))
@@ -89,8 +89,7 @@ def main() -> None:
     )
     lo = make_loader(data, "train", 128, device="cpu")
     rate("dali_cpu_fused_train_b128_images_per_second", lo)
-    lo = make_loader(data, "train", 128, device="cpu")
-    lo.fused = False
+    lo = make_loader(data, "train", 128, device="cpu", cpu_operator="chain")
     rate("dali_cpu_operator_chain_train_b128_images_per_second", lo)
     rate("torch_fallback_train_b128_images_per_second", make_loader(data, "train", 128, backend="torch", device="cpu"))
     rate("baseline_torchvision_style_b128_images_per_second", baseline_loader(data, 128, os.cpu_count()))

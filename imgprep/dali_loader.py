@@ -362,8 +362,9 @@ class DaliLoader(BaseLoader):
     """`make_loader(backend="dali")`.
 
     On the GPU (train and eval modes) DALI yields uint8 windows and `finish.WindowFinisher`
-    normalizes them in one fused op; `handover = True` runs that path on the CPU too (for tests).
-    Set `fused = False` to run the operator chain on the CPU instead of the one-pass operator."""
+    normalizes them in one fused op; `handover="on"` runs that path on the CPU too, `"off"` makes
+    the whole view in DALI on the GPU too. `cpu_operator="chain"` runs DALI's operator chain on the
+    CPU instead of the one-pass operator."""
 
     def __init__(self, cfg: LoaderConfig, info: DatasetInfo):
         super().__init__(cfg, info)
@@ -375,8 +376,8 @@ class DaliLoader(BaseLoader):
         else:
             self.device_id = None
         self.threads = resolve_workers(cfg.workers)
-        self.fused: bool | None = None  # the one-pass CPU operator: None = whenever numba is installed
-        self.handover: bool | None = None  # uint8 windows + one fused op: None = on the GPU
+        self.fused = {"auto": None, "fused": True, "chain": False}[cfg.cpu_operator]  # None: where numba is
+        self.handover = {"on": True, "off": False}.get(cfg.handover, self.gpu)  # uint8 windows + one fused op
         self._finisher = None
         self._pipe, self._pipe_key = None, None  # the last epoch's pipeline, reused where it reads the same
 
@@ -406,7 +407,7 @@ class DaliLoader(BaseLoader):
         indexes = [p or index_path(paths[k]) for k, p in enumerate(indexes)]
         skipped = {(self.info.shards[i], key) for i, keys in skip.items() for key in keys}
         seed = int(np.random.default_rng([self.cfg.seed, self.epoch, self.cfg.rank]).integers(0, 2**31 - 1))
-        handover = (self.handover if self.handover is not None else self.gpu) and self.cfg.mode != "ten_crop"
+        handover = self.handover and self.cfg.mode != "ten_crop"
         pipe = self._pipeline(paths, indexes, seed, handover, reusable=self.cfg.mode != "train" and not skip)
         finished = False
         try:

@@ -48,6 +48,8 @@ DEVICES = ("auto", "cpu", "gpu")
 LAST_BATCH = ("pad", "drop")
 DTYPES = ("float32", "bfloat16", "float16")  # of the images a loader yields
 PAD_LABEL = -1  # label of a padding sample: the loss and the metrics skip it
+CPU_OPERATORS = ("auto", "fused", "chain")
+HANDOVERS = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +106,12 @@ class LoaderConfig(LoaderSettings):
     lighting_scale: str = setting("std", cli=False, choices=LIGHTING_SCALES)  # see augment.lighting_scales
     normalize: str = setting("mean_image", "Pixel normalization after the lighting noise.", choices=NORMALIZE)
     last_batch: str = setting("pad", cli=False, choices=LAST_BATCH)
+    # How DALI finishes a view (not options: the defaults are the fast paths; benchmarks compare the others).
+    # cpu_operator: on the CPU, the one-pass numba operator (fused; auto: wherever numba is installed) or
+    # DALI's operator chain. handover: uint8 windows finished by `finish.WindowFinisher` in the consumer
+    # (auto: on the GPU) or the whole view made in DALI.
+    cpu_operator: str = setting("auto", cli=False, choices=CPU_OPERATORS)
+    handover: str = setting("auto", cli=False, choices=HANDOVERS)
     dtype: str = setting("float32", cli=False, choices=DTYPES)  # of the images yielded (the trainer: bfloat16)
     channels_last: bool = setting(False, cli=False)  # yield images in channels_last memory format
     shuffle_buffer: int = setting(4096, cli=False, min=1)  # samples in the in-memory shuffle buffer (train mode)

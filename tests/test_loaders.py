@@ -46,13 +46,18 @@ BACKENDS = ["dali", "dali-ops", "dali-handover", "torch"]
 S, CROP = 64, 56  # the `prepared` fixture stores 64x64; crops are 64*224/256
 
 
+VARIANTS = {  # backend -> how DALI finishes a view
+    "dali": dict(cpu_operator="fused", handover="off"),
+    "dali-ops": dict(cpu_operator="chain", handover="off"),
+    "dali-handover": dict(cpu_operator="chain", handover="on"),
+}
+
+
 def make_loader(root, *args, backend="dali", **kw):
-    """`imgprep.loaders.make_loader`, with the "dali-ops" variant."""
-    lo = _make_loader(root, *args, backend="torch" if backend == "torch" else "dali", **kw)
-    if backend.startswith("dali"):
-        lo.fused = backend == "dali"
-        lo.handover = backend == "dali-handover"
-    return lo
+    """`imgprep.loaders.make_loader`, with the DALI variants above."""
+    return _make_loader(
+        root, *args, backend="torch" if backend == "torch" else "dali", **{**VARIANTS.get(backend, {}), **kw}
+    )
 
 
 def decoded(prepared, split):
