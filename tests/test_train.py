@@ -208,9 +208,10 @@ def _loss_and_grads(fn, run, images, labels, rng):
 def test_compiled_steps_equal_eager_steps_from_the_same_weights(prepared256, tmp_path):
     """--compile (inductor's C++ on the CPU) against eager, step by step over two epochs at float32
     with dropout: every compiled step, taken from the weights and RNG state the compiled run has
-    reached, gives the eager step's loss (to 1e-4) and gradients (to 1% of each norm). Measured on
-    AMD: 1e-6 at five steps, 0.16% at one (tower B's conv1: a max-pool or ReLU decision at a
-    tie goes the other way); a miscompiled graph is off by its whole size (the setup check's test).
+    reached, gives the eager step's loss (to 1e-4) and gradients (to 5% of each norm: the bound the
+    setup check itself applies). Measured on AMD: 1e-6 at five steps, 0.16% at one (tower B's conv1,
+    most likely a max-pool or ReLU decision at a near-tie going the other way); a miscompiled graph
+    is off by its whole size (the setup check's test).
 
     Two whole runs are not compared: their rounding-level differences grow chaotically (weights
     scaled by 1 + 1e-7 noise move an eager run's sixth step loss by 9% on this setting), so on
@@ -234,7 +235,7 @@ def test_compiled_steps_equal_eager_steps_from_the_same_weights(prepared256, tmp
                 loss, grads = _loss_and_grads(run.forward, run, images, labels, rng)
                 assert loss == pytest.approx(eager_loss, rel=1e-4)
                 for (name, _), g, e in zip(run.model.named_parameters(), grads, eager_grads, strict=True):
-                    assert float((g - e).norm()) <= 1e-2 * float(e.norm()) + 1e-6, (steps, name)
+                    assert float((g - e).norm()) <= 0.05 * float(e.norm()) + 1e-6, (steps, name)
                 run.opt.step()  # with the compiled gradients
                 steps += 1
         assert steps == 6
