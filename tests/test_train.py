@@ -517,3 +517,15 @@ def test_a_crafted_position_in_a_checkpoint_is_one_line(data, tmp_path):
         torch.save(ck, run_dir / CHECKPOINT)
         with pytest.raises(ImgprepError, match="its position inside the epoch is damaged or crafted"):
             train(cfg(data, run_dir, epochs=2, checkpoint_every=4), resume=True, **QUIET)
+
+
+def test_a_checkpoint_with_fields_of_the_wrong_type_is_one_line(data, tmp_path):
+    run_dir = tmp_path / "w"
+    train(cfg(data, run_dir, epochs=1), **QUIET)
+    ck = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    ck["config"] = [1, 2]
+    torch.save(ck, run_dir / CHECKPOINT)
+    with pytest.raises(ImgprepError, match=r"not an imgprep checkpoint \(config of the wrong type\)"):
+        train(cfg(data, run_dir, epochs=2), resume=True, **QUIET)
+    with pytest.raises(ImgprepError, match=r"not an imgprep checkpoint \(config of the wrong type\)"):
+        evaluate_run(EvalConfig(str(run_dir), data, workers=1))

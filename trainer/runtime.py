@@ -249,6 +249,10 @@ def load_checkpoint(run_dir: str) -> dict:
     missing = sorted(keys - set(ckpt)) if isinstance(ckpt, dict) else sorted(keys)
     if missing:
         raise ImgprepError(f"{p}: not an imgprep checkpoint (no {', '.join(missing)})")
+    kinds = {"config": dict, "model_config": dict, "rng": dict, "model": dict, "epoch": int, "step": int}
+    wrong = sorted(k for k, kind in kinds.items() if not isinstance(ckpt[k], kind))
+    if wrong:
+        raise ImgprepError(f"{p}: not an imgprep checkpoint ({', '.join(wrong)} of the wrong type)")
     return ckpt
 
 
