@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ._mp import cpu_count
-from .config import check_settings, setting
+from .config import Settings, setting
 from .dataset import DatasetInfo
 from .errors import ImgprepError
 from .geometry import train_crop
@@ -57,11 +57,8 @@ for i, f in enumerate(open(files).read().split("\n")):
 
 
 @dataclass(frozen=True)
-class PrepareBenchConfig:
+class PrepareBenchConfig(Settings):
     """Settings of `imgprep bench prepare`."""
-
-    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
-        check_settings(self)
 
     src: str
     images: int = setting(1000, "Images taken from SRC.", min=1)
@@ -198,11 +195,8 @@ def loader_rate(loader, steps: int) -> float:
 
 
 @dataclass(frozen=True)
-class LoadBenchConfig:
+class LoadBenchConfig(Settings):
     """Settings of `imgprep bench load`."""
-
-    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
-        check_settings(self)
 
     data: str
     batch_sizes: tuple[int, ...] = setting((64, 256), "Batch sizes.")

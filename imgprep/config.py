@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import ImgprepError
 
-__all__ = ["setting", "check_settings", "flag", "bad_number"]
+__all__ = ["setting", "Settings", "check_settings", "flag"]
 
 # The bound of every seed: numpy's generators take no negative seed.
 SEED_MIN = 0
@@ -68,7 +68,7 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def bad_number(value, meta: dict) -> str | None:
+def _bad_number(value, meta: dict) -> str | None:
     """Why `value` breaks the range in a setting's metadata (NaN and infinities never pass), or None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -85,19 +85,24 @@ def bad_number(value, meta: dict) -> str | None:
 def check_settings(cfg) -> None:
     """Check every `setting` field of a config dataclass against its declaration (range, finite
     numbers, choices), for the CLI and the Python API alike; ImgprepError naming the flag.
-    Nested config dataclasses are checked too; cross-field rules stay in each config's `validate`."""
+    Cross-field rules stay in each config's `validate`."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
-            check_settings(value)
-            continue
         meta = f.metadata
         if not meta:
             continue
         values = value if isinstance(value, tuple) else (value,)
         for v in values:
-            why = bad_number(v, meta)
+            why = _bad_number(v, meta)
             if why is None and meta.get("choices") is not None and v is not None and v not in meta["choices"]:
                 why = f"one of {', '.join(map(str, meta['choices']))}"
             if why is not None:
                 raise ImgprepError(f"{flag(f.name)} {v!r}: {why}")
+
+
+class Settings:
+    """Base of every command's config dataclass: each instance, however it is made (the CLI,
+    `Config(...)` in Python, `dataclasses.replace`), is checked against its fields' declarations."""
+
+    def __post_init__(self):
+        check_settings(self)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from .augment import LIGHTING_SCALES, NORMALIZE
-from .config import SEED_MIN, check_settings, setting
+from .config import SEED_MIN, Settings, check_settings, setting
 from .constants import PCA_LIGHTING_STD, SPLITS
 from .dataset import DatasetInfo
 from .errors import ImgprepError
@@ -53,7 +53,7 @@ HANDOVERS = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, kw_only=True)
-class LoaderSettings:
+class LoaderSettings(Settings):
     """The loader settings a user chooses, declared once here: every command that loads data (`load`,
     `train`, `eval`, `experiment`, `bench train`) has them as options, by inheriting them, and hands
     them to `make_loader` whole (`loader_settings()`); none is copied by hand."""
@@ -84,9 +84,6 @@ class LoaderSettings:
 @dataclass(frozen=True)
 class LoaderConfig(LoaderSettings):
     """Everything a loader needs; saved with training runs."""
-
-    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
-        check_settings(self)
 
     root: str
     split: str = setting("train", "Split to read.", choices=SPLITS)

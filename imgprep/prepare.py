@@ -21,7 +21,7 @@ import numpy as np
 
 from ._mp import resolve_workers
 from .codec import decode_rgb, encode_jpeg
-from .config import SEED_MIN, check_settings, setting
+from .config import SEED_MIN, Settings, check_settings, setting
 from .constants import (
     JPEG_QUALITY,
     MAX_PIXELS,
@@ -55,11 +55,8 @@ STATE_DIR = ".imgprep"  # per-unit completion records, kept for resume and merge
 
 
 @dataclass(frozen=True)
-class PrepareConfig:
+class PrepareConfig(Settings):
     """Settings of one `prepare` run. All but `workers` define the output."""
-
-    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
-        check_settings(self)
 
     src: str
     out: str

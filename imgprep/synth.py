@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import SEED_MIN, check_settings, setting
+from .config import SEED_MIN, Settings, setting
 from .errors import ImgprepError
 from .fileio import atomic_file
 
@@ -25,11 +25,8 @@ _GOLDEN = 0.6180339887
 
 
 @dataclass(frozen=True)
-class SynthConfig:
+class SynthConfig(Settings):
     """Settings of `imgprep synth`."""
-
-    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
-        check_settings(self)
 
     out: str
     classes: int = setting(10, "Classes.", min=1)

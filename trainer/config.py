@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields, replace
 
-from imgprep.config import SEED_MIN, check_settings, flag, setting
+from imgprep.config import SEED_MIN, Settings, flag, setting
 from imgprep.constants import PCA_LIGHTING_STD
 from imgprep.loader_base import BACKENDS, NORMALIZE, LoaderSettings
 
@@ -83,7 +83,7 @@ class AlexNetConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelSettings:
+class ModelSettings(Settings):
     """The architecture switches a user chooses, declared once: `train` and `bench train` inherit
     them (and so have them as options); `model_config` makes the AlexNetConfig of a dataset."""
 
@@ -102,9 +102,6 @@ class ModelSettings:
 @dataclass(frozen=True)
 class TrainConfig(ModelSettings, LoaderSettings):
     """Settings of one training run; saved in RUN_DIR/config.json and in every checkpoint."""
-
-    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
-        check_settings(self)
 
     data: str
     run_dir: str
@@ -155,9 +152,6 @@ class TrainConfig(ModelSettings, LoaderSettings):
 class EvalConfig(LoaderSettings):
     """Settings of `imgprep eval`: a run's last checkpoint on a dataset's validation split."""
 
-    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
-        check_settings(self)
-
     run_dir: str
     data: str
     ten_crop: bool = setting(False, "Average the softmax over the paper's ten views.")
@@ -168,9 +162,6 @@ class EvalConfig(LoaderSettings):
 @dataclass(frozen=True)
 class ExperimentConfig(LoaderSettings):
     """Shared settings of an experiment series (reduced scale by default; `full` = the recipe)."""
-
-    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
-        check_settings(self)
 
     data: str
     out: str  # results folder; the runs are kept in out/runs/
@@ -214,9 +205,6 @@ class ExperimentConfig(LoaderSettings):
 class TrainBenchConfig(ModelSettings, LoaderSettings):
     """Settings of `imgprep bench train`."""
 
-    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
-        check_settings(self)
-
     data: str
     batch_size: int = setting(128, "Batch size.", min=1)
     steps: int = setting(5, "Timed steps per figure.", min=1)
@@ -236,11 +224,8 @@ class TrainBenchConfig(ModelSettings, LoaderSettings):
 
 
 @dataclass(frozen=True)
-class DemoConfig:
+class DemoConfig(Settings):
     """Settings of `imgprep demo`."""
-
-    def __post_init__(self):  # every setting checked against its declaration, for the API as for the CLI
-        check_settings(self)
 
     out: str = setting("demo-out", "Working folder (replaced).", path=True)
     classes: int = setting(10, "Classes to synthesize.", min=2)
