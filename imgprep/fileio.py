@@ -22,9 +22,20 @@ __all__ = [
     "write_atomic",
     "json_bytes",
     "write_json_atomic",
+    "is_utf8",
 ]
 
 PARTIAL_SUFFIX = ".partial"
+
+
+def is_utf8(path: str) -> bool:
+    """Whether a path is valid UTF-8: a name with another encoding's bytes holds surrogates here,
+    which DALI and TensorBoard, taking UTF-8 names only, cannot open."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def partial_path(path: str) -> str:

@@ -14,21 +14,13 @@ import math
 import os
 from dataclasses import replace
 
-from .dataset import Dataset, DatasetInfo, open_dataset
+from .dataset import Dataset, DatasetInfo
 from .errors import ImgprepError
+from .fileio import is_utf8
 from .geometry import train_crop
 from .loader_base import BACKENDS, MODES, PAD_LABEL, BaseLoader, EpochPlan, LoaderConfig, resolve_backend
 
 __all__ = ["LoaderConfig", "DatasetInfo", "EpochPlan", "BaseLoader", "make_loader", "MODES", "BACKENDS", "PAD_LABEL"]
-
-
-def _utf8(path: str) -> bool:
-    """Whether a path is valid UTF-8 (a name with another encoding's bytes holds surrogates here)."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def make_loader(
@@ -62,7 +54,7 @@ def make_loader(
         `len()` is the number of batches per epoch; `set_epoch(e)` picks the epoch's order
         (iterating advances it by one).
     """
-    dataset = open_dataset(root) if isinstance(root, Dataset) else None
+    dataset = root if isinstance(root, Dataset) else None  # opened by the caller: not read again
     cfg = LoaderConfig(
         root=dataset.root if dataset is not None else root,
         split=split,
@@ -80,10 +72,10 @@ def make_loader(
     info = DatasetInfo.load(
         dataset or cfg.root, split, need_stats=cfg.normalize != "none" or (mode == "train" and cfg.lighting_std > 0)
     )
-    if cfg.backend == "dali" and not _utf8(info.shards[0]):  # DALI takes paths as UTF-8 strings only
+    if cfg.backend == "dali" and not is_utf8(info.shards[0]):  # DALI takes paths as UTF-8 strings only
         if requested == "dali":
             raise ImgprepError(
-                f"{os.fsencode(root)!r}: DALI cannot open paths that are not UTF-8; rename the folder "
+                f"{os.fsencode(cfg.root)!r}: DALI cannot open paths that are not UTF-8; rename the folder "
                 "or use --backend torch (or auto)"
             )
         cfg = replace(cfg, backend="torch")

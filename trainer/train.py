@@ -22,7 +22,7 @@ from torch import nn
 from imgprep._mp import InterruptGuard
 from imgprep.config import flag
 from imgprep.errors import ImgprepError
-from imgprep.fileio import FolderLock, write_json_atomic
+from imgprep.fileio import FolderLock, is_utf8, write_json_atomic
 from imgprep.geometry import train_crop
 from imgprep.loader_base import PAD_LABEL
 
@@ -299,9 +299,7 @@ def _tensorboard(run_dir: str):
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    try:
-        run_dir.encode("utf-8")
-    except UnicodeEncodeError:  # TensorBoard's writer takes UTF-8 names only
+    if not is_utf8(run_dir):
         print("note: RUN_DIR's name is not UTF-8; no TensorBoard scalars (metrics.jsonl has them)", file=sys.stderr)
         return None
     return SummaryWriter(os.path.join(run_dir, "tensorboard"))
@@ -489,9 +487,9 @@ def _agreed(run: Run, local: bool) -> bool:
         return local
     import torch.distributed as dist
 
-    flag = torch.tensor([float(local)], device=run.devices[0])
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
+    vote = torch.tensor([float(local)], device=run.devices[0])
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+    return bool(vote.item())
 
 
 def save_run(run: Run, epochs_done: int, position: tuple[int, torch.Tensor] | None = None) -> None:
