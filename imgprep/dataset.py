@@ -244,6 +244,7 @@ class Dataset:
     def __init__(self, root: str, manifest: dict):
         self.root, self.manifest = root, manifest
         self._stats: tuple[np.ndarray, dict] | None = None
+        self._shards: dict[str, list[str]] = {}  # per split: the shard paths, checked once
 
     @classmethod
     def open(cls, root: str) -> Dataset:
@@ -281,10 +282,13 @@ class Dataset:
         if split not in self.splits:
             raise ImgprepError(f"{root}: no {split!r} split (has {', '.join(self.splits)}); prepare it first")
         records = self.splits[split]["shards"]
-        shards = [resolve_inside(root, sh["path"], os.path.join(root, MANIFEST)) for sh in records]
-        for p in shards:
-            if not os.path.isfile(p) or not os.path.isfile(index_path(p)):
-                raise ImgprepError(f"{p}: missing shard or index; run `imgprep verify {root}`")
+        if split not in self._shards:
+            shards = [resolve_inside(root, sh["path"], os.path.join(root, MANIFEST)) for sh in records]
+            for p in shards:
+                if not os.path.isfile(p) or not os.path.isfile(index_path(p)):
+                    raise ImgprepError(f"{p}: missing shard or index; run `imgprep verify {root}`")
+            self._shards[split] = shards
+        shards = list(self._shards[split])
         stats = mean = None
         if need_stats:
             mean, stats = self.stats()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 
 import numpy as np
 
@@ -90,10 +91,8 @@ def _source(meta: bytes) -> str | None:
 
 def _duplicates(split: str, sources: list[str | None]) -> list[str]:
     """A problem for each source image stored more than once in a split (a resume that mixed plans)."""
-    seen, problems = {}, []
-    for src in sources:
-        if src is not None:
-            seen[src] = seen.get(src, 0) + 1
+    seen = Counter(src for src in sources if src is not None)
+    problems = []
     dups = sorted(k for k, v in seen.items() if v > 1)
     for src in dups[:20]:
         problems.append(f"{split}: source {src} is stored {seen[src]} times")
