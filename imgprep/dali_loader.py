@@ -121,15 +121,10 @@ def _window(cfg: LoaderConfig, span: int):
     from nvidia.dali import fn, types
 
     train = cfg.mode == "train"
-    if train and cfg.fixed_window is None:
-        top, left = (fn.random.uniform(values=list(range(span + 1)), dtype=types.INT32) for _ in range(2))
-    else:
-        top, left = cfg.fixed_window if cfg.fixed_window is not None else center_crop_offset(span, span, 0)
-    if cfg.fixed_flip is not None:
-        mirror = int(cfg.fixed_flip)
-    else:
-        mirror = fn.random.coin_flip(probability=0.5, dtype=types.INT32) if train else 0
-    return top, left, mirror
+    if not train:
+        return *center_crop_offset(span, span, 0), 0
+    top, left = (fn.random.uniform(values=list(range(span + 1)), dtype=types.INT32) for _ in range(2))
+    return top, left, fn.random.coin_flip(probability=0.5, dtype=types.INT32)
 
 
 def _fraction(v, span: int):
@@ -297,7 +292,7 @@ def build_pipeline(
     decode = _decode_args(gpu, cfg, info.size)
 
     @pipeline_def(
-        batch_size=cfg.batch_size,
+        batch_size=cfg.rank_batch,
         num_threads=num_threads,
         device_id=device_id,
         seed=seed,
@@ -411,7 +406,7 @@ class DaliLoader(BaseLoader):
         pipe = self._pipeline(paths, indexes, seed, handover, reusable=self.cfg.mode != "train" and not skip)
         finished = False
         try:
-            for _ in range(math.ceil(left / self.cfg.batch_size)):
+            for _ in range(math.ceil(left / self.cfg.rank_batch)):
                 outs = pipe.run()
                 images, labels_tl = _to_torch(outs[0], self.gpu, self.device_id), outs[1]
                 if handover:
@@ -425,7 +420,7 @@ class DaliLoader(BaseLoader):
                             labels[j] = PAD_LABEL
                 if self.gpu:
                     labels = labels.to(images.device, non_blocking=True)
-                valid = min(self.cfg.batch_size, left)
+                valid = min(self.cfg.rank_batch, left)
                 left -= valid
                 yield images, labels, valid
             finished = True

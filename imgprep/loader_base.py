@@ -87,7 +87,9 @@ class LoaderConfig(LoaderSettings):
 
     root: str
     split: str = setting("train", "Split to read.", choices=SPLITS)
-    batch_size: int = setting(256, "Samples per batch (per rank).", min=1)
+    batch_size: int = setting(
+        256, "Samples per step, all processes together (each of world_size loads batch_size / world_size).", min=1
+    )
     mode: str = setting(
         "train",
         "train: random crop, flip, PCA lighting; eval: centre crop; ten_crop: the paper's ten views.",
@@ -112,14 +114,22 @@ class LoaderConfig(LoaderSettings):
     dtype: str = setting("float32", cli=False, choices=DTYPES)  # of the images yielded (the trainer: bfloat16)
     channels_last: bool = setting(False, cli=False)  # yield images in channels_last memory format
     shuffle_buffer: int = setting(4096, cli=False, min=1)  # samples in the in-memory shuffle buffer (train mode)
-    fixed_window: tuple[int, int] | None = setting(None, cli=False)  # (top, left) instead of random: for tests
-    fixed_flip: bool | None = setting(None, cli=False)  # instead of a coin flip: for tests
 
     def validate(self) -> None:
         """Raise ImgprepError on bad settings: each against its declaration, then the cross-field rules."""
         check_settings(self)
         if not 0 <= self.rank < self.world_size:
             raise ImgprepError(f"rank {self.rank} with world size {self.world_size}")
+        if self.batch_size % self.world_size:
+            raise ImgprepError(
+                f"--batch-size {self.batch_size} is not divisible by the {self.world_size} processes; "
+                "it is the global batch, split evenly over them"
+            )
+
+    @property
+    def rank_batch(self) -> int:
+        """Samples per batch this process loads: its share of the global `batch_size`."""
+        return self.batch_size // self.world_size
 
 
 @dataclass
@@ -136,7 +146,7 @@ class EpochPlan:
         n_sh = len(info.shards)
         shuffle = cfg.mode == "train"
         order = list(np.random.default_rng([cfg.seed, epoch]).permutation(n_sh)) if shuffle else list(range(n_sh))
-        n, w, b = info.total, cfg.world_size, cfg.batch_size
+        n, w, b = info.total, cfg.world_size, cfg.rank_batch
         start, stop = n * cfg.rank // w, n * (cfg.rank + 1) // w
         batches = math.ceil(math.ceil(n / w) / b) if cfg.last_batch == "pad" else (n // w) // b
         return cls([int(i) for i in order], start, stop, batches)
@@ -243,7 +253,7 @@ class BaseLoader:
         import torch
 
         plan = self.plan()
-        b = self.cfg.batch_size
+        b = self.cfg.rank_batch
         made = 0
         last = None
         for images, labels, valid in self._batches(plan):
@@ -267,5 +277,6 @@ class BaseLoader:
         import torch
 
         c = self.cfg
-        shape = (c.batch_size, 10, 3, c.crop, c.crop) if c.mode == "ten_crop" else (c.batch_size, 3, c.crop, c.crop)
+        b = c.rank_batch
+        shape = (b, 10, 3, c.crop, c.crop) if c.mode == "ten_crop" else (b, 3, c.crop, c.crop)
         return torch.zeros(shape, dtype=self.dtype, device="cuda" if self.device == "gpu" else "cpu")

@@ -41,7 +41,8 @@ def make_loader(
         root: OUT folder of `imgprep prepare`, or that dataset opened once (`open_dataset`), so
             that several loaders read its manifest and statistics once.
         split: "train" or "val".
-        batch_size: samples per batch (per rank).
+        batch_size: samples per step, all ranks together; each of `world_size` ranks loads
+            `batch_size // world_size` of them (`loader.cfg.rank_batch`).
         mode: "train" (random 224 crop, flip, PCA lighting), "eval" (centre crop) or "ten_crop".
         rank, world_size: this process's part of the data (DDP ranks).
         backend: "auto" (default: DALI where it imports, else torch), "dali" or "torch"; the one
@@ -84,10 +85,10 @@ def make_loader(
     if info.total < cfg.world_size:
         raise ImgprepError(f"{root}: the {split} split has {info.total} samples, fewer than the {cfg.world_size} ranks")
     per_rank = math.ceil(info.total / cfg.world_size)
-    if cfg.batch_size > per_rank:  # refused before any buffer of that size is allocated
+    if cfg.rank_batch > per_rank:  # refused before any buffer of that size is allocated
         raise ImgprepError(
-            f"--batch-size {cfg.batch_size}: larger than the {per_rank} samples each rank reads of the "
-            f"{split} split ({info.total} in all); use at most {per_rank}"
+            f"--batch-size {cfg.batch_size}: {cfg.rank_batch} per rank, more than the {per_rank} samples each "
+            f"rank reads of the {split} split ({info.total} in all); use at most {per_rank * cfg.world_size}"
         )
     if not 0 < cfg.crop <= info.size:
         raise ImgprepError(f"crop {cfg.crop}: must be between 1 and the stored size {info.size}")

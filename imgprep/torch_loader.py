@@ -50,7 +50,7 @@ class SampleStream(torch.utils.data.IterableDataset):
         for v, y in self._samples():
             views.append(v)
             labels.append(y)
-            if len(views) == self.cfg.batch_size:
+            if len(views) == self.cfg.rank_batch:
                 yield torch.from_numpy(np.stack(views)), torch.tensor(labels, dtype=torch.int64)
                 views, labels = [], []
         if views:
@@ -94,11 +94,11 @@ class SampleStream(torch.utils.data.IterableDataset):
                 ]
                 yield np.stack(views), label
                 continue
-            if train and cfg.fixed_window is None:
+            if train:
                 top, left = int(rng.integers(0, size - crop + 1)), int(rng.integers(0, size - crop + 1))
             else:
-                top, left = cfg.fixed_window if cfg.fixed_window is not None else center_crop_offset(size, size, crop)
-            flip = cfg.fixed_flip if cfg.fixed_flip is not None else (train and bool(rng.random() < 0.5))
+                top, left = center_crop_offset(size, size, crop)
+            flip = train and bool(rng.random() < 0.5)
             shift = zero
             if train and cfg.lighting_std > 0:
                 shift = lighting_shift(
@@ -145,7 +145,7 @@ class TorchLoader(BaseLoader):
             multiprocessing_context=pool_context() if n_workers else None,
             worker_init_fn=functools.partial(_exit_with, os.getpid()),
         )
-        b = self.cfg.batch_size
+        b = self.cfg.rank_batch
         dev = torch.device("cuda" if self.device == "gpu" else "cpu")
         rest_x, rest_y = [], []  # partial batches (one per worker at most), merged at the end
         for x, y in dl:

@@ -105,6 +105,22 @@ def match(views, labels, refs, make_ref, tol):
     return found
 
 
+def match_any(views, labels, refs, make_refs, tol):
+    """Like `match` where `make_refs(img)` gives several candidate views of each sample (the windows
+    and flips a random augmentation may pick): (sample index, candidate index) of each view."""
+    cands = [np.stack(make_refs(img)) for _, img in refs]  # each (k, ...)
+    found = []
+    for v, y in zip(views, labels, strict=True):
+        if y < 0:
+            continue
+        d = [np.abs(c - v).reshape(len(c), -1).mean(1) for c in cands]
+        i = int(np.argmin([x.min() for x in d]))
+        assert d[i].min() < tol, f"no reference view within {tol} (best {d[i].min():.2f})"
+        assert refs[i][0] == y, "label differs from the sample's class"
+        found.append((i, int(np.argmin(d[i]))))
+    return found
+
+
 def centre(img, mean):
     o = (S - CROP) // 2
     return reference_view(img, mean, o, o, CROP, False, np.zeros(3), np.zeros(3), np.ones(3))
@@ -124,7 +140,7 @@ def test_eval_every_sample_once_with_its_label(prepared, ref, backend):
 def test_ranks_disjoint_complete_and_equal_length(prepared, ref, backend):
     seen, lengths = [], set()
     for rank in range(3):
-        loader = make_loader(prepared, "train", 4, "eval", backend=backend, rank=rank, world_size=3, workers=1)
+        loader = make_loader(prepared, "train", 12, "eval", backend=backend, rank=rank, world_size=3, workers=1)
         lengths.add(len(loader))
         x, y = collect(loader)
         assert len(y) == len(loader) * 4
@@ -135,8 +151,8 @@ def test_ranks_disjoint_complete_and_equal_length(prepared, ref, backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_uneven_ranks_follow_the_epoch_plan(prepared, ref, backend):
-    """24 samples over 5 ranks in batches of 3: ranks of 4 and 5 samples, 2 batches each, the rest padding;
-    each rank reads exactly its range of the epoch's (permuted) shard order."""
+    """24 samples over 5 ranks in global batches of 15 (3 per rank): ranks of 4 and 5 samples, 2 batches
+    each, the rest padding; each rank reads exactly its range of the epoch's (permuted) shard order."""
     info = DatasetInfo.load(prepared, "train")
     first_of_shard = np.cumsum([0, *info.counts])  # index in `ref` (manifest order) of each shard's first sample
     seen = []
@@ -144,15 +160,14 @@ def test_uneven_ranks_follow_the_epoch_plan(prepared, ref, backend):
         loader = make_loader(
             prepared,
             "train",
-            3,
+            15,
             "train",
             backend=backend,
             rank=rank,
             world_size=5,
             workers=1,
             seed=7,
-            fixed_window=(4, 4),
-            fixed_flip=False,
+            crop=S,  # the window is the whole stored image; the coin flip is matched either way
             lighting_std=0.0,
         )
         loader.set_epoch(1)
@@ -161,7 +176,7 @@ def test_uneven_ranks_follow_the_epoch_plan(prepared, ref, backend):
         x, y = collect(loader)
         assert len(loader) == 2 and len(y) == 6 and len(want) == [4, 5, 5, 5, 5][rank]  # [r*24//5, (r+1)*24//5)
         assert (y == PAD_LABEL).sum() == 6 - len(want)
-        found = match(x, y, ref["train"], lambda im: centre(im, ref["mean"]), tol=1.5)
+        found = [i for i, _ in match_any(x, y, ref["train"], lambda im: both_flips(im, ref["mean"]), tol=1.5)]
         assert sorted(found) == sorted(want)
         seen += found
     assert sorted(seen) == list(range(24))  # disjoint and together complete
@@ -175,29 +190,31 @@ def test_drop_last_batch(prepared, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("flip", [False, True])
-def test_known_window_and_flip_equal_reference(prepared, ref, backend, flip):
-    top, left = 3, 5
-    loader = make_loader(
-        prepared,
-        "train",
-        8,
-        "train",
-        backend=backend,
-        lighting_std=0.0,
-        fixed_window=(top, left),
-        fixed_flip=flip,
-        workers=1,
-    )
+def test_random_windows_and_flips_equal_reference_views(prepared, ref, backend):
+    """Crops of S - 2 leave 3 x 3 windows and 2 flips: every view equals the reference view of one
+    of those 18 (pixel by pixel), and the augmentation uses more than one window and both flips."""
+    crop = S - 2
+    loader = make_loader(prepared, "train", 8, "train", backend=backend, lighting_std=0.0, crop=crop, workers=1)
     x, y = collect(loader)
+    picks = [(top, left, flip) for top in range(3) for left in range(3) for flip in (False, True)]
 
     def make(im):
-        return reference_view(im, ref["mean"], top, left, CROP, flip, np.zeros(3), np.zeros(3), np.ones(3))
+        z = np.zeros(3)
+        return [reference_view(im, ref["mean"], t, lf, crop, f, z, z, np.ones(3)) for t, lf, f in picks]
 
-    found = match(x, y, ref["train"], make, tol=1.0)
-    assert sorted(found) == list(range(24))
-    for v, i in zip(x[y >= 0], found, strict=True):  # up to a small decode tolerance, pixel by pixel
-        assert np.abs(v - make(ref["train"][i][1])).max() <= 12
+    found = match_any(x, y, ref["train"], make, tol=1.0)
+    assert sorted(i for i, _ in found) == list(range(24))
+    for v, (i, k) in zip(x[y >= 0], found, strict=True):  # up to a small decode tolerance, pixel by pixel
+        assert np.abs(v - make(ref["train"][i][1])[k]).max() <= 12
+    windows = {picks[k][:2] for _, k in found}
+    flips = {picks[k][2] for _, k in found}
+    assert len(windows) > 1 and flips == {False, True}
+
+
+def both_flips(im, mean):
+    """The unflipped and flipped reference views of the window covering the whole image (crop = S)."""
+    z = np.zeros(3)
+    return [reference_view(im, mean, 0, 0, S, f, z, z, np.ones(3)) for f in (False, True)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -228,20 +245,16 @@ def test_lighting_shift_lies_on_the_pca_axes_with_the_right_spread(prepared, ref
             "train",
             backend=backend,
             lighting_std=sigma,
-            fixed_window=(4, 4),
-            fixed_flip=False,
+            crop=S,  # the window is the whole image; of the two flips, the one that leaves a constant shift
             workers=1,
             seed=11,
         )
         loader.set_epoch(epoch)
         x, y = collect(loader)
-
-        def make(im):
-            return reference_view(im, ref["mean"], 4, 4, CROP, False, np.zeros(3), np.zeros(3), np.ones(3))
-
-        found = match(x, y, ref["train"], make, tol=3 * sigma * scales[0] + 1.0)
-        for v, i in zip(x[y >= 0], found, strict=True):
-            diff = (v - make(ref["train"][i][1])).reshape(3, -1)  # (3, pixels)
+        found = match_any(x, y, ref["train"], lambda im: both_flips(im, ref["mean"]), tol=3 * sigma * scales[0] + 1.0)
+        for v, (i, _) in zip(x[y >= 0], found, strict=True):
+            diffs = [(v - c).reshape(3, -1) for c in both_flips(ref["train"][i][1], ref["mean"])]  # (3, pixels)
+            diff = min(diffs, key=lambda d: np.abs(d - np.median(d, axis=1, keepdims=True)).mean())
             shift = np.median(diff, axis=1)
             assert np.abs(diff - shift[:, None]).mean() < 1.0  # one RGB vector added to every pixel
             a = vec @ shift / scales  # coefficients along eigvec[i], in units of the axis' scale

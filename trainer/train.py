@@ -159,8 +159,8 @@ def _init_distributed(world: int, devices) -> None:
             torch.cuda.set_device(devices[0])
 
 
-def _loaders(cfg: TrainConfig, dataset, normalize: str, rank: int, world: int, gpu: bool, per_rank: int):
-    """The training and validation loaders of one rank; `per_rank` is its part of the global batch."""
+def _loaders(cfg: TrainConfig, dataset, normalize: str, rank: int, world: int, gpu: bool):
+    """The training and validation loaders of one rank (each loads its share of the global batch)."""
     from imgprep.loaders import make_loader
 
     kw = dict(
@@ -173,8 +173,8 @@ def _loaders(cfg: TrainConfig, dataset, normalize: str, rank: int, world: int, g
     )
     if gpu:  # the loader's last op writes the model's input as it wants it: no conversion pass per step
         kw.update(dtype="bfloat16" if cfg.bf16 else "float32", channels_last=cfg.channels_last)
-    train_loader = make_loader(dataset, "train", per_rank, "train", lighting_std=cfg.lighting_std, **kw)
-    val_batch = dataset.batch_within("val", per_rank, world)
+    train_loader = make_loader(dataset, "train", cfg.batch_size, "train", lighting_std=cfg.lighting_std, **kw)
+    val_batch = dataset.batch_within("val", cfg.batch_size // world, world) * world  # global, like --batch-size
     val_loader = make_loader(dataset, "val", val_batch, "eval", **kw) if "val" in dataset.splits else None
     return train_loader, val_loader
 
@@ -232,15 +232,14 @@ def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Ru
     if world > 1:
         same = devices[0] == devices[1] and devices[0].type == "cuda"
         net = nn.parallel.DistributedDataParallel(model, device_ids=[devices[0]] if same else None)
-    per_rank = cfg.batch_size // world  # --batch-size is the global batch; each rank loads its share
-    train_loader, val_loader = _loaders(cfg, dataset, normalize, rank, world, devices[0].type == "cuda", per_rank)
+    train_loader, val_loader = _loaders(cfg, dataset, normalize, rank, world, devices[0].type == "cuda")
     resolved = {
         **asdict(cfg),
         "num_classes": mcfg.num_classes,
         "normalize": normalize,
         "devices_resolved": [str(d) for d in devices],
         "world_size": world,
-        "batch_per_rank": per_rank,
+        "batch_per_rank": train_loader.cfg.rank_batch,
         "size": info.size,  # the dataset's stored size and class names: `eval` checks its data against them
         "class_names": [c["name"] for c in info.classes],
     }
@@ -308,7 +307,7 @@ def _tensorboard(run_dir: str):
 def _compile(run: Run, log: Callable[[str], None]) -> None:
     """Set `run.forward`: the model compiled (`--compile`, by default on CUDA), or as it is."""
     lo = run.train_loader
-    example = torch.zeros(lo.cfg.batch_size, 3, lo.cfg.crop, lo.cfg.crop, device=run.devices[0], dtype=lo.dtype)
+    example = torch.zeros(lo.cfg.rank_batch, 3, lo.cfg.crop, lo.cfg.crop, device=run.devices[0], dtype=lo.dtype)
     if run.channels_last:
         example = example.contiguous(memory_format=torch.channels_last)
     t0 = time.perf_counter()
