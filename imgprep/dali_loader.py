@@ -1,8 +1,8 @@
 """The DALI backend: one pipeline definition for GPU ("mixed") and CPU decoding.
 
 Graph (train and eval modes), per sample; every step a DALI operator, no Python callback:
-  webdataset reader (index files, shard_id/num_shards, shuffle buffer)
-    window (top, left) drawn as integers, mirror as a coin flip
+  fed per batch from `reader` (this rank's samples in the epoch's order, through the shuffle
+  buffer; window (top, left), mirror and lighting drawn in NumPy from (seed, epoch, rank))
     jpg -> decoders.image_crop (only the 224 window is decoded; "mixed" on a GPU, with the
            hardware JPEG decoder where there is one, "cpu" without)
     GPU:  flip -> uint8 window (224, 224, 3) + parameters (6,): top, left, mirror, lighting shift;
@@ -10,7 +10,6 @@ Graph (train and eval modes), per sample; every step a DALI operator, no Python 
           (`finish.WindowFinisher`: float, lighting, mean-image window, std, dtype, layout)
     CPU:  one fused operator (numba_function: compiled native code, run per sample on DALI's
           threads) computing the same in a single pass: img[h, w'] / std + offset - M[top+h, left+w'] / std
-    cls -> ASCII digits parsed with arithmetic                                         # int32 label
 Lighting shift = sum_i (a_i * s_i) * eigvec[i], a ~ N(0, sigma) drawn per image.
 
 Why the GPU hand-over: DALI's stock operators need two crop_mirror_normalize passes and a
@@ -19,16 +18,13 @@ kernel reading uint8 does it in one pass, in the trainer's dtype and layout.
 Why the CPU operator: the same three float passes, done in one loop per sample that reads the mean
 image window in place (it stays in cache: one image for all samples). Without numba the CPU runs
 the operator chain (`_normalize_chain`, the GPU's former path); tests check every path against the
-NumPy reference. Outputs are handed to torch without a copy (dynamic executor + DLPack).
+NumPy reference. Outputs are handed to torch without a copy (dynamic executor + DLPack). The pipeline is built
+once per loader and fed with `feed_input` (see `reader` for why).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import math
-import os
-import tempfile
 
 import numpy as np
 
@@ -36,31 +32,11 @@ from ._mp import resolve_workers
 from .augment import lighting_scales, normalization, ten_crop_offsets
 from .dataset import DatasetInfo
 from .errors import ImgprepError
-from .fileio import write_atomic
 from .geometry import center_crop_offset
 from .loader_base import PAD_LABEL, BaseLoader, EpochPlan, LoaderConfig
-from .shards import dali_index_text, index_path, read_dali_index, split_key
+from .reader import ShardIndex, buffer_shuffle, epoch_samples
 
 __all__ = ["DaliLoader", "build_pipeline"]
-
-_LABEL_DIGITS = 7  # class indices up to 9,999,999 (ImageNet-21k has 21,841)
-
-
-def _parse_label(cls):
-    """ASCII decimal bytes (uint8 [L]) -> int32 scalar, with DALI arithmetic.
-
-    Right-padding the digits with zeros to a fixed width multiplies the number by 10^(width-L):
-    the weighted digit sum divided by that power is the label.
-    """
-    import nvidia.dali.math as dmath
-    from nvidia.dali import fn, types
-
-    d = fn.pad(fn.cast(cls, dtype=types.INT32) - 48, axes=[0], shape=[_LABEL_DIGITS], fill_value=0)
-    w = types.Constant(np.array([10 ** (_LABEL_DIGITS - 1 - i) for i in range(_LABEL_DIGITS)], np.int32))
-    num = fn.reductions.sum(d * w)
-    length = fn.cast(cls.shape(), dtype=types.FLOAT)
-    div = fn.cast(dmath.pow(10.0, float(_LABEL_DIGITS) - length), dtype=types.INT32)
-    return fn.reshape(num // div, shape=[])
 
 
 @functools.cache
@@ -94,37 +70,17 @@ def fused_operator():
     )
 
 
-def _read(cfg: LoaderConfig, info: DatasetInfo, paths: list[str], index_paths: list[str] | None):
-    """The webdataset reader over this epoch's shards: (jpg bytes, label int32) per sample."""
+def _window(cfg: LoaderConfig, span: int):
+    """(top, left) of the window and the mirror flag: fed per sample (int32 scalars) in train mode,
+    else ints. The decoder gets the window as fractions of the span, which it maps back exactly
+    (anchor = round(pos * span)); the mean image uses the same integers."""
     from nvidia.dali import fn
 
-    jpg, cls = fn.readers.webdataset(
-        paths=paths,
-        index_paths=index_paths or [index_path(p) for p in paths],
-        ext=["jpg", "cls"],
-        missing_component_behavior="error",
-        random_shuffle=cfg.mode == "train",
-        initial_fill=max(1, min(cfg.shuffle_buffer, info.total)),
-        shard_id=cfg.rank,
-        num_shards=cfg.world_size,
-        pad_last_batch=True,
-        stick_to_shard=True,
-        name="reader",
-    )
-    return jpg, _parse_label(cls)
-
-
-def _window(cfg: LoaderConfig, span: int):
-    """(top, left) of the window, as integers (per-sample DALI nodes in train mode, else ints), and
-    the mirror flag. The decoder gets the window as fractions of the span, which it maps back
-    exactly (anchor = round(pos * span)); the mean image uses the same integers."""
-    from nvidia.dali import fn, types
-
-    train = cfg.mode == "train"
-    if not train:
+    if cfg.mode != "train":
         return *center_crop_offset(span, span, 0), 0
-    top, left = (fn.random.uniform(values=list(range(span + 1)), dtype=types.INT32) for _ in range(2))
-    return top, left, fn.random.coin_flip(probability=0.5, dtype=types.INT32)
+    if span == 0:  # crop = stored size: one window (and no inputs DALI would prune as unused)
+        return 0, 0, fn.external_source(name="mirror")
+    return tuple(fn.external_source(name=n) for n in ("top", "left", "mirror"))
 
 
 def _fraction(v, span: int):
@@ -152,15 +108,15 @@ def _decode_args(gpu: bool, cfg: LoaderConfig, size: int) -> dict:
     }
 
 
-def _lighting_shift(cfg: LoaderConfig, info: DatasetInfo):
-    """Per-sample RGB shift sum_i a_i s_i v_i with a ~ N(0, sigma): a DALI node (3,), or None."""
-    from nvidia.dali import fn, types
+def _has_lighting(cfg: LoaderConfig) -> bool:
+    return cfg.mode == "train" and cfg.lighting_std > 0
 
-    if cfg.mode != "train" or cfg.lighting_std <= 0:
-        return None
-    a = fn.random.normal(shape=[3, 1], stddev=cfg.lighting_std)  # (3, 1) per image
-    basis = lighting_scales(info.stats["eigval"], cfg.lighting_scale)[:, None] * np.asarray(info.stats["eigvec"])
-    return fn.reductions.sum(a * types.Constant(basis.astype(np.float32)), axes=0)  # (3,)
+
+def _lighting_shift(cfg: LoaderConfig):
+    """The per-sample RGB shift sum_i a_i s_i v_i, fed as float32 (3,) (`DaliLoader._draws`), or None."""
+    from nvidia.dali import fn
+
+    return fn.external_source(name="shift") if _has_lighting(cfg) else None
 
 
 def _mean_image(info: DatasetInfo, gpu: bool):
@@ -264,22 +220,20 @@ def _ten_views(jpg, info: DatasetInfo, crop: int, norm, gpu: bool, decode: dict)
 def build_pipeline(
     cfg: LoaderConfig,
     info: DatasetInfo,
-    paths: list[str],
     gpu: bool,
     device_id,
-    seed: int,
     num_threads: int,
     fused: bool | None = None,
-    index_paths: list[str] | None = None,
     handover: bool = False,
 ):
-    """The DALI pipeline for one epoch over `paths` (in reading order), this rank's shard.
+    """The DALI pipeline of one loader, for all its epochs: fed per batch (`feed_input`) with
+    "jpg" (uint8 [L]) and "label" (int32 scalar), and in train mode "top", "left", "mirror"
+    (int32 scalars) and "shift" (float32 (3,), where lighting is on).
 
     Outputs (images, labels), or with `handover` (train and eval modes) (uint8 windows, labels,
     parameters) for `finish.WindowFinisher`.
     fused: use the one-pass CPU operator (None: on the CPU whenever numba is installed; ignored on
     the GPU and with `handover`).
-    index_paths: the index of each shard (default: the one beside it).
     """
     from nvidia.dali import fn, pipeline_def, types
 
@@ -295,13 +249,12 @@ def build_pipeline(
         batch_size=cfg.rank_batch,
         num_threads=num_threads,
         device_id=device_id,
-        seed=seed,
-        prefetch_queue_depth=cfg.prefetch,
+        prefetch_queue_depth=1,  # the loader keeps cfg.prefetch batches scheduled itself
         exec_dynamic=True,
     )
     def pipe():
-        jpg, label = _read(cfg, info, paths, index_paths)
-        shift = _lighting_shift(cfg, info)  # drawn before the window: the random streams keep their order
+        jpg, label = fn.external_source(name="jpg"), fn.external_source(name="label")
+        shift = _lighting_shift(cfg)
         if cfg.mode == "ten_crop":
             return _ten_views(jpg, info, crop, norm, gpu, decode), label
         span = info.size - crop
@@ -325,20 +278,6 @@ def build_pipeline(
     p = pipe()
     p.build()
     return p
-
-
-def _index_without(shard: str, keys: set[str], folder: str) -> str:
-    """A copy of a shard's index in `folder` where the `jpg` of each sample in `keys` is a good
-    sample's: DALI then decodes a valid stand-in, which the loader turns into padding by its key."""
-    index = read_dali_index(index_path(shard))
-    good = next(e for sample in index if split_key(sample[0][3])[0] not in keys for e in sample if e[0] == "jpg")
-    patched = [
-        [(e[0], good[1], good[2], e[3]) if e[0] == "jpg" and split_key(e[3])[0] in keys else e for e in sample]
-        for sample in index
-    ]
-    path = os.path.join(folder, os.path.basename(index_path(shard)))
-    write_atomic(path, dali_index_text(patched).encode())
-    return path
 
 
 def _to_torch(tl, gpu: bool, device_id: int | None = None):
@@ -374,7 +313,8 @@ class DaliLoader(BaseLoader):
         self.fused = {"auto": None, "fused": True, "chain": False}[cfg.cpu_operator]  # None: where numba is
         self.handover = {"on": True, "off": False}.get(cfg.handover, self.gpu)  # uint8 windows + one fused op
         self._finisher = None
-        self._pipe, self._pipe_key = None, None  # the last epoch's pipeline, reused where it reads the same
+        self._pipe, self._pipe_key = None, None  # the pipeline, built on first use (key: handover)
+        self._indexes: dict[int, ShardIndex] = {}
 
     def _finish(self):
         """The WindowFinisher of this loader's device, dtype and layout (built once)."""
@@ -389,59 +329,120 @@ class DaliLoader(BaseLoader):
         return self._finisher
 
     def _batches(self, plan: EpochPlan):
-        skip = self.check_shards(plan)  # before DALI reads anything
-        with tempfile.TemporaryDirectory(prefix="imgprep-idx-") if skip else contextlib.nullcontext() as tmp:
-            yield from self._run_epoch(plan, skip, tmp)
+        skip = self.check_shards(plan)  # before anything is decoded
+        yield from self._run_epoch(plan, skip)
 
-    def _run_epoch(self, plan: EpochPlan, skip: dict[int, set[str]], tmp: str | None):
+    def _index(self, s: int) -> ShardIndex:
+        if s not in self._indexes:
+            self._indexes[s] = ShardIndex.of_shard(self.info.shards[s])
+        return self._indexes[s]
+
+    def _inputs(self, plan: EpochPlan, skip: dict[int, set[str]]):
+        """The epoch's feeds, one dict per batch ({input name: list per sample}), and the number
+        of real samples in it. Samples left out (on_corrupt="skip") decode a stand-in (the
+        previous good sample) with the padding label; the last batch is padded with its last sample."""
+        cfg, info = self.cfg, self.info
+        b, train = cfg.rank_batch, cfg.mode == "train"
+        shuffle_rng, draw_rng = (np.random.default_rng([cfg.seed, self.epoch, cfg.rank, k]) for k in (0, 1))
+        stream = epoch_samples(plan.segments(info.counts), info.shards.__getitem__, self._index, skip)
+        if train:
+            stream = buffer_shuffle(stream, max(1, min(cfg.shuffle_buffer, plan.stop - plan.start)), shuffle_rng)
+        standin = None
+        jpgs, labels = [], []
+
+        def batch():
+            n = len(jpgs)
+            feed = {
+                "jpg": jpgs + [jpgs[-1]] * (b - n),
+                "label": [np.array(y, np.int32) for y in labels + [labels[-1]] * (b - n)],
+            }
+            if train:
+                feed.update(self._draws(draw_rng, b))
+            return feed, n
+
+        for _, jpg, label, left_out in stream:
+            if left_out:
+                if standin is None:
+                    standin = self._first_good(plan, skip)
+                jpg, label = standin, PAD_LABEL
+            else:
+                standin = jpg
+            jpgs.append(np.frombuffer(jpg, np.uint8))
+            labels.append(label)
+            if len(jpgs) == b:
+                yield batch()
+                jpgs, labels = [], []
+        if jpgs:
+            yield batch()
+
+    def _draws(self, rng: np.random.Generator, b: int) -> dict[str, list]:
+        """A batch's random augmentation: lighting coefficients a ~ N(0, sigma) (b, 3), then the
+        window's top and left, then the coin flips, as per-sample feeds."""
+        cfg, info = self.cfg, self.info
+        feed = {}
+        if cfg.lighting_std > 0:
+            a = rng.normal(0.0, cfg.lighting_std, (b, 3))
+            basis = lighting_scales(info.stats["eigval"], cfg.lighting_scale)[:, None] * np.asarray(
+                info.stats["eigvec"]
+            )
+            feed["shift"] = list((a @ basis).astype(np.float32))  # (b, 3): sum_i a_i s_i v_i
+        span = info.size - cfg.crop
+        tl = rng.integers(0, span + 1, (b, 2)).astype(np.int32)
+        if span:
+            feed.update(top=list(tl[:, 0]), left=list(tl[:, 1]))
+        feed["mirror"] = list((rng.random(b) < 0.5).astype(np.int32))
+        return feed
+
+    def _first_good(self, plan: EpochPlan, skip: dict[int, set[str]]) -> bytes:
+        """The jpg of this rank's first sample that is not left out (the stand-in's stand-in)."""
+        for _, jpg, _, left_out in epoch_samples(
+            plan.segments(self.info.counts), self.info.shards.__getitem__, self._index, skip
+        ):
+            if not left_out:
+                return jpg
+        raise ImgprepError(f"{self.cfg.root}: every sample this rank reads was left out (--on-corrupt skip)")
+
+    def _run_epoch(self, plan: EpochPlan, skip: dict[int, set[str]]):
         import torch
 
-        left = plan.stop - plan.start
-        paths = [self.info.shards[i] for i in plan.order]
-        indexes = [_index_without(paths[k], skip[i], tmp) if i in skip else None for k, i in enumerate(plan.order)]
-        indexes = [p or index_path(paths[k]) for k, p in enumerate(indexes)]
-        skipped = {(self.info.shards[i], key) for i, keys in skip.items() for key in keys}
-        seed = int(np.random.default_rng([self.cfg.seed, self.epoch, self.cfg.rank]).integers(0, 2**31 - 1))
         handover = self.handover and self.cfg.mode != "ten_crop"
-        pipe = self._pipeline(paths, indexes, seed, handover, reusable=self.cfg.mode != "train" and not skip)
-        finished = False
-        try:
-            for _ in range(math.ceil(left / self.cfg.rank_batch)):
-                outs = pipe.run()
-                images, labels_tl = _to_torch(outs[0], self.gpu, self.device_id), outs[1]
-                if handover:
-                    images = self._finish()(images, _to_torch(outs[2], self.gpu, self.device_id))
-                labels = _to_torch(labels_tl, False).to(torch.int64)
-                if skipped:  # a left-out sample decodes a stand-in and becomes padding
-                    labels = labels.clone()
-                    for j in range(len(labels)):
-                        path, _, name = labels_tl[j].source_info().rsplit(":", 2)
-                        if (path, split_key(name)[0]) in skipped:
-                            labels[j] = PAD_LABEL
-                if self.gpu:
-                    labels = labels.to(images.device, non_blocking=True)
-                valid = min(self.cfg.rank_batch, left)
-                left -= valid
-                yield images, labels, valid
-            finished = True
-        finally:
-            if not finished:  # stopped inside the epoch: its reader is mid-way, never to be reused
-                self._pipe = self._pipe_key = None
-            del pipe
+        pipe = self._pipeline(handover)
+        ahead = max(1, self.cfg.prefetch)  # batches scheduled before the first is taken
+        pending: list[int] = []  # valid counts of the batches scheduled and not yet taken
 
-    def _pipeline(self, paths: list[str], indexes: list[str], seed: int, handover: bool, reusable: bool):
-        """The epoch's DALI pipeline. DALI's reader takes its files and order when it is built, so a
-        training epoch (a new shard order and seed) builds its own; an evaluation epoch reads the
-        same shards in the same order with no random draws, so the last one's pipeline, which ran a
-        whole epoch and stands at the start of the next (pad_last_batch, stick_to_shard), is reused:
-        no rebuild and, on a GPU, no new decoder at every validation."""
-        key = (tuple(paths), tuple(indexes), handover)
-        if reusable and self._pipe is not None and self._pipe_key == key:
-            return self._pipe
-        self._pipe = self._pipe_key = None  # the old one's buffers go before the new one's come
-        pipe = build_pipeline(
-            self.cfg, self.info, paths, self.gpu, self.device_id, seed, self.threads, self.fused, indexes, handover
-        )
-        if reusable:
-            self._pipe, self._pipe_key = pipe, key
-        return pipe
+        def take():
+            outs = pipe.outputs()
+            images, labels_tl = _to_torch(outs[0], self.gpu, self.device_id), outs[1]
+            if handover:
+                images = self._finish()(images, _to_torch(outs[2], self.gpu, self.device_id))
+            labels = _to_torch(labels_tl, False).to(torch.int64)
+            if self.gpu:
+                labels = labels.to(images.device, non_blocking=True)
+            return images, labels, pending.pop(0)
+
+        try:
+            for feed, valid in self._inputs(plan, skip):
+                for name, data in feed.items():
+                    pipe.feed_input(name, data)
+                pipe.schedule_run()
+                pending.append(valid)
+                if len(pending) > ahead:
+                    yield take()
+            while pending:
+                yield take()
+        finally:
+            while pending:  # stopped inside the epoch: the batches scheduled are taken and dropped,
+                pending.pop()  # so that the pipeline starts the next epoch empty
+                pipe.outputs()
+
+    def _pipeline(self, handover: bool):
+        """The loader's DALI pipeline, built on first use and kept: it holds no file, order or
+        random state of its own (all are fed), so every epoch runs on it; on a GPU the decoder is
+        initialised once."""
+        if self._pipe is None or self._pipe_key != handover:
+            self._pipe = self._pipe_key = None  # the old one's buffers go before the new one's come
+            self._pipe = build_pipeline(
+                self.cfg, self.info, self.gpu, self.device_id, self.threads, self.fused, handover
+            )
+            self._pipe_key = handover
+        return self._pipe

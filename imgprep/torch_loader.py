@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 
 import numpy as np
@@ -15,6 +14,7 @@ from .augment import lighting_shift, normalization, reference_view, ten_crop_off
 from .dataset import DatasetInfo
 from .geometry import center_crop_offset
 from .loader_base import PAD_LABEL, BaseLoader, EpochPlan, LoaderConfig
+from .reader import ShardIndex, buffer_shuffle, epoch_samples
 
 __all__ = ["TorchLoader", "SampleStream"]
 
@@ -44,6 +44,12 @@ class SampleStream(torch.utils.data.IterableDataset):
         self.cfg, self.info, self.plan, self.epoch = cfg, info, plan, epoch
         self.segments = plan.segments(info.counts)
         self.skip = skip or {}  # shard index -> keys of samples left out
+        self._indexes: dict[int, ShardIndex] = {}
+
+    def _index(self, s: int) -> ShardIndex:
+        if s not in self._indexes:
+            self._indexes[s] = ShardIndex.of_shard(self.info.shards[s])
+        return self._indexes[s]
 
     def __iter__(self):
         views, labels = [], []
@@ -58,7 +64,6 @@ class SampleStream(torch.utils.data.IterableDataset):
 
     def _samples(self):
         import simplejpeg
-        import webdataset as wds
 
         wi = torch.utils.data.get_worker_info()
         n_workers, worker = (wi.num_workers, wi.id) if wi else (1, 0)
@@ -69,19 +74,16 @@ class SampleStream(torch.utils.data.IterableDataset):
         train = cfg.mode == "train"
 
         def samples():
-            for s, first, count in _split(self.segments, n_workers, worker):
-                # the split over ranks and workers is ours (sample ranges), not webdataset's (whole shards)
-                ds = wds.WebDataset(
-                    info.shards[s], shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None
-                )
-                skip = self.skip.get(s, ())
-                for sample in itertools.islice(ds, first, first + count):
-                    if sample["__key__"] not in skip:  # changed since prepare (on_corrupt="skip")
-                        yield sample["jpg"], int(sample["cls"].decode())
+            # the split over ranks and workers is ours (sample ranges); left-out samples changed since
+            # prepare (on_corrupt="skip")
+            part = _split(self.segments, n_workers, worker)
+            for _, jpg, label, left_out in epoch_samples(part, info.shards.__getitem__, self._index, self.skip):
+                if not left_out:
+                    yield jpg, label
 
         stream = samples()
         if train:
-            stream = _buffer_shuffle(stream, max(1, cfg.shuffle_buffer // n_workers), rng)
+            stream = buffer_shuffle(stream, max(1, cfg.shuffle_buffer // n_workers), rng)
         size, crop = info.size, cfg.crop
         zero = np.zeros(3)
         for jpg, label in stream:
@@ -109,20 +111,6 @@ class SampleStream(torch.utils.data.IterableDataset):
 
 def _exit_with(parent: int, worker_id: int) -> None:
     exit_with(parent)
-
-
-def _buffer_shuffle(it, size: int, rng: np.random.Generator):
-    """Shuffle a stream through a buffer of `size` samples."""
-    buf = []
-    for x in it:
-        if len(buf) < size:
-            buf.append(x)
-            continue
-        i = int(rng.integers(0, size))
-        buf[i], x = x, buf[i]
-        yield x
-    rng.shuffle(buf)
-    yield from buf
 
 
 class TorchLoader(BaseLoader):

@@ -14,7 +14,7 @@ from imgprep.dataset import DatasetInfo
 from imgprep.errors import ImgprepError
 from imgprep.loader_base import PAD_LABEL, EpochPlan
 from imgprep.loaders import make_loader as _make_loader
-from imgprep.shards import ShardWriter, iter_samples
+from imgprep.shards import iter_samples
 
 
 def reference_view(image, mean_image, top, left, crop, flip, shift, channel_mean, channel_std):
@@ -336,29 +336,6 @@ def test_random_windows_and_flips_take_the_mean_image_with_them(identical, backe
     assert len({tuple(np.round(v[:40] / 20)) for v in r}) > 10  # ...and the windows and flips do vary
 
 
-def test_dali_parses_every_label_0_to_999(tmp_path):
-    from nvidia.dali import fn, pipeline_def
-
-    from imgprep.dali_loader import _parse_label
-
-    w = ShardWriter(str(tmp_path / "l-000000.tar"))
-    for i in range(1000):
-        w.write(f"{i:06d}", {"cls": str(i).encode()})
-    w.close()
-
-    @pipeline_def(batch_size=1000, num_threads=1, device_id=None)
-    def pipe():
-        cls = fn.readers.webdataset(
-            paths=[str(tmp_path / "l-000000.tar")], index_paths=[str(tmp_path / "l-000000.idx")], ext=["cls"]
-        )
-        return _parse_label(cls)
-
-    p = pipe()
-    p.build()
-    (out,) = p.run()
-    assert [int(np.array(out.at(i))) for i in range(1000)] == list(range(1000))
-
-
 def test_bad_loader_arguments(prepared, tmp_path):
     with pytest.raises(ImgprepError, match="mode"):
         make_loader(prepared, mode="nope")
@@ -455,24 +432,27 @@ def test_a_dataset_and_run_folder_whose_names_are_not_utf8(prepared128, tmp_path
     assert last["epoch"] == 1 and os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
 
 
-@pytest.mark.parametrize("mode", ["eval", "ten_crop"])
-def test_an_evaluation_loader_builds_its_pipeline_once_and_repeats_its_batches(prepared, monkeypatch, mode):
-    """Evaluation epochs read the same shards in the same order with no random draws: the pipeline
-    of the first is reused (built once) and every epoch gives the same batches, padding included,
-    as a fresh loader does; a loader stopped inside an epoch builds a new one."""
+@pytest.mark.parametrize("mode", ["train", "eval", "ten_crop"])
+def test_a_dali_loader_builds_its_pipeline_once_and_each_epoch_is_its_own(prepared, monkeypatch, mode):
+    """The pipeline is fed (samples, order and random draws made per epoch from seed, epoch and
+    rank): one build serves every epoch, including after an epoch stopped inside, and epoch k of a
+    long-lived loader gives the batches, padding included, that a fresh loader set to epoch k gives."""
     from imgprep import dali_loader
 
     builds = []
     real = dali_loader.build_pipeline
     monkeypatch.setattr(dali_loader, "build_pipeline", lambda *a, **kw: builds.append(1) or real(*a, **kw))
-    lo = make_loader(prepared, "val", 3, mode, backend="dali", workers=1)  # 8 samples: 3 batches, 1 padded
+    split = "train" if mode == "train" else "val"  # val: 8 samples, 3 batches, 1 padded
+    lo = make_loader(prepared, split, 3, mode, backend="dali", workers=1)
     epochs = [collect(lo) for _ in range(3)]
+    next(iter(lo))  # epoch 3 stopped after one batch...
+    stopped = collect(lo)  # ...and run again whole
     assert len(builds) == 1
-    fresh = collect(make_loader(prepared, "val", 3, mode, backend="dali", workers=1))
-    for images, labels in epochs:
-        np.testing.assert_array_equal(labels, fresh[1])
-        np.testing.assert_array_equal(images, fresh[0])
-    next(iter(lo))  # an epoch stopped after one batch (on the reused pipeline)
-    assert len(builds) == 2  # lo's and the fresh loader's
-    np.testing.assert_array_equal(collect(lo)[1], fresh[1])  # a new pipeline, from the start
-    assert len(builds) == 3
+    for k, (images, labels) in enumerate([*epochs, stopped]):
+        fresh = make_loader(prepared, split, 3, mode, backend="dali", workers=1)
+        fresh.set_epoch(k)
+        want = collect(fresh)
+        np.testing.assert_array_equal(labels, want[1])
+        np.testing.assert_array_equal(images, want[0])
+    if mode == "train":
+        assert not np.array_equal(epochs[0][1], epochs[1][1])  # a new order every epoch

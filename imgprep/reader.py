@@ -1,0 +1,92 @@
+"""One rank's samples of one epoch, read in Python from the shards through their DALI index files.
+
+The DALI backend is fed from here (`fn.external_source`) rather than by DALI's own webdataset
+reader: that reader takes its files and their order when the pipeline is built, so every training
+epoch (a new shard order) needed a new pipeline, and every file had to be on disk before the first
+batch. Read here, the pipeline is built once per loader, a shard only has to be readable when the
+stream reaches it (the place where a shard cache for datasets at a URL plugs in: `shard_path`),
+and the random draws are made per epoch from (seed, epoch, rank), so an epoch's batches do not
+depend on the epochs before it (a resumed run sees the batches an uninterrupted one sees).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from .errors import ImgprepError
+from .shards import index_path, read_dali_index, split_key
+
+__all__ = ["ShardIndex", "read_segment", "buffer_shuffle"]
+
+
+class ShardIndex:
+    """Where each sample's `jpg` and `cls` members lie in one shard: int64 (n, 4) of jpg offset,
+    jpg size, cls offset, cls size, and the sample keys, from the shard's DALI index."""
+
+    def __init__(self, path: str):
+        entries = read_dali_index(path)
+        table = np.zeros((len(entries), 4), np.int64)
+        keys = []
+        for i, sample in enumerate(entries):
+            by_ext = {e[0]: e for e in sample}
+            if "jpg" not in by_ext or "cls" not in by_ext:
+                raise ImgprepError(f"{path}: sample {i} has no jpg or cls member; run `imgprep verify`")
+            j, c = by_ext["jpg"], by_ext["cls"]
+            table[i] = (j[1], j[2], c[1], c[2])
+            keys.append(split_key(j[3])[0])
+        self.table, self.keys = table, keys
+
+    @classmethod
+    def of_shard(cls, shard: str) -> ShardIndex:
+        return cls(index_path(shard))
+
+
+def read_segment(path: str, index: ShardIndex, first: int, count: int) -> Iterator[tuple[str, bytes, int]]:
+    """(key, jpg bytes, label) of samples first .. first+count-1 of the shard at `path`: one read
+    per sample, spanning its jpg and cls members (neighbours in the tar)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for i in range(first, first + count):
+            jo, js, co, cs = (int(v) for v in index.table[i])
+            lo, hi = min(jo, co), max(jo + js, co + cs)
+            buf = os.pread(fd, hi - lo, lo)
+            if len(buf) != hi - lo:
+                raise ImgprepError(f"{path}: ends inside sample {index.keys[i]}; run `imgprep verify`")
+            cls = buf[co - lo : co - lo + cs]
+            if not cls.isdigit():
+                raise ImgprepError(f"{path}: sample {index.keys[i]} has a label that is not a number")
+            yield index.keys[i], buf[jo - lo : jo - lo + js], int(cls)
+    finally:
+        os.close(fd)
+
+
+def buffer_shuffle(it, size: int, rng: np.random.Generator):
+    """Shuffle a stream through a buffer of `size` items (webdataset's scheme): each item taken
+    replaces a random one of the buffer, which is yielded; the rest drain in random order."""
+    buf = []
+    for x in it:
+        if len(buf) < size:
+            buf.append(x)
+            continue
+        k = int(rng.integers(0, size))
+        buf[k], x = x, buf[k]
+        yield x
+    rng.shuffle(buf)
+    yield from buf
+
+
+def epoch_samples(
+    segments: list[tuple[int, int, int]],
+    shard_path: Callable[[int], str],
+    shard_index: Callable[[int], ShardIndex],
+    skip: dict[int, set[str]],
+) -> Iterator[tuple[str, bytes, int, bool]]:
+    """(key, jpg, label, left_out) of each sample of `segments` in order; `left_out` marks the
+    samples in `skip` (changed since prepare, on_corrupt="skip")."""
+    for s, first, count in segments:
+        keys = skip.get(s, ())
+        for key, jpg, label in read_segment(shard_path(s), shard_index(s), first, count):
+            yield key, jpg, label, key in keys
