@@ -27,6 +27,7 @@ from imgprep.trainer.config import (
     TrainConfig,
     may_change,
 )
+from imgprep.upload import UploadConfig
 
 from .options import config_options, workers_option
 
@@ -107,6 +108,22 @@ def prepare(progress, **options) -> None:
     from imgprep.prepare import prepare as run
 
     run(PrepareConfig(**options), progress=progress, log=click.echo)
+
+
+@main.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("url")
+@config_options(UploadConfig, skip=("out", "url"))
+@user_errors
+def upload(out, url, **options) -> None:
+    """Copy the prepared dataset OUT to object storage at URL (s3://BUCKET/PREFIX), manifest last.
+
+    Credentials, region and endpoint come from the usual AWS variables and files (AWS_PROFILE,
+    AWS_ENDPOINT_URL for an S3-compatible store). Run again after an interruption: objects already
+    there are kept."""
+    from imgprep.upload import upload as run
+
+    run(UploadConfig(out=out, url=url, **options), log=click.echo)
 
 
 @main.command()

@@ -34,7 +34,7 @@ from .dataset import DatasetInfo
 from .errors import ImgprepError
 from .geometry import center_crop_offset
 from .loader_base import PAD_LABEL, BaseLoader, EpochPlan, LoaderConfig
-from .reader import ShardIndex, buffer_shuffle, epoch_samples
+from .reader import LocalShards, buffer_shuffle, epoch_samples
 
 __all__ = ["DaliLoader", "build_pipeline"]
 
@@ -314,7 +314,6 @@ class DaliLoader(BaseLoader):
         self.handover = {"on": True, "off": False}.get(cfg.handover, self.gpu)  # uint8 windows + one fused op
         self._finisher = None
         self._pipe, self._pipe_key = None, None  # the pipeline, built on first use (key: handover)
-        self._indexes: dict[int, ShardIndex] = {}
 
     def _finish(self):
         """The WindowFinisher of this loader's device, dtype and layout (built once)."""
@@ -329,22 +328,20 @@ class DaliLoader(BaseLoader):
         return self._finisher
 
     def _batches(self, plan: EpochPlan):
-        skip = self.check_shards(plan)  # before anything is decoded
-        yield from self._run_epoch(plan, skip)
+        source = self.shard_source(plan)  # local shards: checked here, before anything is decoded
+        try:
+            yield from self._run_epoch(plan, source)
+        finally:
+            self.corrupt_skipped += source.skipped
 
-    def _index(self, s: int) -> ShardIndex:
-        if s not in self._indexes:
-            self._indexes[s] = ShardIndex.of_shard(self.info.shards[s])
-        return self._indexes[s]
-
-    def _inputs(self, plan: EpochPlan, skip: dict[int, set[str]]):
+    def _inputs(self, plan: EpochPlan, source: LocalShards):
         """The epoch's feeds, one dict per batch ({input name: list per sample}), and the number
         of real samples in it. Samples left out (on_corrupt="skip") decode a stand-in (the
         previous good sample) with the padding label; the last batch is padded with its last sample."""
         cfg, info = self.cfg, self.info
         b, train = cfg.rank_batch, cfg.mode == "train"
         shuffle_rng, draw_rng = (np.random.default_rng([cfg.seed, self.epoch, cfg.rank, k]) for k in (0, 1))
-        stream = epoch_samples(plan.segments(info.counts), info.shards.__getitem__, self._index, skip)
+        stream = epoch_samples(plan.segments(info.counts), source)
         if train:
             stream = buffer_shuffle(stream, max(1, min(cfg.shuffle_buffer, plan.stop - plan.start)), shuffle_rng)
         standin = None
@@ -363,7 +360,7 @@ class DaliLoader(BaseLoader):
         for _, jpg, label, left_out in stream:
             if left_out:
                 if standin is None:
-                    standin = self._first_good(plan, skip)
+                    standin = self._first_good(plan, source)
                 jpg, label = standin, PAD_LABEL
             else:
                 standin = jpg
@@ -393,16 +390,16 @@ class DaliLoader(BaseLoader):
         feed["mirror"] = list((rng.random(b) < 0.5).astype(np.int32))
         return feed
 
-    def _first_good(self, plan: EpochPlan, skip: dict[int, set[str]]) -> bytes:
+    def _first_good(self, plan: EpochPlan, source: LocalShards) -> bytes:
         """The jpg of this rank's first sample that is not left out (the stand-in's stand-in)."""
-        for _, jpg, _, left_out in epoch_samples(
-            plan.segments(self.info.counts), self.info.shards.__getitem__, self._index, skip
-        ):
+        counted = source.skipped  # this second pass leaves the count alone
+        for _, jpg, _, left_out in epoch_samples(plan.segments(self.info.counts), source):
             if not left_out:
+                source.skipped = counted
                 return jpg
         raise ImgprepError(f"{self.cfg.root}: every sample this rank reads was left out (--on-corrupt skip)")
 
-    def _run_epoch(self, plan: EpochPlan, skip: dict[int, set[str]]):
+    def _run_epoch(self, plan: EpochPlan, source: LocalShards):
         import torch
 
         handover = self.handover and self.cfg.mode != "ten_crop"
@@ -421,7 +418,7 @@ class DaliLoader(BaseLoader):
             return images, labels, pending.pop(0)
 
         try:
-            for feed, valid in self._inputs(plan, skip):
+            for feed, valid in self._inputs(plan, source):
                 for name, data in feed.items():
                     pipe.feed_input(name, data)
                 pipe.schedule_run()

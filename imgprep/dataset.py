@@ -43,6 +43,8 @@ __all__ = [
     "load_stats",
     "write_rejects",
     "resolve_inside",
+    "key_inside",
+    "parse_stats",
     "DatasetInfo",
     "Dataset",
     "open_dataset",
@@ -112,6 +114,18 @@ def resolve_inside(root: str, rel, what: str) -> str:
             "the file is damaged or crafted: prepare the dataset again"
         )
     return path
+
+
+def key_inside(rel, what: str) -> str:
+    """`rel` as a key under a dataset's URL, or ImgprepError when it is not a plain relative path
+    (absolute, `..`, backslashes): a manifest never leads outside the dataset's prefix."""
+    parts = rel.split("/") if isinstance(rel, str) else []
+    if not parts or any(p in ("", ".", "..") for p in parts) or "\\" in rel or "\0" in rel:
+        raise ImgprepError(
+            f"{what}: path {rel!r} is not a relative path inside the dataset; "
+            "the file is damaged or crafted: prepare the dataset again"
+        )
+    return rel
 
 
 def _fail(path: str, why: str) -> ImgprepError:
@@ -191,10 +205,22 @@ def batch_within(root: str | Dataset, split: str, batch_size: int, world_size: i
 def load_stats(root: str, size: int | None = None) -> tuple[np.ndarray, dict]:
     """(mean image float32 (S, S, 3), stats.json dict) of a prepared dataset, checked for shape."""
     d = os.path.join(root, STATS_DIR)
+
+    def read(name):
+        with open(os.path.join(d, name), "rb") as f:
+            return f.read()
+
+    return parse_stats(read, d, size)
+
+
+def parse_stats(read, d: str, size: int | None = None) -> tuple[np.ndarray, dict]:
+    """The statistics from `read(name)` (the bytes of stats/NAME), checked for shape; `d` names
+    the folder (or URL) in errors."""
+    import io
+
     try:
-        with open(os.path.join(d, STATS_FILE), encoding="utf-8") as f:
-            st = json.load(f)
-        mean = np.load(os.path.join(d, MEAN_FILE), allow_pickle=False)
+        st = json.loads(read(STATS_FILE))
+        mean = np.load(io.BytesIO(read(MEAN_FILE)), allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise ImgprepError(f"{d}: no readable statistics ({exc}); prepare a train split first") from None
     try:
@@ -224,6 +250,7 @@ class DatasetInfo:
     classes: list[dict]
     stats: dict | None
     mean_image: np.ndarray | None  # float32 (size, size, 3)
+    dataset: Dataset | None = None  # the opened dataset (at a URL: its store and shard cache)
 
     @classmethod
     def load(cls, root: str | Dataset, split: str, need_stats: bool = True) -> DatasetInfo:
@@ -238,18 +265,45 @@ class DatasetInfo:
 class Dataset:
     """A prepared dataset, opened once: its manifest read and validated on opening, its statistics
     on first use, and both kept, so that a process reads each once however many loaders, batch
-    sizes and checks it asks for. Everything reads the dataset through this object (the place
-    where a dataset at a URL plugs in: `read_manifest` and `load_stats` are its only readers)."""
+    sizes and checks it asks for. Everything reads the dataset through this object.
 
-    def __init__(self, root: str, manifest: dict):
-        self.root, self.manifest = root, manifest
+    At a URL (`s3://bucket/prefix`, `http(s)://host/path`): `store` reads its objects, the shard
+    "paths" are URLs, and the loaders read the shards through a `cache.ShardCache`."""
+
+    def __init__(self, root: str, manifest: dict, store=None):
+        self.root, self.manifest, self.store = root, manifest, store
         self._stats: tuple[np.ndarray, dict] | None = None
         self._shards: dict[str, list[str]] = {}  # per split: the shard paths, checked once
 
     @classmethod
-    def open(cls, root: str) -> Dataset:
-        """Read and validate the manifest of the prepared dataset at `root`."""
-        return cls(root, read_manifest(root))
+    def open(cls, root: str, retry=None) -> Dataset:
+        """Read and validate the manifest of the prepared dataset at `root` (a folder or a URL)."""
+        from .remote import is_url
+
+        if not is_url(root):
+            return cls(root, read_manifest(root))
+        from .remote import RemoteError, Store
+
+        store = Store(root, retry)
+        where = store.url_of(MANIFEST)
+        try:
+            body = store.get(MANIFEST)
+        except RemoteError as exc:
+            if exc.status == 404:
+                raise ImgprepError(
+                    f"{where}: not found; not a prepared dataset (or its upload has not finished: the "
+                    "manifest is written last)"
+                ) from None
+            raise
+        try:
+            m = json.loads(body)
+        except ValueError as exc:
+            raise ImgprepError(f"{where}: unreadable manifest ({exc})") from None
+        return cls(store.url, validate_manifest(m, where), store)
+
+    @property
+    def is_remote(self) -> bool:
+        return self.store is not None
 
     @property
     def size(self) -> int:
@@ -267,8 +321,22 @@ class Dataset:
     def stats(self) -> tuple[np.ndarray, dict]:
         """(mean image float32 (S, S, 3), stats.json dict), read on first use."""
         if self._stats is None:
-            self._stats = load_stats(self.root, self.size)
+            if self.store is None:
+                self._stats = load_stats(self.root, self.size)
+            else:
+                d = self.store.url_of(STATS_DIR)
+                self._stats = parse_stats(lambda name: self._get(f"{STATS_DIR}/{name}"), d, self.size)
         return self._stats
+
+    def _get(self, key: str) -> bytes:
+        from .remote import RemoteError
+
+        try:
+            return self.store.get(key)
+        except RemoteError as exc:
+            if exc.status == 404:
+                raise ImgprepError(f"{self.store.url_of(key)}: not found; prepare a train split first") from None
+            raise
 
     def batch_within(self, split: str, batch_size: int, world_size: int = 1) -> int:
         """`batch_size`, or less where `split` gives each rank fewer samples (see `batch_within`)."""
@@ -282,6 +350,9 @@ class Dataset:
         if split not in self.splits:
             raise ImgprepError(f"{root}: no {split!r} split (has {', '.join(self.splits)}); prepare it first")
         records = self.splits[split]["shards"]
+        if split not in self._shards and self.store is not None:
+            where = self.store.url_of(MANIFEST)
+            self._shards[split] = [self.store.url_of(key_inside(sh["path"], where)) for sh in records]
         if split not in self._shards:
             shards = [resolve_inside(root, sh["path"], os.path.join(root, MANIFEST)) for sh in records]
             for p in shards:
@@ -293,7 +364,26 @@ class Dataset:
         if need_stats:
             mean, stats = self.stats()
         counts = [sh["count"] for sh in records]
-        return DatasetInfo(root, split, self.size, shards, records, counts, self.classes, stats, mean)
+        return DatasetInfo(root, split, self.size, shards, records, counts, self.classes, stats, mean, self)
+
+    def shard_cache(self, split: str, folder: str = "", limit_gb: float = 0.0, retry=None):
+        """The `cache.ShardCache` of a split of a dataset at a URL, in `folder` (default: the
+        per-user cache) holding at most `limit_gb` GB (0: the split's size, at most 90% of the
+        disk's free space, and never less than two shards)."""
+        from .cache import ShardCache, default_cache_dir
+
+        store = self.store if retry is None else self.store.with_retry(retry)
+        records = self.splits[split]["shards"]
+        folder = folder or default_cache_dir()
+        keys = [key_inside(sh["path"], self.store.url_of(MANIFEST)) for sh in records]
+        biggest = max((sh["bytes"] for sh in records), default=0)
+        if limit_gb > 0:
+            limit = int(limit_gb * 1e9)
+        else:
+            cache = ShardCache(store, keys, records, self.size, folder, 0)  # makes the folder
+            free = os.statvfs(cache.folder)
+            limit = min(sum(sh["bytes"] for sh in records), int(free.f_bavail * free.f_frsize * 0.9))
+        return ShardCache(store, keys, records, self.size, folder, max(limit, 2 * biggest))
 
 
 def open_dataset(data: str | Dataset) -> Dataset:

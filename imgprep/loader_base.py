@@ -68,6 +68,23 @@ class LoaderSettings(Settings):
         choices=ON_CORRUPT,
     )
     prefetch: int = setting(2, "Loader: batches DALI prepares ahead of the one being used.", min=1)
+    cache_dir: str = setting(
+        "",
+        "Loader, dataset at a URL: the local shard cache (default: ~/.cache/imgprep/shards, or "
+        "$TMPDIR/imgprep-cache-UID without a writable home).",
+        path=True,
+    )
+    cache_limit: float = setting(
+        0.0,
+        "Loader, dataset at a URL: GB the shard cache may hold (0: the split's size, at most 90% of the "
+        "free disk). Shards beyond it are fetched again each epoch.",
+        min=0,
+    )
+    cache_ahead: int = setting(2, "Loader, dataset at a URL: shards fetched ahead of the one being read.", min=0)
+    remote_timeout: float = setting(
+        30.0, "Loader, dataset at a URL: seconds without a byte before a request is tried again.", min=0.05
+    )
+    remote_attempts: int = setting(6, "Loader, dataset at a URL: tries of each request before it fails.", min=1)
     hw_decoder_load: float = setting(
         0.65,
         "Loader: share of the JPEGs given to the GPU's hardware JPEG decoder where it has one (A100, H100, "
@@ -203,6 +220,28 @@ class BaseLoader:
         self.device = resolve_device(cfg.device)
         self.checker = ShardChecker(info.shards, info.records, info.size)
         self.corrupt_skipped = 0  # samples left out because their bytes changed (on_corrupt="skip")
+        self.cache = None  # at a URL: the shard cache (each shard checked as it arrives)
+        if info.dataset is not None and info.dataset.is_remote:
+            from .remote import Retry
+
+            retry = Retry(attempts=cfg.remote_attempts, timeout=cfg.remote_timeout)
+            self.cache = info.dataset.shard_cache(info.split, cfg.cache_dir, cfg.cache_limit, retry)
+
+    def shard_source(self, plan: EpochPlan):
+        """Where this epoch's readers get the shards: a local dataset's, checked now against the
+        manifest (`check_shards`), or the cache of a dataset at a URL, which checks each shard on
+        arrival and fetches `cache_ahead` shards ahead of the reader."""
+        from .reader import CachedShards, LocalShards
+
+        if self.cache is None:
+            return LocalShards(self.info.shards, self.check_shards(plan))
+        self.cache.new_epoch()
+        return CachedShards(self.cache, self.cfg.on_corrupt, self.cache_ahead())
+
+    def cache_ahead(self) -> int:
+        """`cache_ahead`, fewer where the cache limit could not hold them with the shard being read."""
+        biggest = max(r["bytes"] for r in self.info.records)
+        return max(0, min(self.cfg.cache_ahead, self.cache.limit // max(1, biggest) - 1))
 
     def check_shards(self, plan: EpochPlan) -> dict[int, set[str]]:
         """Check this rank's shards of the epoch against the manifest (`integrity`): raise on a

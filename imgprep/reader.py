@@ -11,15 +11,16 @@ depend on the epochs before it (a resumed run sees the batches an uninterrupted 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
 from .errors import ImgprepError
 from .shards import index_path, read_dali_index, split_key
 
-__all__ = ["ShardIndex", "read_segment", "buffer_shuffle"]
+__all__ = ["ShardIndex", "LocalShards", "CachedShards", "read_segment", "buffer_shuffle", "epoch_samples"]
 
 
 class ShardIndex:
@@ -78,15 +79,73 @@ def buffer_shuffle(it, size: int, rng: np.random.Generator):
     yield from buf
 
 
-def epoch_samples(
-    segments: list[tuple[int, int, int]],
-    shard_path: Callable[[int], str],
-    shard_index: Callable[[int], ShardIndex],
-    skip: dict[int, set[str]],
-) -> Iterator[tuple[str, bytes, int, bool]]:
-    """(key, jpg, label, left_out) of each sample of `segments` in order; `left_out` marks the
-    samples in `skip` (changed since prepare, on_corrupt="skip")."""
-    for s, first, count in segments:
-        keys = skip.get(s, ())
-        for key, jpg, label in read_segment(shard_path(s), shard_index(s), first, count):
-            yield key, jpg, label, key in keys
+class LocalShards:
+    """The shards of a split on a local disk, checked before the epoch (`BaseLoader.check_shards`):
+    `skip` holds the keys to leave out per shard. Picklable (DataLoader workers)."""
+
+    skipped = 0  # counted by the check before the epoch
+
+    def __init__(self, paths: list[str], skip: dict[int, set[str]]):
+        self.paths, self.skip = paths, skip
+        self._indexes: dict[int, ShardIndex] = {}
+
+    def path(self, s: int) -> str:
+        return self.paths[s]
+
+    def index(self, s: int) -> ShardIndex:
+        if s not in self._indexes:
+            self._indexes[s] = ShardIndex.of_shard(self.path(s))
+        return self._indexes[s]
+
+    def left_out(self, s: int, first: int, count: int) -> set[str]:
+        return self.skip.get(s, set())
+
+    @contextlib.contextmanager
+    def reading(self, order: list[int]):
+        yield lambda k: None
+
+
+class CachedShards(LocalShards):
+    """The shards of a split at a URL, read through a `cache.ShardCache`: each checked as it
+    arrives, fetched `ahead` of the reader. Picklable (each worker fetches its own part)."""
+
+    def __init__(self, cache, on_corrupt: str, ahead: int):
+        super().__init__([], {})
+        self.cache, self.on_corrupt, self.ahead = cache, on_corrupt, ahead
+        self.skipped = 0  # samples left out so far by this copy (on_corrupt="skip")
+
+    def path(self, s: int) -> str:
+        return self.cache.path(s)
+
+    def index(self, s: int) -> ShardIndex:
+        return ShardIndex.of_shard(self.path(s))  # the cached entry's own (it may have been refetched)
+
+    def left_out(self, s: int, first: int, count: int) -> set[str]:
+        from .integrity import corrupt_sample_error
+
+        mine = {key for pos, key in self.cache.bad(s).items() if first <= pos < first + count}
+        if mine and self.on_corrupt == "error":
+            raise corrupt_sample_error(self.cache.url(s), min(mine))
+        self.skipped += len(mine)
+        return mine
+
+    @contextlib.contextmanager
+    def reading(self, order: list[int]):
+        from .cache import Prefetcher
+
+        p = Prefetcher(self.cache, order, self.ahead)
+        try:
+            yield p.at
+        finally:
+            p.close()
+
+
+def epoch_samples(segments: list[tuple[int, int, int]], source: LocalShards) -> Iterator[tuple[str, bytes, int, bool]]:
+    """(key, jpg, label, left_out) of each sample of `segments` in order, read from `source`;
+    `left_out` marks samples changed since prepare (on_corrupt="skip")."""
+    with source.reading([s for s, _, _ in segments]) as at:
+        for k, (s, first, count) in enumerate(segments):
+            at(k)
+            keys = source.left_out(s, first, count)
+            for key, jpg, label in read_segment(source.path(s), source.index(s), first, count):
+                yield key, jpg, label, key in keys

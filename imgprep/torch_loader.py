@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -12,9 +13,10 @@ import torch
 from ._mp import exit_with, pool_context, resolve_workers
 from .augment import lighting_shift, normalization, reference_view, ten_crop_offsets
 from .dataset import DatasetInfo
+from .errors import ImgprepError
 from .geometry import center_crop_offset
 from .loader_base import PAD_LABEL, BaseLoader, EpochPlan, LoaderConfig
-from .reader import ShardIndex, buffer_shuffle, epoch_samples
+from .reader import LocalShards, buffer_shuffle, epoch_samples
 
 __all__ = ["TorchLoader", "SampleStream"]
 
@@ -33,34 +35,42 @@ def _split(segments: list[tuple[int, int, int]], parts: int, part: int) -> list[
 
 
 class SampleStream(torch.utils.data.IterableDataset):
-    """Iterable of (views, labels) batches of up to batch_size for one rank and epoch, split over
-    DataLoader workers; each worker stacks its own batches (one shared-memory tensor per batch
-    instead of one per sample), the last one of each worker possibly partial."""
+    """Iterable of (views, labels, worker id, samples it left out so far) batches of up to batch_size for one
+    rank and epoch, split over DataLoader workers; each worker stacks its own batches (one
+    shared-memory tensor per batch instead of one per sample), the last one of each worker possibly
+    partial. An ImgprepError in a worker comes back as ("error", its message): one line in the
+    training process, not a worker traceback."""
 
     def __init__(
-        self, cfg: LoaderConfig, info: DatasetInfo, plan: EpochPlan, epoch: int, skip: dict[int, set[str]] | None = None
+        self, cfg: LoaderConfig, info: DatasetInfo, plan: EpochPlan, epoch: int, source: LocalShards | None = None
     ):
         super().__init__()
-        self.cfg, self.info, self.plan, self.epoch = cfg, info, plan, epoch
+        self.cfg, self.plan, self.epoch = cfg, plan, epoch
+        self.info = dataclasses.replace(info, dataset=None)  # what workers need, without the manifest
         self.segments = plan.segments(info.counts)
-        self.skip = skip or {}  # shard index -> keys of samples left out
-        self._indexes: dict[int, ShardIndex] = {}
-
-    def _index(self, s: int) -> ShardIndex:
-        if s not in self._indexes:
-            self._indexes[s] = ShardIndex.of_shard(self.info.shards[s])
-        return self._indexes[s]
+        self.source = source if source is not None else LocalShards(info.shards, {})
 
     def __iter__(self):
+        wi = torch.utils.data.get_worker_info()
+        worker = wi.id if wi else 0
+
+        def batch():
+            x, y = torch.from_numpy(np.stack(views)), torch.tensor(labels, dtype=torch.int64)
+            return x, y, worker, self.source.skipped
+
         views, labels = [], []
-        for v, y in self._samples():
-            views.append(v)
-            labels.append(y)
-            if len(views) == self.cfg.rank_batch:
-                yield torch.from_numpy(np.stack(views)), torch.tensor(labels, dtype=torch.int64)
-                views, labels = [], []
+        try:
+            for v, y in self._samples():
+                views.append(v)
+                labels.append(y)
+                if len(views) == self.cfg.rank_batch:
+                    yield batch()
+                    views, labels = [], []
+        except ImgprepError as exc:
+            yield "error", str(exc), worker, 0
+            return
         if views:
-            yield torch.from_numpy(np.stack(views)), torch.tensor(labels, dtype=torch.int64)
+            yield batch()
 
     def _samples(self):
         import simplejpeg
@@ -77,7 +87,7 @@ class SampleStream(torch.utils.data.IterableDataset):
             # the split over ranks and workers is ours (sample ranges); left-out samples changed since
             # prepare (on_corrupt="skip")
             part = _split(self.segments, n_workers, worker)
-            for _, jpg, label, left_out in epoch_samples(part, info.shards.__getitem__, self._index, self.skip):
+            for _, jpg, label, left_out in epoch_samples(part, self.source):
                 if not left_out:
                     yield jpg, label
 
@@ -121,7 +131,8 @@ class TorchLoader(BaseLoader):
         self.workers = resolve_workers(cfg.workers)
 
     def _batches(self, plan: EpochPlan):
-        stream = SampleStream(self.cfg, self.info, plan, self.epoch, self.check_shards(plan))
+        source = self.shard_source(plan)  # local shards: checked here, before any worker starts
+        stream = SampleStream(self.cfg, self.info, plan, self.epoch, source)
         n_workers = min(self.workers, max(1, plan.stop - plan.start))
         dl = torch.utils.data.DataLoader(
             stream,
@@ -136,7 +147,11 @@ class TorchLoader(BaseLoader):
         b = self.cfg.rank_batch
         dev = torch.device("cuda" if self.device == "gpu" else "cpu")
         rest_x, rest_y = [], []  # partial batches (one per worker at most), merged at the end
-        for x, y in dl:
+        skipped = {}  # per worker: samples it left out so far (a dataset at a URL: checked in the workers)
+        for x, y, worker, n in dl:
+            if isinstance(x, str):
+                raise ImgprepError(y)
+            skipped[worker] = n
             if len(y) == b:
                 yield x.to(dev, non_blocking=True), y.to(dev, non_blocking=True), b
                 continue
@@ -151,3 +166,4 @@ class TorchLoader(BaseLoader):
                     xi = torch.cat([xi, xi.new_zeros((b - valid,) + tuple(xi.shape[1:]))])
                     yi = torch.cat([yi, yi.new_full((b - valid,), PAD_LABEL)])
                 yield xi.to(dev, non_blocking=True), yi.to(dev, non_blocking=True), valid
+        self.corrupt_skipped += sum(skipped.values())

@@ -1,0 +1,93 @@
+"""`imgprep upload OUT URL`: copy a prepared dataset to object storage (`s3://bucket/prefix`).
+
+Every file the manifest names (shards, their index files, the statistics, the rejects list) is
+put first, each checked against the local copy (size; and for a single-part upload the ETag,
+which S3 makes the MD5 of the body), and the manifest last: a prefix without a manifest is an
+unfinished upload that no loader takes for a dataset. Run again after an interruption, it skips
+the objects already there with the right size and ETag, and puts the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .config import Settings, setting
+from .dataset import MANIFEST, MEAN_FILE, REJECTS, STATS_DIR, STATS_FILE, open_dataset
+from .errors import ImgprepError
+from .remote import RemoteError, Retry, Store, is_url
+from .shards import index_path
+
+__all__ = ["UploadConfig", "upload"]
+
+
+@dataclass(frozen=True)
+class UploadConfig(Settings):
+    out: str = setting(help="A prepared dataset (OUT of `imgprep prepare`).", path=True)
+    url: str = setting(help="Where to put it: s3://BUCKET/PREFIX.")
+    workers: int = setting(8, "Objects put at once.", min=1, max=256)
+    remote_timeout: float = setting(30.0, "Seconds without a byte before a request is tried again.", min=0.05)
+    remote_attempts: int = setting(6, "Tries of each request before it fails.", min=1)
+
+
+def _files(out: str) -> list[str]:
+    """The dataset's files relative to OUT, manifest last."""
+    ds = open_dataset(out)
+    rels = []
+    for split in ds.splits.values():
+        for sh in split["shards"]:
+            rels += [sh["path"], os.path.relpath(index_path(os.path.join(out, sh["path"])), out)]
+    for rel in (f"{STATS_DIR}/{STATS_FILE}", f"{STATS_DIR}/{MEAN_FILE}", REJECTS):
+        if os.path.isfile(os.path.join(out, rel)):
+            rels.append(rel)
+    return rels
+
+
+def _md5(path: str) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def upload(cfg: UploadConfig, log=print) -> dict:
+    """Put the dataset at cfg.out under cfg.url; returns {"put": n, "skipped": n, "bytes": n}."""
+    if not is_url(cfg.url) or not cfg.url.startswith("s3://"):
+        raise ImgprepError(f"{cfg.url}: not an s3:// URL; write s3://BUCKET/PREFIX")
+    store = Store(cfg.url, Retry(attempts=cfg.remote_attempts, timeout=cfg.remote_timeout))
+    rels = _files(cfg.out)
+    sent = {"put": 0, "skipped": 0, "bytes": 0}
+
+    def one(rel: str) -> None:
+        path = os.path.join(cfg.out, rel)
+        size, md5 = os.path.getsize(path), _md5(path)
+        try:
+            there = store.head(rel)
+        except RemoteError as exc:
+            if exc.status != 404:
+                raise
+            there = None
+        if there is not None and there.size == size and there.etag.strip('"') == md5:
+            sent["skipped"] += 1
+            return
+        with open(path, "rb") as f:
+            data = f.read()
+        store.put(rel, data)
+        got = store.head(rel)
+        if got.size != size or (got.etag and got.etag.strip('"') not in (md5,) and "-" not in got.etag):
+            raise ImgprepError(
+                f"{store.url_of(rel)}: the store holds {got.size:,} bytes (ETag {got.etag}) after the put "
+                f"of {size:,} (MD5 {md5}); run `imgprep upload` again"
+            )
+        sent["put"] += 1
+        sent["bytes"] += size
+
+    with ThreadPoolExecutor(cfg.workers) as pool:
+        for f in [pool.submit(one, rel) for rel in rels]:
+            f.result()
+    one(MANIFEST)  # last: its presence says the upload is complete
+    log(f"{cfg.url}: {sent['put']} objects put ({sent['bytes'] / 1e6:,.1f} MB), {sent['skipped']} already there")
+    return sent
