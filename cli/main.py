@@ -129,13 +129,16 @@ def upload(out, url, **options) -> None:
 @main.command()
 @click.argument("out", type=click.Path())
 @workers_option
+@click.option(
+    "--cache-dir", type=click.Path(file_okay=False), default="", help="A dataset at a URL: the local shard cache."
+)
 @user_errors
-def verify(out, workers) -> None:
+def verify(out, workers, cache_dir) -> None:
     """Check every shard of OUT against its manifest; exit 1 on any mismatch."""
     from imgprep._mp import resolve_workers
     from imgprep.verify import verify as run
 
-    r = run(out, resolve_workers(workers))
+    r = run(out, resolve_workers(workers), cache_dir)
     for p in r["problems"][:50]:
         click.echo(p, err=True)
     if r["problems"]:
@@ -150,13 +153,16 @@ def verify(out, workers) -> None:
 @click.argument("out", type=click.Path())
 @workers_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--cache-dir", type=click.Path(file_okay=False), default="", help="A dataset at a URL: the local shard cache."
+)
 @user_errors
-def stats(out, workers, as_json) -> None:
+def stats(out, workers, as_json, cache_dir) -> None:
     """Recompute the training statistics of OUT from its shards and compare with the stored ones."""
     from imgprep._mp import resolve_workers
     from imgprep.verify import recompute_stats
 
-    r = recompute_stats(out, resolve_workers(workers))
+    r = recompute_stats(out, resolve_workers(workers), cache_dir)
     if as_json:
         click.echo(json.dumps(r))
         return

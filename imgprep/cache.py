@@ -112,12 +112,13 @@ class ShardCache:
         self._pinned: set[str] = set()
         self._lock = threading.Lock()
         self._checked: dict[int, str] = {}  # shard -> ETag seen by this process's HEAD (one per shard and epoch)
+        self._heads: dict[int, threading.Lock] = {}
         self.fetched = self.refetched = 0  # counts of this process's downloads and second tries
 
     def __getstate__(self):
         d = dict(self.__dict__)
         d.pop("_lock")
-        d["_pinned"], d["_checked"] = set(), {}
+        d["_pinned"], d["_checked"], d["_heads"] = set(), {}, {}
         return d
 
     def __setstate__(self, d):
@@ -182,17 +183,20 @@ class ShardCache:
         """Whether the cached entry is the object now in the store: its ETag, asked once per shard
         and epoch (`new_epoch`)."""
         with self._lock:
-            etag = self._checked.get(s)
-        if etag is None:
-            info = self.store.head(self.keys[s])
-            etag = info.etag
-            if info.size != self.records[s]["bytes"]:
-                raise RemoteError(
-                    f"{self.url(s)}: {info.size:,} bytes, the manifest says {self.records[s]['bytes']:,} "
-                    "(replaced or truncated in the bucket); upload the dataset again"
-                )
+            one = self._heads.setdefault(s, threading.Lock())  # the reader and the prefetcher ask once
+        with one:
             with self._lock:
-                self._checked[s] = etag
+                etag = self._checked.get(s)
+            if etag is None:
+                info = self.store.head(self.keys[s])
+                etag = info.etag
+                if info.size != self.records[s]["bytes"]:
+                    raise RemoteError(
+                        f"{self.url(s)}: {info.size:,} bytes, the manifest says {self.records[s]['bytes']:,} "
+                        "(replaced or truncated in the bucket); upload the dataset again"
+                    )
+                with self._lock:
+                    self._checked[s] = etag
         return meta.get("etag") == etag
 
     def new_epoch(self) -> None:

@@ -368,8 +368,8 @@ class Dataset:
 
     def shard_cache(self, split: str, folder: str = "", limit_gb: float = 0.0, retry=None):
         """The `cache.ShardCache` of a split of a dataset at a URL, in `folder` (default: the
-        per-user cache) holding at most `limit_gb` GB (0: the split's size, at most 90% of the
-        disk's free space, and never less than two shards)."""
+        per-user cache) holding at most `limit_gb` GB (0: the split's size with its index files,
+        at most 90% of the disk's free space; never less than two shards)."""
         from .cache import ShardCache, default_cache_dir
 
         store = self.store if retry is None else self.store.with_retry(retry)
@@ -382,10 +382,12 @@ class Dataset:
         else:
             cache = ShardCache(store, keys, records, self.size, folder, 0)  # makes the folder
             free = os.statvfs(cache.folder)
-            limit = min(sum(sh["bytes"] for sh in records), int(free.f_bavail * free.f_frsize * 0.9))
+            whole = int(sum(sh["bytes"] for sh in records) * 1.1)  # the shards and their index files
+            limit = min(whole, int(free.f_bavail * free.f_frsize * 0.9))
         return ShardCache(store, keys, records, self.size, folder, max(limit, 2 * biggest))
 
 
-def open_dataset(data: str | Dataset) -> Dataset:
-    """`data` itself when already open, else the prepared dataset at that path, opened."""
-    return data if isinstance(data, Dataset) else Dataset.open(data)
+def open_dataset(data: str | Dataset, retry=None) -> Dataset:
+    """`data` itself when already open, else the prepared dataset at that path or URL, opened
+    (`retry`: a `remote.Retry` for a URL)."""
+    return data if isinstance(data, Dataset) else Dataset.open(data, retry)

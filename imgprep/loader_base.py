@@ -93,6 +93,12 @@ class LoaderSettings(Settings):
         max=1,
     )
 
+    def retry(self):
+        """The `remote.Retry` of these settings (a dataset at a URL)."""
+        from .remote import Retry
+
+        return Retry(attempts=self.remote_attempts, timeout=self.remote_timeout)
+
     def loader_settings(self) -> dict:
         """These settings as keyword arguments of `make_loader`."""
         return {f.name: getattr(self, f.name) for f in fields(LoaderSettings)}
@@ -222,10 +228,7 @@ class BaseLoader:
         self.corrupt_skipped = 0  # samples left out because their bytes changed (on_corrupt="skip")
         self.cache = None  # at a URL: the shard cache (each shard checked as it arrives)
         if info.dataset is not None and info.dataset.is_remote:
-            from .remote import Retry
-
-            retry = Retry(attempts=cfg.remote_attempts, timeout=cfg.remote_timeout)
-            self.cache = info.dataset.shard_cache(info.split, cfg.cache_dir, cfg.cache_limit, retry)
+            self.cache = info.dataset.shard_cache(info.split, cfg.cache_dir, cfg.cache_limit, cfg.retry())
 
     def shard_source(self, plan: EpochPlan):
         """Where this epoch's readers get the shards: a local dataset's, checked now against the

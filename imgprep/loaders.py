@@ -70,8 +70,10 @@ def make_loader(
     cfg.validate()
     requested = cfg.backend
     cfg = replace(cfg, backend=resolve_backend(cfg.backend))
+    if dataset is None:
+        dataset = Dataset.open(cfg.root, cfg.retry())
     info = DatasetInfo.load(
-        dataset or cfg.root, split, need_stats=cfg.normalize != "none" or (mode == "train" and cfg.lighting_std > 0)
+        dataset, split, need_stats=cfg.normalize != "none" or (mode == "train" and cfg.lighting_std > 0)
     )
     if cfg.backend == "dali" and not is_utf8(info.shards[0]):  # DALI takes paths as UTF-8 strings only
         if requested == "dali":

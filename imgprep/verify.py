@@ -113,13 +113,40 @@ def _map(fn, jobs, workers: int):
         pool.close()
 
 
-def verify(out: str | Dataset, workers: int = 1) -> dict:
-    """Check every shard against the manifest. Returns {"problems": [...], "shards", "samples"}."""
+def _checked(ds: Dataset, split: str, want_stats: bool, workers: int, cache_dir: str = ""):
+    """`_check_shard`'s result for each shard of `split`, in order. A dataset at a URL is read
+    through the shard cache, `workers` shards at a time (each pinned while it is checked); a shard
+    that cannot be fetched is a problem, not an error."""
+    m = ds.manifest
+    size, n_classes = m["config"]["size"], len(m["classes"])
+    records = m["splits"][split]["shards"]
+    if not ds.is_remote:
+        jobs = [(_shard_path(ds.root, sh), sh, size, n_classes, want_stats) for sh in records]
+        return list(_map(_check_shard, jobs, workers))
+    cache = ds.shard_cache(split, cache_dir)
+    out = []
+    for a in range(0, len(records), max(1, workers)):
+        group = range(a, min(len(records), a + max(1, workers)))
+        cache.pin(group)
+        jobs, failed = [], {}
+        for i in group:
+            try:
+                jobs.append((cache.path(i), {**records[i], "path": cache.url(i)}, size, n_classes, want_stats))
+            except ImgprepError as exc:
+                failed[i] = ([str(exc)], None, [])
+        done = iter(_map(_check_shard, jobs, workers))
+        out += [failed[i] if i in failed else next(done) for i in group]
+    cache.unpin_all()
+    return out
+
+
+def verify(out: str | Dataset, workers: int = 1, cache_dir: str = "") -> dict:
+    """Check every shard against the manifest. Returns {"problems": [...], "shards", "samples"}.
+    A dataset at a URL is fetched through the shard cache (`cache_dir`: default the user's)."""
     ds = open_dataset(out)
     out, m = ds.root, ds.manifest
-    size, n_classes = m["config"]["size"], len(m["classes"])
-    jobs = [(_shard_path(out, sh), sh, size, n_classes, False) for s in m["splits"].values() for sh in s["shards"]]
-    results = list(_map(_check_shard, jobs, workers))
+    results = [r for split in m["splits"] for r in _checked(ds, split, False, workers, cache_dir)]
+    jobs = results
     problems = [p for ps, _, _ in results for p in ps]
     split_of = [split for split, s in m["splits"].items() for _ in s["shards"]]
     for split in m["splits"]:
@@ -127,12 +154,17 @@ def verify(out: str | Dataset, workers: int = 1) -> dict:
             split, [src for r, sp in zip(results, split_of, strict=True) if sp == split for src in r[2]]
         )
     for name in [os.path.join(STATS_DIR, MEAN_FILE), os.path.join(STATS_DIR, STATS_FILE)] if m.get("stats") else []:
-        if not os.path.exists(os.path.join(out, name)):
+        if ds.is_remote:
+            try:
+                ds.store.head(name)
+            except ImgprepError:
+                problems.append(f"{name}: missing")
+        elif not os.path.exists(os.path.join(out, name)):
             problems.append(f"{name}: missing")
     return {"problems": problems, "shards": len(jobs), "samples": sum(s["count"] for s in m["splits"].values())}
 
 
-def recompute_stats(out: str | Dataset, workers: int = 1) -> dict:
+def recompute_stats(out: str | Dataset, workers: int = 1, cache_dir: str = "") -> dict:
     """Recompute the training statistics from the stored (decoded) shards and compare."""
     ds = open_dataset(out)
     out, m = ds.root, ds.manifest
@@ -140,9 +172,8 @@ def recompute_stats(out: str | Dataset, workers: int = 1) -> dict:
         raise ImgprepError(f"{out}: no train split; statistics are computed over the training set")
     size = ds.size
     mean_img, st = ds.stats()
-    jobs = [(_shard_path(out, sh), sh, size, len(m["classes"]), True) for sh in m["splits"]["train"]["shards"]]
     acc = StatsAccumulator(size)
-    for problems, part, _ in _map(_check_shard, jobs, workers):
+    for problems, part, _ in _checked(ds, "train", True, workers, cache_dir):
         if problems:
             raise ImgprepError(f"{problems[0]}; run `imgprep verify {out}`")
         acc.merge(part)

@@ -230,6 +230,11 @@ class FaultProxy:
     def rate(self, bps: float | None):
         self._rate = bps
 
+    def pending(self) -> int:
+        """Faults set and not yet injected."""
+        with self._lock:
+            return len(self._fail) + len(self._reset) + len(self._stall)
+
     def clear(self):
         with self._lock:
             self._fail, self._reset, self._stall, self._rate = [], [], [], None
@@ -295,6 +300,9 @@ class FaultProxy:
                 while True:
                     chunk = up.recv(16384)
                     if not chunk:
+                        if reset is not None:  # a response shorter than n bytes: the next one gets it
+                            with self._lock:
+                                self._reset.insert(0, reset)
                         break
                     if reset is not None and sent + len(chunk) >= reset:
                         c.sendall(chunk[: max(0, reset - sent)])

@@ -325,7 +325,7 @@ def evaluate_run(cfg: EvalConfig) -> dict:
     model = TwoTowerAlexNet(mcfg)
     model.load_state_dict(ckpt["model"])
     model.place(*devs)
-    dataset = open_dataset(data)  # read once: the batch bound and the loader share it
+    dataset = open_dataset(data, cfg.retry())  # read once: the batch bound and the loader share it
     loader = make_loader(
         dataset,
         "val",

@@ -208,7 +208,7 @@ def _build_run(cfg: TrainConfig, resume: bool, log: Callable[[str], None]) -> Ru
     from imgprep.dataset import open_dataset
 
     rank, world, local_rank = _dist_env()
-    dataset = open_dataset(cfg.data)  # the manifest and statistics, read once for the whole run
+    dataset = open_dataset(cfg.data, cfg.retry())  # the manifest and statistics, read once for the whole run
     info = dataset.info("train")  # errors on a missing split or statistics
     devices = parse_devices(cfg.devices, local_rank, shift=world > 1)
     if cfg.batch_size % world:
