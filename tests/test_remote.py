@@ -11,12 +11,12 @@ import time
 
 import numpy as np
 import pytest
+from servers import FaultProxy, SeaweedFS, range_http_server
 
 from helpers import cli_argv
 from imgprep.errors import ImgprepError
 from imgprep.loaders import make_loader
-from imgprep.remote import RemoteError, Retry, Store
-from servers import FaultProxy, SeaweedFS, range_http_server
+from imgprep.remote import RemoteError, Store
 
 BUCKET = "imgprep-test"
 
@@ -116,9 +116,8 @@ def test_credentials_and_endpoint_from_the_profile_files(tmp_path, s3, monkeypat
     for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(k)
     env = s3.env()
-    (tmp_path / "credentials").write_text(
-        f"[ci]\naws_access_key_id = {env['AWS_ACCESS_KEY_ID']}\naws_secret_access_key = {env['AWS_SECRET_ACCESS_KEY']}\n"
-    )
+    key, secret = env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    (tmp_path / "credentials").write_text(f"[ci]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n")
     (tmp_path / "config").write_text(f"[profile ci]\nregion = us-east-1\nendpoint_url = {s3.endpoint}\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
@@ -274,10 +273,10 @@ def test_torch_workers_share_the_cache_and_give_the_local_batches(seven, bucket,
 
 
 def test_train_from_the_bucket_resumes_exactly(seven, bucket, tmp_path):
+    import torch
+
     from imgprep.trainer.config import TrainConfig
     from imgprep.trainer.train import train
-
-    import torch
 
     kw = dict(epochs=2, batch_size=7, width_mult=0.125, init="kaiming", workers=1, seed=3)
     cache = str(tmp_path / "cache")
