@@ -14,6 +14,7 @@ from imgprep.loader_base import LoaderConfig
 from imgprep.prepare import PrepareConfig
 from imgprep.synth import SynthConfig
 from imgprep.trainer.config import DemoConfig, EvalConfig, ExperimentConfig, TrainBenchConfig, TrainConfig
+from imgprep.upload import UploadConfig
 
 CONFIGS = [
     PrepareBenchConfig,
@@ -26,6 +27,7 @@ CONFIGS = [
     ExperimentConfig,
     TrainBenchConfig,
     DemoConfig,
+    UploadConfig,
 ]
 
 
@@ -159,3 +161,17 @@ def test_every_model_setting_is_an_option_of_train_and_bench_train():
 
     got = TrainConfig("d", "r", width_mult=0.5, dropout=0.25, activation="tanh", remove=("conv3",)).model_config(7)
     assert got == AlexNetConfig(7, 0.5, 0.25, "tanh", ("conv3",))
+
+
+def test_the_model_architecture_takes_its_defaults_and_bounds_from_model_settings():
+    """AlexNetConfig (what checkpoints hold) declares no default or bound of its own: both come from
+    ModelSettings, so the CLI, the Python API and a checkpoint's architecture cannot drift."""
+    from imgprep.trainer.config import AlexNetConfig, ModelSettings
+
+    m, a = ModelSettings(), AlexNetConfig(10)
+    assert (a.width_mult, a.dropout, a.activation, a.remove) == (m.width_mult, m.dropout, m.activation, m.remove)
+    for bad in ({"dropout": 1.0}, {"width_mult": 0.0}, {"activation": "gelu"}, {"remove": ("conv9",)}):
+        with pytest.raises(ValueError, match=next(iter(bad)).replace("_", "-")):
+            AlexNetConfig(10, **bad).validate()
+    with pytest.raises(ValueError, match="num_classes"):
+        AlexNetConfig(0).validate()

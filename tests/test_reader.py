@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from imgprep.errors import ImgprepError
-from imgprep.reader import ShardIndex, buffer_shuffle, epoch_samples, read_segment
+from imgprep.reader import LocalShards, ShardIndex, buffer_shuffle, epoch_samples, read_segment
 from imgprep.shards import ShardWriter, iter_samples
 
 
@@ -44,8 +44,8 @@ def test_a_shard_cut_short_is_one_line(tmp_path):
 
 def test_epoch_samples_follow_the_segments_and_mark_left_out(tmp_path):
     path = _shard(tmp_path, 20)
-    index = ShardIndex.of_shard(path)
-    out = list(epoch_samples([(0, 15, 5), (0, 2, 3)], lambda s: path, lambda s: index, {0: {"000003", "000016"}}))
+    source = LocalShards([path], {0: {"000003", "000016"}})
+    out = list(epoch_samples([(0, 15, 5), (0, 2, 3)], source))
     assert [(k, left) for k, _, _, left in out] == [
         ("000015", False), ("000016", True), ("000017", False), ("000018", False), ("000019", False),
         ("000002", False), ("000003", True), ("000004", False),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields, replace
 
 from imgprep.config import SEED_MIN, Settings, flag, setting
 from imgprep.constants import PCA_LIGHTING_STD
+from imgprep.errors import ImgprepError
 from imgprep.loader_base import BACKENDS, NORMALIZE, LoaderSettings
 
 __all__ = [
@@ -59,29 +60,6 @@ EXPERIMENT_NAMES = (
 )  # auto: the one that fits the init (runtime.AUTO_NORMALIZE)
 
 
-@dataclass(frozen=True)
-class AlexNetConfig:
-    """Architecture switches; saved in checkpoints and compared on resume."""
-
-    num_classes: int = 1000
-    width_mult: float = 1.0
-    dropout: float = 0.5
-    activation: str = "relu"
-    remove: tuple[str, ...] = ()  # conv layers left out (ablation)
-
-    def width(self, n: int) -> int:
-        return max(1, int(round(n * self.width_mult)))
-
-    def validate(self) -> None:
-        bad = [r for r in self.remove if r not in CONV_LAYERS]
-        if bad:
-            raise ValueError(f"cannot remove {bad[0]!r}: layers are {', '.join(CONV_LAYERS)}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation {self.activation!r}: one of {', '.join(ACTIVATIONS)}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout {self.dropout}: must be in [0, 1)")
-
-
 @dataclass(frozen=True, kw_only=True)
 class ModelSettings(Settings):
     """The architecture switches a user chooses, declared once: `train` and `bench train` inherit
@@ -97,6 +75,36 @@ class ModelSettings(Settings):
     def model_config(self, num_classes: int) -> AlexNetConfig:
         """The architecture for `num_classes` classes with these switches."""
         return AlexNetConfig(num_classes, self.width_mult, self.dropout, self.activation, tuple(self.remove))
+
+
+def _model_default(name: str):
+    return next(f.default for f in fields(ModelSettings) if f.name == name)
+
+
+@dataclass(frozen=True)
+class AlexNetConfig:
+    """The architecture of one model (its classes and `ModelSettings`' switches, whose defaults
+    and bounds it takes); saved in checkpoints and compared on resume."""
+
+    num_classes: int = 1000
+    width_mult: float = _model_default("width_mult")
+    dropout: float = _model_default("dropout")
+    activation: str = _model_default("activation")
+    remove: tuple[str, ...] = ()  # conv layers left out (ablation)
+
+    def width(self, n: int) -> int:
+        return max(1, int(round(n * self.width_mult)))
+
+    def validate(self) -> None:
+        """ValueError where a switch is outside `ModelSettings`' declaration of it (checked there,
+        from the same `setting` metadata as the CLI's)."""
+        try:
+            ModelSettings(width_mult=self.width_mult, dropout=self.dropout, activation=self.activation,
+                          remove=tuple(self.remove))  # fmt: skip
+        except ImgprepError as exc:
+            raise ValueError(str(exc)) from None
+        if not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ValueError(f"num_classes {self.num_classes!r}: must be a whole number >= 1")
 
 
 @dataclass(frozen=True)
