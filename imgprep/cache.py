@@ -206,6 +206,11 @@ class ShardCache:
 
     def ensure(self, s: int) -> dict:
         """The entry of shard `s`, fetched (and checked) unless a current one is cached."""
+        if self.records[s]["bytes"] > self.limit:
+            raise ImgprepError(
+                f"{self.url(s)}: {self.records[s]['bytes'] / 1e9:.2f} GB, more than --cache-limit "
+                f"({self.limit / 1e9:.2f} GB); raise --cache-limit"
+            )
         self.pin([s], add=True)
         meta = self.meta(s)
         if meta is not None and self._fresh(s, meta):
@@ -231,8 +236,8 @@ class ShardCache:
             bad, info = None, None
             for attempt in range(2):  # a shard that fails the check is fetched once more
                 idx_key = self.keys[s][:-4] + ".idx" if self.keys[s].endswith(".tar") else self.keys[s] + ".idx"
-                with open(idx, "wb") as f:
-                    self.store.get_to_file(idx_key, f)
+                with open(idx, "wb") as f:  # bounded: a line of under 256 bytes per component
+                    self.store.get_to_file(idx_key, f, limit=4096 + 1024 * rec["count"])
                 with open(tar, "wb") as f:
                     info = self.store.get_to_file(self.keys[s], f, expect_size=rec["bytes"])
                 self.fetched += 1

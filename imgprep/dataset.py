@@ -59,6 +59,7 @@ REJECTS = "rejects.jsonl"
 STATS_DIR = "stats"
 MEAN_FILE = "mean.npy"
 STATS_FILE = "stats.json"
+MAX_MANIFEST_BYTES = 1 << 29  # 512 MiB: ImageNet's, with every sample's CRC-32, is about 12 MB
 
 
 def build_manifest(settings: dict, layout: str, classes: list[dict], splits: dict, size: int, quality: int) -> dict:
@@ -287,7 +288,7 @@ class Dataset:
         store = Store(root, retry)
         where = store.url_of(MANIFEST)
         try:
-            body = store.get(MANIFEST)
+            body = store.get(MANIFEST, limit=MAX_MANIFEST_BYTES)
         except RemoteError as exc:
             if exc.status == 404:
                 raise ImgprepError(
@@ -325,14 +326,16 @@ class Dataset:
                 self._stats = load_stats(self.root, self.size)
             else:
                 d = self.store.url_of(STATS_DIR)
-                self._stats = parse_stats(lambda name: self._get(f"{STATS_DIR}/{name}"), d, self.size)
+                # bounded: stats.json is a few kB, mean.npy S x S x 3 float32 and its header
+                limits = {STATS_FILE: 1 << 20, MEAN_FILE: 12 * self.size**2 + 4096}
+                self._stats = parse_stats(lambda n: self._get(f"{STATS_DIR}/{n}", limits[n]), d, self.size)
         return self._stats
 
-    def _get(self, key: str) -> bytes:
+    def _get(self, key: str, limit: int) -> bytes:
         from .remote import RemoteError
 
         try:
-            return self.store.get(key)
+            return self.store.get(key, limit=limit)
         except RemoteError as exc:
             if exc.status == 404:
                 raise ImgprepError(f"{self.store.url_of(key)}: not found; prepare a train split first") from None
@@ -377,14 +380,26 @@ class Dataset:
         folder = folder or default_cache_dir()
         keys = [key_inside(sh["path"], self.store.url_of(MANIFEST)) for sh in records]
         biggest = max((sh["bytes"] for sh in records), default=0)
+        cache = ShardCache(store, keys, records, self.size, folder, 0)  # makes (and checks) the folder
         if limit_gb > 0:
             limit = int(limit_gb * 1e9)
+            if limit < 2 * biggest:  # the shard being read and the one being fetched
+                raise ImgprepError(
+                    f"--cache-limit {limit_gb:g}: less than two of {self.root}'s {split} shards "
+                    f"({2 * biggest / 1e9:.3f} GB); raise it"
+                )
         else:
-            cache = ShardCache(store, keys, records, self.size, folder, 0)  # makes the folder
             free = os.statvfs(cache.folder)
+            free = free.f_bavail * free.f_frsize
             whole = int(sum(sh["bytes"] for sh in records) * 1.1)  # the shards and their index files
-            limit = min(whole, int(free.f_bavail * free.f_frsize * 0.9))
-        return ShardCache(store, keys, records, self.size, folder, max(limit, 2 * biggest))
+            limit = max(min(whole, int(free * 0.9)), 2 * biggest)
+            if free < 2 * biggest:
+                raise ImgprepError(
+                    f"{cache.folder}: {free / 1e9:.2f} GB free, less than two of {self.root}'s {split} "
+                    f"shards ({2 * biggest / 1e9:.3f} GB); free space or set --cache-dir elsewhere"
+                )
+        cache.limit = limit
+        return cache
 
 
 def open_dataset(data: str | Dataset, retry=None) -> Dataset:

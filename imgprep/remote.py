@@ -314,28 +314,48 @@ class Store:
 
         return self._request("HEAD", key, "HEAD", handle=handle)
 
-    def get(self, key: str, start: int | None = None, stop: int | None = None) -> bytes:
-        """The object's bytes (or bytes [start, stop) of it)."""
+    def get(self, key: str, start: int | None = None, stop: int | None = None, limit: int | None = None) -> bytes:
+        """The object's bytes (or bytes [start, stop) of it); `limit`: the most it may hold (a
+        larger object is refused unread: what a hostile store hands us is bounded)."""
         headers = {} if start is None else {"Range": f"bytes={start}-{'' if stop is None else stop - 1}"}
 
         def handle(r):
             n = r.getheader("Content-Length")
-            body = _read_all(r, self.retry, int(n) if n is not None else None)
+            n = int(n) if n is not None else None
+            if limit is not None and (n is None or n > limit):
+                r.close()
+                self._drop_conn()
+                size = "no length" if n is None else f"{n:,} bytes"
+                raise RemoteError(
+                    f"{self.url_of(key)}: {size}, more than the {limit:,} such a file can hold; "
+                    "not a dataset imgprep wrote (or a damaged one)",
+                    r.status,
+                )
+            body = _read_all(r, self.retry, n)
             if start is not None and r.status != 206:
                 raise RemoteError(f"{self.url_of(key)}: the server ignored the Range request (HTTP {r.status})")
             return body
 
         return self._request("GET", key, "GET", headers=headers, handle=handle)
 
-    def get_to_file(self, key: str, f, expect_size: int | None = None) -> ObjectInfo:
+    def get_to_file(self, key: str, f, expect_size: int | None = None, limit: int | None = None) -> ObjectInfo:
         """Stream the object into the open binary file `f` (rewound and truncated on each try);
-        a body shorter or longer than its Content-Length (or than `expect_size`) is retried."""
+        a body shorter or longer than its Content-Length (or than `expect_size`) is retried; one
+        larger than `limit` is refused unread."""
 
         def handle(r):
             f.seek(0)
             f.truncate()
             n = r.getheader("Content-Length")
             n = int(n) if n is not None else None
+            if limit is not None and (n is None or n > limit):
+                r.close()
+                self._drop_conn()
+                raise RemoteError(
+                    f"{self.url_of(key)}: {'no length' if n is None else f'{n:,} bytes'}, more than the "
+                    f"{limit:,} it can hold; not a dataset imgprep wrote (or a damaged one)",
+                    r.status,
+                )
             if expect_size is not None and n is not None and n != expect_size:
                 r.close()
                 self._drop_conn()

@@ -304,3 +304,21 @@ def test_cli_load_and_verify_read_a_bucket(bucket, tmp_path):
     r = subprocess.run([*argv, "load", f"s3://{BUCKET}/nothing-here"], capture_output=True, text=True)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "nothing-here/manifest.json: not found; not a prepared dataset" in r.stderr
+
+
+def test_what_a_hostile_store_hands_over_is_bounded(seven, bucket, tmp_path, monkeypatch):
+    """Objects larger than such a file can be are refused unread (one line), and so is a shard that
+    could never fit the cache; a manifest path leading outside the dataset's prefix is refused."""
+    from imgprep import dataset
+
+    with monkeypatch.context() as mp:
+        mp.setattr(dataset, "MAX_MANIFEST_BYTES", 100)
+        with pytest.raises(ImgprepError, match=r"manifest.json: [\d,]+ bytes, more than the 100 such a file can"):
+            make_loader(bucket, "train", 4)
+    with pytest.raises(ImgprepError, match=r"--cache-limit 1e-09: less than two of s3://.*/seven's train shards"):
+        make_loader(bucket, "train", 4, backend="dali", cache_dir=str(tmp_path / "c"), cache_limit=1e-9)
+    m = json.load(open(os.path.join(seven, "manifest.json")))
+    m["splits"]["train"]["shards"][0]["path"] = "../other/train-000000.tar"
+    Store(f"s3://{BUCKET}/crafted").put("manifest.json", json.dumps(m).encode())
+    with pytest.raises(ImgprepError, match=r"'../other/train-000000.tar' is not a relative path inside the dataset"):
+        make_loader(f"s3://{BUCKET}/crafted", "train", 4)
