@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,10 +45,6 @@ def _run(root: str, data: str, epochs: int, batch: int) -> list[dict]:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def _summary(v: list[float]) -> dict:
-    return {"median": round(statistics.median(v), 4), "min": round(min(v), 4), "max": round(max(v), 4)}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None)
@@ -64,7 +59,7 @@ def main() -> None:
     if a.worker:
         return _worker(a.data, a.epochs, a.batch_size)
     sys.path.insert(0, HERE)
-    from imgprep.report import environment
+    from imgprep.report import environment, summarize, write_json
 
     with tempfile.TemporaryDirectory() as tmp:
         data = a.data
@@ -85,12 +80,12 @@ def main() -> None:
     for k, rs in runs.items():
         figures[k] = {
             "first_epoch": {
-                "first_batch_s": _summary([r[0]["first_batch_s"] for r in rs]),
-                "images_per_s": _summary([r[0]["images_per_s"] for r in rs]),
+                "first_batch_s": summarize([r[0]["first_batch_s"] for r in rs]),
+                "images_per_s": summarize([r[0]["images_per_s"] for r in rs]),
             },
             "later_epochs": {
-                "first_batch_s": _summary([e["first_batch_s"] for r in rs for e in r[1:]]),
-                "images_per_s": _summary([e["images_per_s"] for r in rs for e in r[1:]]),
+                "first_batch_s": summarize([e["first_batch_s"] for r in rs for e in r[1:]]),
+                "images_per_s": summarize([e["images_per_s"] for r in rs for e in r[1:]]),
             },
         }
     res = {
@@ -105,8 +100,7 @@ def main() -> None:
     }
     print(json.dumps(figures, indent=1))
     if a.json_out:
-        with open(a.json_out, "w") as f:
-            json.dump(res, f, indent=2)
+        write_json(a.json_out, res)
 
 
 if __name__ == "__main__":

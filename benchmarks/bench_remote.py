@@ -3,7 +3,9 @@ from an S3 bucket through loopback (SeaweedFS `weed mini`, started here), and fr
 through the fault proxy throttled to a few rates; reported as ratios to the local rate.
 
 Per source: the time to the first batch and the images/s of a cold epoch (empty cache: shards
-fetched while the loader reads) and of a warm one (the whole dataset cached). Sources interleaved,
+fetched while the loader reads) and of a warm one (the whole dataset cached), and the cores the
+server (and proxy, each in its own process) used during the cold epoch: on a small machine they
+share its cores with the decoder. Sources interleaved,
 `--rounds` times; medians with min-max.
 
 Usage: python benchmarks/bench_remote.py [--images 2400] [--shard-size 200] [--rates 200,50,20]
@@ -36,8 +38,16 @@ def _epoch(loader) -> tuple[float, float]:
     return first, n / (time.perf_counter() - t)
 
 
-def _summary(v):
-    return {"median": round(statistics.median(v), 4), "min": round(min(v), 4), "max": round(max(v), 4)}
+def _proxy(host: str, port: str, rate: float):
+    """A throttled fault proxy in its own process (so that it takes no time from this one): (process, URL)."""
+    import subprocess
+
+    p = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "tests", "servers.py"), "proxy", host, port, str(rate)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return p, p.stdout.readline().strip()
 
 
 def main() -> None:
@@ -51,11 +61,11 @@ def main() -> None:
     ap.add_argument("--plot", default=None)
     a = ap.parse_args()
 
-    from servers import FaultProxy, SeaweedFS
+    from servers import SeaweedFS, cpu_seconds
 
     from imgprep.loaders import make_loader
     from imgprep.prepare import PrepareConfig, prepare
-    from imgprep.report import environment
+    from imgprep.report import environment, summarize, write_json
     from imgprep.synth import SynthConfig, synthesize
     from imgprep.upload import UploadConfig, upload
 
@@ -71,16 +81,15 @@ def main() -> None:
         url = "s3://bench/data"
         upload(UploadConfig(out=data, url=url), log=lambda s: None)
         host, port = sw.endpoint.rsplit(":", 1)
-        proxy = FaultProxy((host.split("//")[1], int(port)))
         rates = [float(r) for r in a.rates.split(",") if r]
+        proxies = {r: _proxy(host.split("//")[1], port, r * 1e6) for r in rates}  # each in its own process
         sources = {"local": None, "bucket (loopback)": None, **{f"bucket at {r:g} MB/s": r for r in rates}}
-        runs = {k: {"cold_first": [], "cold": [], "warm_first": [], "warm": []} for k in sources}
+        runs = {k: {"cold_first": [], "cold": [], "warm_first": [], "warm": [], "server_cpu": []} for k in sources}
         for _ in range(a.rounds):
             for name, rate in sources.items():
                 cache = os.path.join(tmp, "cache")
                 shutil.rmtree(cache, ignore_errors=True)
-                os.environ["AWS_ENDPOINT_URL"] = proxy.url if rate else sw.endpoint
-                proxy.rate(rate * 1e6 if rate else None)
+                os.environ["AWS_ENDPOINT_URL"] = proxies[rate][1] if rate else sw.endpoint
                 lo = make_loader(
                     data if name == "local" else url,
                     "train",
@@ -94,14 +103,20 @@ def main() -> None:
                 if name != "local":
                     shutil.rmtree(cache)  # cold again: every shard fetched while reading
                     lo.cache._make_folder()
+                busy = [sw.proc.pid] + ([proxies[rate][0].pid] if rate else [])
+                cpu = sum(cpu_seconds(p) for p in busy)
+                t = time.perf_counter()
                 f, r = _epoch(lo)
+                # the share of the machine's cores the server (and proxy) used during the cold epoch
+                runs[name]["server_cpu"].append((sum(cpu_seconds(p) for p in busy) - cpu) / (time.perf_counter() - t))
                 runs[name]["cold_first"].append(f)
                 runs[name]["cold"].append(r)
                 f, r = _epoch(lo)
                 runs[name]["warm_first"].append(f)
                 runs[name]["warm"].append(r)
                 print(name, {k: round(v[-1], 3) for k, v in runs[name].items()}, flush=True)
-        proxy.close()
+        for p, _ in proxies.values():
+            p.kill()
     finally:
         sw.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -109,7 +124,7 @@ def main() -> None:
     local_first = statistics.median(runs["local"]["warm_first"])
     figures = {}
     for name, v in runs.items():
-        figures[name] = {k: _summary(x) for k, x in v.items()}
+        figures[name] = {k: summarize(x) for k, x in v.items()}
         figures[name]["cold_vs_local"] = round(statistics.median(v["cold"]) / local, 3)
         figures[name]["warm_vs_local"] = round(statistics.median(v["warm"]) / local, 3)
         figures[name]["cold_first_batch_minus_local_s"] = round(statistics.median(v["cold_first"]) - local_first, 3)
@@ -125,8 +140,7 @@ def main() -> None:
     }
     print(json.dumps(figures, indent=1))
     if a.json_out:
-        with open(a.json_out, "w") as f:
-            json.dump(res, f, indent=2)
+        write_json(a.json_out, res)
     if a.plot:
         import matplotlib
 

@@ -296,7 +296,7 @@ class FaultProxy:
                 up.sendall(req)
                 if stall:
                     time.sleep(stall)
-                sent = 0
+                sent, start = 0, time.monotonic()
                 while True:
                     chunk = up.recv(16384)
                     if not chunk:
@@ -310,11 +310,27 @@ class FaultProxy:
                         return  # closed with SO_LINGER 0: a reset
                     c.sendall(chunk)
                     sent += len(chunk)
-                    if self._rate:
-                        time.sleep(len(chunk) / self._rate)
+                    if self._rate:  # paced on the bytes sent so far: exact at any rate
+                        time.sleep(max(0.0, start + sent / self._rate - time.monotonic()))
             finally:
                 up.close()
         except OSError:
             pass
         finally:
             c.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process (and its reaped children) has used (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+if __name__ == "__main__":  # python tests/servers.py proxy HOST PORT [BYTES_PER_S]: a proxy in its own process
+    _, what, host, port, *rate = sys.argv
+    assert what == "proxy"
+    proxy = FaultProxy((host, int(port)))
+    proxy.rate(float(rate[0]) if rate else None)
+    print(proxy.url, flush=True)
+    threading.Event().wait()
