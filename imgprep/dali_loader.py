@@ -343,7 +343,8 @@ class DaliLoader(BaseLoader):
         shuffle_rng, draw_rng = (np.random.default_rng([cfg.seed, self.epoch, cfg.rank, k]) for k in (0, 1))
         stream = epoch_samples(plan.segments(info.counts), source)
         if train:
-            stream = buffer_shuffle(stream, max(1, min(cfg.shuffle_buffer, plan.stop - plan.start)), shuffle_rng)
+            size = max(1, min(cfg.shuffle_buffer, plan.stop - plan.start))
+            stream = buffer_shuffle(stream, size, shuffle_rng, initial=2 * b)
         standin = None
         jpgs, labels = [], []
 

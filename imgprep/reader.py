@@ -12,6 +12,7 @@ depend on the epochs before it (a resumed run sees the batches an uninterrupted 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Iterator
 
@@ -64,17 +65,24 @@ def read_segment(path: str, index: ShardIndex, first: int, count: int) -> Iterat
         os.close(fd)
 
 
-def buffer_shuffle(it, size: int, rng: np.random.Generator):
-    """Shuffle a stream through a buffer of `size` items (webdataset's scheme): each item taken
-    replaces a random one of the buffer, which is yielded; the rest drain in random order."""
+def buffer_shuffle(it, size: int, rng: np.random.Generator, initial: int | None = None):
+    """Shuffle a stream through a buffer of up to `size` items (webdataset's scheme): once it holds
+    `initial` items (default `size`), each item taken in replaces a random one of the buffer, which
+    is yielded, and the buffer grows by one more item per item yielded until it holds `size`; the
+    rest drain in random order. A small `initial` gives the first batch after a few samples rather
+    than a whole buffer's (over a network: one shard, not four), mixing fully soon after."""
+    initial = size if initial is None else max(1, min(initial, size))
+    it = iter(it)
     buf = []
     for x in it:
-        if len(buf) < size:
-            buf.append(x)
+        buf.append(x)
+        if len(buf) < size:  # grow: one more in for each one out
+            buf += itertools.islice(it, 1)
+        if len(buf) < initial:
             continue
-        k = int(rng.integers(0, size))
-        buf[k], x = x, buf[k]
-        yield x
+        k = int(rng.integers(0, len(buf)))
+        buf[k], buf[-1] = buf[-1], buf[k]
+        yield buf.pop()
     rng.shuffle(buf)
     yield from buf
 

@@ -93,7 +93,7 @@ class SampleStream(torch.utils.data.IterableDataset):
 
         stream = samples()
         if train:
-            stream = buffer_shuffle(stream, max(1, cfg.shuffle_buffer // n_workers), rng)
+            stream = buffer_shuffle(stream, max(1, cfg.shuffle_buffer // n_workers), rng, initial=2 * cfg.rank_batch)
         size, crop = info.size, cfg.crop
         zero = np.zeros(3)
         for jpg, label in stream:

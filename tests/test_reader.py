@@ -58,3 +58,25 @@ def test_buffer_shuffle_is_a_permutation_and_mixes_beyond_the_buffer():
     assert sorted(out) == list(range(1000)) and out != list(range(1000))
     assert list(buffer_shuffle(range(1000), 100, np.random.default_rng(0))) == out  # seeded
     assert max(abs(v - i) for i, v in enumerate(out[:500])) > 100  # moved further than the buffer's span
+
+
+def test_buffer_shuffle_starts_after_initial_items_and_grows_to_its_size():
+    """The first item comes after `initial` items were read (not a whole buffer's); the buffer then
+    grows to `size`, so later items come from up to `size` back."""
+    read = []
+
+    def source():
+        for i in range(5000):
+            read.append(i)
+            yield i
+
+    it = buffer_shuffle(source(), 1000, np.random.default_rng(1), initial=50)
+    first = next(it)
+    assert len(read) <= 51 and 0 <= first < 51
+    out, held = [first], []
+    for v in it:
+        out.append(v)
+        held.append(len(read) - len(out))  # items read and not yet yielded: the buffer's fill
+    assert sorted(out) == list(range(5000))
+    assert held[:5] == [50, 51, 52, 53, 54]  # growing by one per item out...
+    assert set(held[1000:3900]) == {999}  # ...to the whole buffer (the item just taken is out)
