@@ -63,6 +63,7 @@ def main() -> None:
 
     from servers import SeaweedFS, cpu_seconds
 
+    from imgprep.dataset import open_dataset
     from imgprep.loaders import make_loader
     from imgprep.prepare import PrepareConfig, prepare
     from imgprep.report import environment, summarize, write_json
@@ -78,6 +79,8 @@ def main() -> None:
         src, data = os.path.join(tmp, "src"), os.path.join(tmp, "data")
         synthesize(SynthConfig(src, classes=10, per_class=a.images // 10, val_per_class=1))
         prepare(PrepareConfig(src, data, shard_size=a.shard_size), progress=False, log=lambda s: None)
+        m = open_dataset(data).manifest
+        per_image = sum(sh["bytes"] for sh in m["splits"]["train"]["shards"]) / m["splits"]["train"]["count"]
         url = "s3://bench/data"
         upload(UploadConfig(out=data, url=url), log=lambda s: None)
         host, port = sw.endpoint.rsplit(":", 1)
@@ -128,12 +131,17 @@ def main() -> None:
         figures[name]["cold_vs_local"] = round(statistics.median(v["cold"]) / local, 3)
         figures[name]["warm_vs_local"] = round(statistics.median(v["warm"]) / local, 3)
         figures[name]["cold_first_batch_minus_local_s"] = round(statistics.median(v["cold_first"]) - local_first, 3)
+        rate = sources[name]
+        if rate:  # the most images/s the link can carry, and the share of it the cold epoch used
+            figures[name]["link_bound_images_per_s"] = round(rate * 1e6 / per_image, 1)
+            figures[name]["cold_vs_link_bound"] = round(statistics.median(v["cold"]) / (rate * 1e6 / per_image), 3)
     res = {
         "what": "DALI training epochs (CPU, full augmentation) from local disk and from an S3 bucket",
         "command": "python benchmarks/bench_remote.py " + " ".join(sys.argv[1:]),
         "machine": environment(),
         "images": a.images,
         "shard_size": a.shard_size,
+        "bytes_per_image": round(per_image),
         "batch_size": a.batch_size,
         "rounds": a.rounds,
         "figures": figures,

@@ -405,8 +405,9 @@ class DaliLoader(BaseLoader):
 
         handover = self.handover and self.cfg.mode != "ten_crop"
         pipe = self._pipeline(handover)
-        ahead = max(1, self.cfg.prefetch)  # batches scheduled before the first is taken
+        ahead = max(1, self.cfg.prefetch)  # batches kept scheduled ahead of the one taken
         pending: list[int] = []  # valid counts of the batches scheduled and not yet taken
+        taken = 0
 
         def take():
             outs = pipe.outputs()
@@ -424,7 +425,8 @@ class DaliLoader(BaseLoader):
                     pipe.feed_input(name, data)
                 pipe.schedule_run()
                 pending.append(valid)
-                if len(pending) > ahead:
+                if len(pending) > min(ahead, taken):  # ramps up: the first batch is taken as soon as it
+                    taken += 1  # is scheduled, not after `ahead` more were read (a shard each, over a network)
                     yield take()
             while pending:
                 yield take()
