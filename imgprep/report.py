@@ -52,11 +52,24 @@ def environment() -> dict:
     return {
         "machine": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cores": cpu_count(),
         "python": platform.python_version(),
         "gpus": gpu,
         "versions": versions,
     }
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux: /proc/cpuinfo), e.g. 'AMD EPYC' or 'Intel(R) Xeon(R) ...'."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def summarize(values: list[float]) -> dict:
