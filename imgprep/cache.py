@@ -355,34 +355,42 @@ class ShardCache:
 
 
 class Prefetcher:
-    """Fetches the shards a reader will read next, `ahead` of it, in a thread; `at(k)` tells it
-    the reader has reached order[k]. Its failures are left for the reader's own fetch of the same
-    shard to report (in the reader's context); it never blocks the reader."""
+    """Fetches the shards a reader will read next, `ahead` of it, on `parallel` threads (one
+    connection each: a store serves each connection at a bounded rate, and S3's guidance is
+    parallel requests); `at(k)` tells it the reader has reached order[k]. Its failures are left
+    for the reader's own fetch of the same shard to report (in the reader's context); it never
+    blocks the reader."""
 
-    def __init__(self, cache: ShardCache, order: list[int], ahead: int):
+    def __init__(self, cache: ShardCache, order: list[int], ahead: int, parallel: int = 2):
         self.cache, self.order, self.ahead = cache, order, ahead
         self._pos, self._stop = 0, False
+        self._taken: set[int] = set()  # shards a thread has started on
         self._cv = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="imgprep-prefetch", daemon=True)
-        self._thread.start()
+        n = max(1, min(parallel, ahead + 1))
+        self._threads = [threading.Thread(target=self._run, name="imgprep-prefetch", daemon=True) for _ in range(n)]
+        for t in self._threads:
+            t.start()
 
     def at(self, k: int) -> None:
         with self._cv:
             self._pos = k
-            self._cv.notify()
+            self._cv.notify_all()
         self.cache.pin(self.order[k : k + 1 + self.ahead])  # the window: never evicted while in it
 
-    def _run(self) -> None:
-        done = set()
-        while True:
-            with self._cv:
-                while not self._stop and all(s in done for s in self.order[self._pos : self._pos + 1 + self.ahead]):
-                    self._cv.wait()
+    def _next(self) -> int | None:
+        """The first shard of the window no thread has started on (None: stop)."""
+        with self._cv:
+            while True:
                 if self._stop:
-                    return
-                todo = [s for s in self.order[self._pos : self._pos + 1 + self.ahead] if s not in done]
-            s = todo[0]
-            done.add(s)
+                    return None
+                todo = [s for s in self.order[self._pos : self._pos + 1 + self.ahead] if s not in self._taken]
+                if todo:
+                    self._taken.add(todo[0])
+                    return todo[0]
+                self._cv.wait()
+
+    def _run(self) -> None:
+        while (s := self._next()) is not None:
             try:
                 self.cache.ensure(s)
             except Exception:  # noqa: BLE001  the reader's own ensure() reports it
@@ -391,6 +399,7 @@ class Prefetcher:
     def close(self) -> None:
         with self._cv:
             self._stop = True
-            self._cv.notify()
-        self._thread.join()
+            self._cv.notify_all()
+        for t in self._threads:
+            t.join()
         self.cache.unpin_all()

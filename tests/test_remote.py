@@ -322,3 +322,41 @@ def test_what_a_hostile_store_hands_over_is_bounded(seven, bucket, tmp_path, mon
     Store(f"s3://{BUCKET}/crafted").put("manifest.json", json.dumps(m).encode())
     with pytest.raises(ImgprepError, match=r"'../other/train-000000.tar' is not a relative path inside the dataset"):
         make_loader(f"s3://{BUCKET}/crafted", "train", 4)
+
+
+def test_a_rank_never_waits_forever_on_another_processes_download(bucket, tmp_path):
+    """Another process holds a shard's fetch lock and never finishes: the wait has a deadline and
+    ends in one line naming the shard."""
+    cache_dir = str(tmp_path / "c")
+    lo = make_loader(bucket, "train", 28, "eval", backend="dali", workers=1, cache_dir=cache_dir,
+                     remote_timeout=0.2, remote_attempts=1)  # fmt: skip
+    lock = lo.cache._file(0, "lock")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import fcntl,time; f=open({lock!r},'w'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t = time.monotonic()
+        with pytest.raises(ImgprepError, match=r"train-000000.tar: another process has been fetching it for"):
+            list(lo)
+        assert time.monotonic() - t < 20
+    finally:
+        holder.kill()
+
+
+def test_eval_and_stats_read_a_bucket(seven, bucket, tmp_path):
+    from imgprep.trainer.config import EvalConfig, TrainConfig
+    from imgprep.trainer.runtime import evaluate_run
+    from imgprep.trainer.train import train
+    from imgprep.verify import recompute_stats
+
+    run = str(tmp_path / "run")
+    train(TrainConfig(seven, run, epochs=1, batch_size=7, width_mult=0.125, init="kaiming", workers=1),
+          progress=False, log=lambda s: None)  # fmt: skip
+    local = evaluate_run(EvalConfig(run, seven, workers=1))
+    remote = evaluate_run(EvalConfig(run, bucket, workers=1, cache_dir=str(tmp_path / "c")))
+    assert remote == local
+    a, b = recompute_stats(seven), recompute_stats(bucket, cache_dir=str(tmp_path / "c"))
+    assert a == {**b}
