@@ -63,6 +63,7 @@ def main() -> None:
 
     from servers import SeaweedFS, cpu_seconds
 
+    from imgprep.cache import PREFETCH_CONNECTIONS
     from imgprep.dataset import open_dataset
     from imgprep.loaders import make_loader
     from imgprep.prepare import PrepareConfig, prepare
@@ -132,9 +133,10 @@ def main() -> None:
         figures[name]["warm_vs_local"] = round(statistics.median(v["warm"]) / local, 3)
         figures[name]["cold_first_batch_minus_local_s"] = round(statistics.median(v["cold_first"]) - local_first, 3)
         rate = sources[name]
-        if rate:  # the most images/s the link can carry, and the share of it the cold epoch used
-            figures[name]["link_bound_images_per_s"] = round(rate * 1e6 / per_image, 1)
-            figures[name]["cold_vs_link_bound"] = round(statistics.median(v["cold"]) / (rate * 1e6 / per_image), 3)
+        if rate:  # the most images/s the prefetcher's connections can carry, and the share the cold epoch used
+            bound = PREFETCH_CONNECTIONS * rate * 1e6 / per_image
+            figures[name]["link_bound_images_per_s"] = round(bound, 1)
+            figures[name]["cold_vs_link_bound"] = round(statistics.median(v["cold"]) / bound, 3)
     res = {
         "what": "DALI training epochs (CPU, full augmentation) from local disk and from an S3 bucket",
         "command": "python benchmarks/bench_remote.py " + " ".join(sys.argv[1:]),

@@ -40,6 +40,7 @@ from .remote import RemoteError, Store
 __all__ = ["ShardCache", "default_cache_dir"]
 
 _POLL = 0.05
+PREFETCH_CONNECTIONS = 2  # shards fetched at once per reader (each on its own connection)
 
 
 def default_cache_dir() -> str:
@@ -361,7 +362,7 @@ class Prefetcher:
     for the reader's own fetch of the same shard to report (in the reader's context); it never
     blocks the reader."""
 
-    def __init__(self, cache: ShardCache, order: list[int], ahead: int, parallel: int = 2):
+    def __init__(self, cache: ShardCache, order: list[int], ahead: int, parallel: int = PREFETCH_CONNECTIONS):
         self.cache, self.order, self.ahead = cache, order, ahead
         self._pos, self._stop = 0, False
         self._taken: set[int] = set()  # shards a thread has started on

@@ -15,10 +15,11 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from . import bucket_out
 from ._mp import resolve_workers
 from .codec import decode_rgb, encode_jpeg
 from .config import SEED_MIN, Settings, check_settings, setting
@@ -36,6 +37,7 @@ from .dataset import (
     MANIFEST,
     REJECTS,
     build_manifest,
+    open_dataset,
     read_manifest,
     write_manifest,
     write_rejects,
@@ -168,6 +170,8 @@ class UnitJob:
     quality: int
     with_stats: bool  # accumulate the training statistics
     max_pixels: int = MAX_PIXELS
+    upload_to: str = ""  # OUT in a bucket: the shard is written in a private folder, then put there
+    aws_env: dict | None = None  # the driver's AWS_* settings: a worker started earlier, or elsewhere, has them too
 
     @property
     def name(self) -> str:
@@ -206,10 +210,19 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
     The record holds the shard's path, count, bytes and sha256, the rejects, the skipped and
     converted counts, and (with_stats) the exact statistics sums of the stored pixels.
     """
-    unit = job.unit
-    path = os.path.join(job.out, unit.path)
+    out = bucket_out.unit_folder() if job.upload_to else job.out
     try:
-        os.makedirs(os.path.join(job.out, unit.split), exist_ok=True)
+        return _run_unit_into(job, out, progress)
+    finally:
+        if job.upload_to:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _run_unit_into(job: UnitJob, out: str, progress) -> dict:
+    unit = job.unit
+    path = os.path.join(out, unit.path)
+    try:
+        os.makedirs(os.path.join(out, unit.split), exist_ok=True)
         writer = ShardWriter(path)
     except OSError as exc:
         raise _write_error(exc, path) from None
@@ -260,7 +273,13 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
     except BaseException:
         writer.abort()
         raise
+    md5 = None
+    if job.upload_to and shard is not None:  # from this process straight to the bucket, checked there
+        md5 = bucket_out.upload_shard(
+            job.upload_to, out, unit.path, os.path.relpath(index_path(path), out), job.aws_env or {}
+        )
     return {
+        "md5": md5,
         "unit": unit.name,
         "split": unit.split,
         "shard": shard,
@@ -349,15 +368,16 @@ class _State:
             self.acc.merge(StatsAccumulator.from_arrays(stats))
         self.records[rec["unit"]] = rec
 
-    def save(self, min_interval: float = 0.0) -> None:
+    def save(self, min_interval: float = 0.0) -> bool:
         """Write the state file, at most every `min_interval` seconds (a crash redoes at most
-        that much work)."""
+        that much work); whether it was written."""
         now = time.monotonic()
         if now - self._saved_at < min_interval:
-            return
+            return False
         self._saved_at = now
         with atomic_file(self.path) as f:
             np.savez(f, records=np.array(json.dumps(self.records)), **self.acc.to_arrays())
+        return True
 
 
 def _verify_records(state: _State, out: str) -> list[str]:
@@ -376,6 +396,16 @@ def _verify_records(state: _State, out: str) -> list[str]:
             or sha256_file(p) != sh["sha256"]
         ):
             bad_splits.add(rec["split"])
+    if "train" in bad_splits:
+        state.acc = StatsAccumulator(state.size)
+    for name, rec in list(state.records.items()):
+        if rec["split"] in bad_splits:
+            del state.records[name]
+    return sorted(bad_splits)
+
+
+def _drop_splits(state: _State, bad_splits: set[str]) -> list[str]:
+    """Drop the records of `bad_splits` (and the training sums with train's)."""
     if "train" in bad_splits:
         state.acc = StatsAccumulator(state.size)
     for name, rec in list(state.records.items()):
@@ -413,9 +443,10 @@ def _remove_shards(out: str) -> None:
                     os.remove(os.path.join(d, name))
 
 
-def _open_state(cfg: PrepareConfig, kind: str, units: list[Unit], listing: str, log) -> _State:
+def _open_state(cfg: PrepareConfig, kind: str, units: list[Unit], listing: str, log, bucket=None) -> _State:
     """The resume state of OUT (empty for a new run), with damaged records dropped. A run whose SRC
-    listing changed since it was interrupted starts over: its shards belong to another plan."""
+    listing changed since it was interrupted starts over: its shards belong to another plan.
+    `bucket`: OUT in a bucket (`cfg.out` is then its local staging folder)."""
     state_cfg = os.path.join(cfg.out, STATE_DIR, "config.json")
     if kind == "resume" and _listing_changed(cfg.out, listing):
         log(f"{cfg.src}: files changed since the interrupted run (the listing differs); starting over")
@@ -426,9 +457,16 @@ def _open_state(cfg: PrepareConfig, kind: str, units: list[Unit], listing: str, 
     os.makedirs(os.path.join(cfg.out, STATE_DIR), exist_ok=True)
     write_atomic(state_cfg, json_bytes({**cfg.dataset_settings(), "source_listing_sha256": listing}))
     state = _State(cfg.out, cfg.size)
+    if bucket is not None:
+        bucket.push_state()
+        bucket.claim()
     if kind == "resume":
         state.load()
-        redo = _verify_records(state, cfg.out)
+        redo = (
+            _verify_records(state, cfg.out)
+            if bucket is None
+            else _drop_splits(state, bucket.verify_records(state.records))
+        )
         if redo:
             log(f"{cfg.out}: recorded shards of {', '.join(redo)} changed on disk; redoing those splits")
         _remove_partials(cfg.out)
@@ -443,6 +481,8 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
         ImgprepError: bad SRC, bad settings, or OUT holding something else.
     """
     cfg.validate()
+    if bucket_out.is_bucket(cfg.out):
+        return _prepare_to_bucket(cfg, progress, log, executor)
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise ImgprepError(f"{cfg.out}: exists and is not a folder; choose another OUT")
     created = not os.path.exists(cfg.out)
@@ -460,6 +500,20 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
             os.rmdir(cfg.out)
 
 
+def _prepare_to_bucket(cfg: PrepareConfig, progress: bool, log, executor) -> dict:
+    """OUT at an s3:// URL (`bucket_out`): the run in a local staging folder, shards put by the
+    processes that make them, the manifest put last."""
+    bucket = bucket_out.BucketOut(cfg.out)
+    stage = replace(cfg, out=bucket.stage)
+    try:
+        os.makedirs(bucket.stage, mode=0o700, exist_ok=True)
+        index = discover(cfg.src, cfg.split, cfg.layout, cfg.val_labels, bucket.stage)
+        with FolderLock(bucket.stage, "the staging folder of OUT"):  # one writer per OUT on this machine
+            return _prepare_into(stage, index, progress, log, executor, bucket)
+    except OSError as exc:
+        raise _write_error(exc, bucket.stage) from None
+
+
 def _write_error(exc: OSError, where: str) -> ImgprepError:
     return ImgprepError(
         f"{exc.filename or where}: cannot write ({exc.strerror or exc}); free space or fix "
@@ -467,19 +521,28 @@ def _write_error(exc: OSError, where: str) -> ImgprepError:
     )
 
 
-def _prepare_into(cfg: PrepareConfig, index: SourceIndex, progress: bool, log, executor) -> dict:
-    kind = _output_state(cfg)
+def _prepare_into(cfg: PrepareConfig, index: SourceIndex, progress: bool, log, executor, bucket=None) -> dict:
+    """The run into `cfg.out`, or (bucket) into its staging folder and the bucket."""
+    where = cfg.out if bucket is None else bucket.url
+    kind = _output_state(cfg) if bucket is None else bucket.state(cfg.dataset_settings(), _differences)
     if kind == "complete":
-        summary = {**_summary(read_manifest(cfg.out), 0.0, 0), "already_complete": True}
-        log(f"{cfg.out}: already complete with these settings ({summary['images']} images); nothing to do")
+        manifest = read_manifest(cfg.out) if bucket is None else open_dataset(bucket.url).manifest
+        summary = {**_summary(manifest, 0.0, 0), "already_complete": True}
+        log(f"{where}: already complete with these settings ({summary['images']} images); nothing to do")
         return summary
     t0 = time.perf_counter()
     units = plan_units(index, cfg.shard_size, cfg.seed)
-    state = _open_state(cfg, kind, units, index.listing_digest(), log)
+    if bucket is not None and kind == "resume":
+        bucket.pull_state()  # this machine may not be the one that started the run
+    state = _open_state(cfg, kind, units, index.listing_digest(), log, bucket)
     todo = [u for u in units if u.name not in state.records]
     classes = [c.to_json(i) for i, c in enumerate(index.classes)]
+    upload = bucket.url if bucket is not None else ""
+    aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")} if bucket is not None else None
     jobs = [
-        UnitJob(index.source, u, classes, cfg.out, cfg.size, cfg.quality, u.split == "train", cfg.max_pixels)
+        UnitJob(
+            index.source, u, classes, cfg.out, cfg.size, cfg.quality, u.split == "train", cfg.max_pixels, upload, aws
+        )
         for u in todo
     ]
     total = sum(job.weight for job in jobs)
@@ -492,14 +555,17 @@ def _prepare_into(cfg: PrepareConfig, index: SourceIndex, progress: bool, log, e
 
     def on_done(rec: dict) -> None:
         state.add(rec)
-        state.save(min_interval=2.0)
+        if state.save(min_interval=2.0 if bucket is None else 10.0) and bucket is not None:
+            bucket.push_state()
 
     bar = _progress_bar(total, progress)
     try:
         executor.run(run_unit, jobs, on_done, bar.update)
     except BaseException as exc:
-        with contextlib.suppress(OSError):  # keep every finished unit for the rerun (if the disk lets us)
+        with contextlib.suppress(OSError, ImgprepError):  # keep every finished unit for the rerun (if we can)
             state.save()
+            if bucket is not None:
+                bucket.push_state()
         if isinstance(exc, KeyboardInterrupt):
             raise ImgprepError(
                 f"interrupted; {len(state.records)} of {len(units)} shards are done; "
@@ -509,8 +575,10 @@ def _prepare_into(cfg: PrepareConfig, index: SourceIndex, progress: bool, log, e
     finally:
         bar.close()
     manifest = _finish(cfg, index, units, state)
+    if bucket is not None:
+        bucket.commit()
     summary = _summary(manifest, time.perf_counter() - t0, total)
-    log(_summary_line(summary, cfg.out))
+    log(_summary_line(summary, where))
     return summary
 
 

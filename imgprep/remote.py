@@ -375,6 +375,14 @@ class Store:
 
         self._request("PUT", key, "PUT", headers={"Content-Length": str(len(data))}, body=data, handle=handle)
 
+    def delete(self, key: str) -> None:
+        """Remove the object (S3 answers 204 whether or not it was there)."""
+
+        def handle(r):
+            r.read()
+
+        self._request("DELETE", key, "DELETE", handle=handle)
+
     def list(self, prefix: str = "") -> list[tuple[str, int]]:
         """(key relative to the store, size) of every object under `prefix` (S3 only)."""
         if self.s3 is None:

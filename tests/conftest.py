@@ -47,3 +47,30 @@ def prepared256(synth_src, tmp_path_factory):
 def prepared(synth_src, tmp_path_factory):
     """`synth_src` prepared at size 64, shards of 5, 2 workers."""
     return _prepare(synth_src, tmp_path_factory, 64, 5, 3)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """SeaweedFS (`weed mini`) on 127.0.0.1 for the whole session; skipped, with the reason, where
+    it cannot start."""
+    from servers import SeaweedFS
+
+    sw = SeaweedFS(str(tmp_path_factory.mktemp("seaweedfs")))
+    if not sw.start():
+        pytest.skip(f"no S3 server: {sw.why_not}")
+    yield sw
+    sw.stop()
+
+
+@pytest.fixture
+def aws_env(request, monkeypatch):
+    """No AWS setting of the machine's reaches the test; where it uses `s3`, that server's do."""
+    import os
+
+    for k in list(os.environ):
+        if k.startswith("AWS_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(request.getfixturevalue("tmp_path") / "xdg-cache"))
+    if "s3" in request.fixturenames:
+        for k, v in request.getfixturevalue("s3").env().items():
+            monkeypatch.setenv(k, v)

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from servers import FaultProxy, SeaweedFS, range_http_server
+from servers import FaultProxy, range_http_server
 
 from helpers import cli_argv
 from imgprep.errors import ImgprepError
@@ -21,24 +21,9 @@ from imgprep.remote import RemoteError, Store
 BUCKET = "imgprep-test"
 
 
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory):
-    sw = SeaweedFS(str(tmp_path_factory.mktemp("seaweedfs")))
-    if not sw.start():
-        pytest.skip(f"no S3 server: {sw.why_not}")
-    yield sw
-    sw.stop()
-
-
 @pytest.fixture(autouse=True)
-def aws_env(request, monkeypatch):
+def _aws(aws_env):
     """Every test here talks to the test server (where it uses one) with its credentials only."""
-    for k in list(os.environ):
-        if k.startswith("AWS_"):
-            monkeypatch.delenv(k)
-    if "s3" in request.fixturenames:
-        for k, v in request.getfixturevalue("s3").env().items():
-            monkeypatch.setenv(k, v)
 
 
 @pytest.fixture(scope="module")
