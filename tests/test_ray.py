@@ -49,3 +49,16 @@ def test_lost_ray_task_is_retried(synth_src, prepared, tmp_path, ray_local, monk
     prepare(PrepareConfig(synth_src, out, size=64, shard_size=5, seed=3, workers=2, executor="ray"), **QUIET)
     assert os.path.exists(marker)  # the worker process running that task died
     assert tree(out) == tree(prepared)
+
+
+def test_ray_tasks_write_their_shards_straight_to_a_bucket(synth_src, prepared, s3, aws_env, ray_local):
+    """OUT in a bucket: every Ray task puts its own shard (from its own temporary folder, not the
+    driver's) and the objects equal the local executor's files."""
+    from imgprep.remote import Store
+
+    url = "s3://imgprep-test/ray-out"
+    cfg = PrepareConfig(synth_src, url, size=64, shard_size=5, seed=3, workers=2, executor="ray")
+    s = prepare(cfg, **QUIET)
+    assert s["images"] == 32
+    st = Store(url)
+    assert {k: st.get(k) for k, _ in st.list("")} == tree(prepared)
