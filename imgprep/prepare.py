@@ -396,12 +396,7 @@ def _verify_records(state: _State, out: str) -> list[str]:
             or sha256_file(p) != sh["sha256"]
         ):
             bad_splits.add(rec["split"])
-    if "train" in bad_splits:
-        state.acc = StatsAccumulator(state.size)
-    for name, rec in list(state.records.items()):
-        if rec["split"] in bad_splits:
-            del state.records[name]
-    return sorted(bad_splits)
+    return _drop_splits(state, bad_splits)
 
 
 def _drop_splits(state: _State, bad_splits: set[str]) -> list[str]:
