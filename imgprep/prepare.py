@@ -47,6 +47,7 @@ from .errors import DecodeError, ImgprepError, NotAnImage
 from .executors import EXECUTORS, make_executor
 from .fileio import PARTIAL_SUFFIX, FolderLock, atomic_file, json_bytes, write_atomic
 from .geometry import resize_center_crop
+from .remote import is_url
 from .shards import ShardWriter, index_path, sha256_file
 from .sources import LAYOUTS, Item, Source, SourceIndex, discover
 from .stats import StatsAccumulator, finalize
@@ -98,7 +99,7 @@ class PrepareConfig(Settings):
         d = asdict(self)
         for k in ("workers", "out", "executor", "ray_address"):
             d.pop(k)
-        d["src"] = os.path.abspath(self.src)
+        d["src"] = self.src if is_url(self.src) else os.path.abspath(self.src)
         if self.val_labels:
             d["val_labels"] = os.path.abspath(self.val_labels)
         return d

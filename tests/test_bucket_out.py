@@ -92,3 +92,43 @@ def test_a_second_run_that_takes_over_the_prefix_stops_the_first_before_its_mani
     with pytest.raises(ImgprepError, match="another `imgprep prepare` run has taken over this prefix"):
         prepare(PrepareConfig(synth_src, url, workers=1, **SETTINGS), **QUIET)
     assert "manifest.json" not in dict(Store(url).list(""))
+
+
+def _upload_tree(folder: str, url: str) -> None:
+    st = Store(url)
+    for d, _, files in os.walk(folder):
+        for f in files:
+            path = os.path.join(d, f)
+            st.put(os.path.relpath(path, folder), open(path, "rb").read())
+
+
+def test_src_in_a_bucket_gives_the_shards_of_the_same_folders_on_disk(synth_src, local, s3, tmp_path):
+    """The class folders uploaded as they are (a hidden file added on both sides): prepare from the
+    bucket writes the shards, statistics and rejects of a local run over the folders; the manifest
+    differs in config.src only. Bucket to bucket works too."""
+    import json
+
+    src = str(tmp_path / "src")
+    shutil.copytree(synth_src, src)
+    open(os.path.join(src, "train", ".DS_Store"), "wb").write(b"junk")
+    here = str(tmp_path / "here")
+    prepare(PrepareConfig(src, here, workers=2, **SETTINGS), **QUIET)
+    url = "s3://imgprep-test/raw"
+    _upload_tree(src, url)
+    out = str(tmp_path / "from-bucket")
+    prepare(PrepareConfig(url, out, workers=2, **SETTINGS), **QUIET)
+    a, b = tree(here), tree(out)
+    ma, mb = json.loads(a.pop("manifest.json")), json.loads(b.pop("manifest.json"))
+    assert a == b
+    assert mb["config"].pop("src") == url and ma["config"].pop("src") == os.path.abspath(src)
+    assert ma == mb and mb["splits"]["train"]["skipped"] == 1
+    both = "s3://imgprep-test/bucket-to-bucket"
+    prepare(PrepareConfig(url, both, workers=2, **SETTINGS), **QUIET)
+    assert {k: v for k, v in bucket_tree(both).items() if k != "manifest.json"} == b
+
+
+def test_src_bucket_errors_are_one_line(s3, tmp_path):
+    with pytest.raises(ImgprepError, match="nothing under this prefix"):
+        prepare(PrepareConfig("s3://imgprep-test/empty-prefix", str(tmp_path / "o"), **SETTINGS), **QUIET)
+    with pytest.raises(ImgprepError, match="--layout ilsvrc is not read from a bucket yet"):
+        prepare(PrepareConfig("s3://imgprep-test/raw", str(tmp_path / "o"), layout="ilsvrc", **SETTINGS), **QUIET)
