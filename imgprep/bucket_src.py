@@ -111,6 +111,8 @@ def discover_bucket(src: str, split: str, layout: str, val_labels: str | None):
     """The SourceIndex of the images under an s3:// prefix (folder layouts)."""
     from .sources import ClassInfo, Item, SourceIndex, _index_of, _label_all, _visible, read_val_labels
 
+    if val_labels and not os.path.isfile(val_labels):
+        raise ImgprepError(f"--val-labels {val_labels}: no such file")
     if layout not in ("auto", "folders"):
         raise ImgprepError(f"{src}: --layout {layout} is not read from a bucket yet; use a local copy or class folders")
     source = BucketSource(src)

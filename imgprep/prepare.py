@@ -486,7 +486,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
         # made before SRC is listed, so that an OUT inside SRC is left out of it on every run alike
         # (removed again below when SRC is refused)
         os.makedirs(cfg.out, exist_ok=True)
-        index = discover(cfg.src, cfg.split, cfg.layout, cfg.val_labels, cfg.out)  # OUT left out
+        index = _sources(cfg, cfg.out)  # OUT left out
         with FolderLock(cfg.out, "OUT"):  # one writer per OUT, for the whole run
             return _prepare_into(cfg, index, progress, log, executor)
     except OSError as exc:  # reading errors are rejects, so this is writing OUT: disk full, permissions
@@ -496,6 +496,15 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
             os.rmdir(cfg.out)
 
 
+def _sources(cfg: PrepareConfig, out: str) -> SourceIndex:
+    """The index of SRC: a folder (never entering `out`), or an s3:// prefix (`bucket_src`)."""
+    if is_url(cfg.src):
+        from .bucket_src import discover_bucket
+
+        return discover_bucket(cfg.src, cfg.split, cfg.layout, cfg.val_labels)
+    return discover(cfg.src, cfg.split, cfg.layout, cfg.val_labels, out)
+
+
 def _prepare_to_bucket(cfg: PrepareConfig, progress: bool, log, executor) -> dict:
     """OUT at an s3:// URL (`bucket_out`): the run in a local staging folder, shards put by the
     processes that make them, the manifest put last."""
@@ -503,7 +512,7 @@ def _prepare_to_bucket(cfg: PrepareConfig, progress: bool, log, executor) -> dic
     stage = replace(cfg, out=bucket.stage)
     try:
         os.makedirs(bucket.stage, mode=0o700, exist_ok=True)
-        index = discover(cfg.src, cfg.split, cfg.layout, cfg.val_labels, bucket.stage)
+        index = _sources(cfg, bucket.stage)
         with FolderLock(bucket.stage, "the staging folder of OUT"):  # one writer per OUT on this machine
             return _prepare_into(stage, index, progress, log, executor, bucket)
     except OSError as exc:

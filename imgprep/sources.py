@@ -616,14 +616,6 @@ def discover(
         ImgprepError: SRC missing, not a folder, empty, without classes or images, or labels
             that do not fit.
     """
-    from .remote import is_url
-
-    if is_url(src):  # s3://bucket/prefix: the folder layouts, read from the bucket (`bucket_src`)
-        from .bucket_src import discover_bucket
-
-        if val_labels and not os.path.isfile(val_labels):
-            raise ImgprepError(f"--val-labels {val_labels}: no such file")
-        return discover_bucket(src, split, layout, val_labels)
     if not os.path.exists(src):
         raise ImgprepError(f"{src}: no such folder; give the folder that holds your images")
     if not os.path.isdir(src):
