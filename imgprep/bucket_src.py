@@ -56,6 +56,21 @@ class BucketSource:
                 raise OSError("no longer in the bucket") from None
             raise
 
+    def reads(self, items, max_bytes: int | None, ahead: int = 8):
+        """Per item, a call returning its bytes (or raising its error), in order, with up to
+        `ahead` requests in flight on their own connections: a request's latency per image is
+        paid `ahead` at a time, not one after another."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(ahead) as pool:
+            futures = [pool.submit(self.read, it, max_bytes) for it in items[:ahead]]
+            for i in range(len(items)):
+                f = futures[i]
+                if i + ahead < len(items):
+                    futures.append(pool.submit(self.read, items[i + ahead], max_bytes))
+                futures[i] = None  # its bytes go with the caller
+                yield f.result
+
 
 def _tree(keys: list[tuple[str, int]]) -> dict:
     """The listing as nested folders: {name: sub-tree dict, or the object's size}."""

@@ -10,6 +10,7 @@ and writes the statistics, the reject list and the manifest at the end.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -219,6 +220,16 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
             shutil.rmtree(out, ignore_errors=True)
 
 
+def _reads(source, items: list[Item], limit: int):
+    """Per item, a call that returns its bytes (or raises its read error), in order: the source's
+    own `reads` where it has one (a bucket: several requests in flight), else one read at a time."""
+    if hasattr(source, "reads"):
+        yield from source.reads(items, limit)
+        return
+    for item in items:
+        yield functools.partial(source.read, item, max_bytes=limit)
+
+
 def _run_unit_into(job: UnitJob, out: str, progress) -> dict:
     unit = job.unit
     path = os.path.join(out, unit.path)
@@ -230,9 +241,11 @@ def _run_unit_into(job: UnitJob, out: str, progress) -> dict:
     acc = StatsAccumulator(job.size) if job.with_stats else None
     rejects, skipped, converted, n_converted = [], 0, {}, 0
     try:
-        for key, item in unit.items:
+        limit = _max_file_bytes(job.max_pixels)
+        reads = _reads(job.source, [item for _, item in unit.items], limit)
+        for (key, item), read in zip(unit.items, reads, strict=True):
             try:
-                data = job.source.read(item, max_bytes=_max_file_bytes(job.max_pixels))
+                data = read()
                 jpeg, pixels, img = process_image(data, item.ref, job.size, job.quality, job.max_pixels)
             except NotAnImage:
                 skipped += 1
