@@ -22,7 +22,7 @@ from .config import Settings, setting
 from .dataset import DatasetInfo
 from .errors import ImgprepError
 from .geometry import train_crop
-from .loader_base import BACKENDS, DEVICES
+from .loader_base import BACKENDS, DEVICES, CacheSettings
 from .report import environment, summarize
 from .timing import time_loader
 
@@ -195,8 +195,8 @@ def loader_rate(loader, steps: int) -> float:
 
 
 @dataclass(frozen=True)
-class LoadBenchConfig(Settings):
-    """Settings of `imgprep bench load`."""
+class LoadBenchConfig(CacheSettings):
+    """Settings of `imgprep bench load` (DATA may be a URL: the cache settings apply)."""
 
     data: str
     batch_sizes: tuple[int, ...] = setting((64, 256), "Batch sizes.")
@@ -213,12 +213,18 @@ def _make_bench_loader(cfg: LoadBenchConfig, name: str, batch_size: int, workers
     if name == "baseline":
         return baseline_loader(cfg.data, batch_size, workers)
     device = cfg.device if name == "dali" else "cpu"
-    return make_loader(cfg.data, "train", batch_size, backend=name, device=device, workers=workers)
+    return make_loader(
+        cfg.data, "train", batch_size, backend=name, device=device, workers=workers, **cfg.cache_settings()
+    )
 
 
 def bench_load(cfg: LoadBenchConfig, log=print) -> dict:
     """Images/s of the DALI pipeline, the torch fallback and the torchvision-style baseline."""
 
+    from .remote import is_url
+
+    if is_url(cfg.data) and "baseline" in cfg.loaders:
+        raise ImgprepError(f"{cfg.data}: the baseline loader reads local files only; pass --loaders dali,torch")
     cores = cpu_count()
     workers = list(cfg.workers) or sorted({1, cores})
     rows, device = [], None

@@ -53,7 +53,47 @@ HANDOVERS = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, kw_only=True)
-class LoaderSettings(Settings):
+class RemoteSettings(Settings):
+    """How requests to a URL are made, declared once (the loaders' and `upload`'s)."""
+
+    remote_timeout: float = setting(
+        30.0, "Dataset at a URL: seconds without a byte before a request is tried again.", min=0.05
+    )
+    remote_attempts: int = setting(6, "Dataset at a URL: tries of each request before it fails.", min=1)
+
+    def retry(self):
+        """The `remote.Retry` of these settings."""
+        from .remote import Retry
+
+        return Retry(attempts=self.remote_attempts, timeout=self.remote_timeout)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheSettings(RemoteSettings):
+    """The local shard cache of a dataset at a URL, declared once (every loading command's, `bench
+    load`'s too)."""
+
+    cache_dir: str = setting(
+        "",
+        "Dataset at a URL: the local shard cache (default: ~/.cache/imgprep/shards, or "
+        "$TMPDIR/imgprep-cache-UID without a writable home).",
+        path=True,
+    )
+    cache_limit: float = setting(
+        0.0,
+        "Dataset at a URL: GB the shard cache may hold (0: the split's size, at most 90% of the "
+        "free disk). Shards beyond it are fetched again each epoch.",
+        min=0,
+    )
+    cache_ahead: int = setting(2, "Dataset at a URL: shards fetched ahead of the one being read.", min=0)
+
+    def cache_settings(self) -> dict:
+        """These settings as keyword arguments of `make_loader`."""
+        return {f.name: getattr(self, f.name) for f in fields(CacheSettings)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoaderSettings(CacheSettings):
     """The loader settings a user chooses, declared once here: every command that loads data (`load`,
     `train`, `eval`, `experiment`, `bench train`) has them as options, by inheriting them, and hands
     them to `make_loader` whole (`loader_settings()`); none is copied by hand."""
@@ -68,23 +108,6 @@ class LoaderSettings(Settings):
         choices=ON_CORRUPT,
     )
     prefetch: int = setting(2, "Loader: batches DALI prepares ahead of the one being used.", min=1)
-    cache_dir: str = setting(
-        "",
-        "Loader, dataset at a URL: the local shard cache (default: ~/.cache/imgprep/shards, or "
-        "$TMPDIR/imgprep-cache-UID without a writable home).",
-        path=True,
-    )
-    cache_limit: float = setting(
-        0.0,
-        "Loader, dataset at a URL: GB the shard cache may hold (0: the split's size, at most 90% of the "
-        "free disk). Shards beyond it are fetched again each epoch.",
-        min=0,
-    )
-    cache_ahead: int = setting(2, "Loader, dataset at a URL: shards fetched ahead of the one being read.", min=0)
-    remote_timeout: float = setting(
-        30.0, "Loader, dataset at a URL: seconds without a byte before a request is tried again.", min=0.05
-    )
-    remote_attempts: int = setting(6, "Loader, dataset at a URL: tries of each request before it fails.", min=1)
     hw_decoder_load: float = setting(
         0.65,
         "Loader: share of the JPEGs given to the GPU's hardware JPEG decoder where it has one (A100, H100, "
@@ -92,12 +115,6 @@ class LoaderSettings(Settings):
         min=0,
         max=1,
     )
-
-    def retry(self):
-        """The `remote.Retry` of these settings (a dataset at a URL)."""
-        from .remote import Retry
-
-        return Retry(attempts=self.remote_attempts, timeout=self.remote_timeout)
 
     def loader_settings(self) -> dict:
         """These settings as keyword arguments of `make_loader`."""

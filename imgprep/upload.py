@@ -14,22 +14,21 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .config import Settings, setting
+from .config import setting
 from .dataset import MANIFEST, MEAN_FILE, REJECTS, STATS_DIR, STATS_FILE, open_dataset
 from .errors import ImgprepError
-from .remote import RemoteError, Retry, Store, is_url
+from .loader_base import RemoteSettings
+from .remote import RemoteError, Store, is_url
 from .shards import index_path
 
 __all__ = ["UploadConfig", "upload"]
 
 
 @dataclass(frozen=True)
-class UploadConfig(Settings):
+class UploadConfig(RemoteSettings):
     out: str = setting(help="A prepared dataset (OUT of `imgprep prepare`).", path=True)
     url: str = setting(help="Where to put it: s3://BUCKET/PREFIX.")
     workers: int = setting(8, "Objects put at once.", min=1, max=256)
-    remote_timeout: float = setting(30.0, "Seconds without a byte before a request is tried again.", min=0.05)
-    remote_attempts: int = setting(6, "Tries of each request before it fails.", min=1)
 
 
 def _files(out: str) -> list[str]:
@@ -57,7 +56,7 @@ def upload(cfg: UploadConfig, log=print) -> dict:
     """Put the dataset at cfg.out under cfg.url; returns {"put": n, "skipped": n, "bytes": n}."""
     if not is_url(cfg.url) or not cfg.url.startswith("s3://"):
         raise ImgprepError(f"{cfg.url}: not an s3:// URL; write s3://BUCKET/PREFIX")
-    store = Store(cfg.url, Retry(attempts=cfg.remote_attempts, timeout=cfg.remote_timeout))
+    store = Store(cfg.url, cfg.retry())
     rels = _files(cfg.out)
     sent = {"put": 0, "skipped": 0, "bytes": 0}
 

@@ -175,3 +175,17 @@ def test_the_model_architecture_takes_its_defaults_and_bounds_from_model_setting
             AlexNetConfig(10, **bad).validate()
     with pytest.raises(ValueError, match="num_classes"):
         AlexNetConfig(0).validate()
+
+
+def test_the_cache_and_request_settings_are_declared_once_for_bench_load_and_upload_too():
+    from imgprep.cli.main import main
+    from imgprep.loader_base import CacheSettings, LoaderSettings, RemoteSettings
+
+    assert issubclass(LoaderSettings, CacheSettings) and issubclass(CacheSettings, RemoteSettings)
+    for cls, cmd in (
+        (CacheSettings, main.commands["bench"].commands["load"]),
+        (RemoteSettings, main.commands["upload"]),
+    ):
+        for f in dataclasses.fields(cls):
+            (opt,) = [p for p in cmd.params if p.name == f.name]
+            assert opt.help == f.metadata["help"] and opt.default == f.default, (cmd.name, f.name)

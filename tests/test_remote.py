@@ -345,3 +345,14 @@ def test_eval_and_stats_read_a_bucket(seven, bucket, tmp_path):
     assert remote == local
     a, b = recompute_stats(seven), recompute_stats(bucket, cache_dir=str(tmp_path / "c"))
     assert a == {**b}
+
+
+def test_bench_load_reads_a_bucket_with_the_cache_settings(bucket, tmp_path):
+    cache = tmp_path / "c"
+    argv = [*cli_argv("bench", "load", bucket), "--loaders", "dali", "--batch-sizes", "4", "--workers", "1",
+            "--steps", "1", "--repeats", "1", "--cache-dir", str(cache)]  # fmt: skip
+    r = subprocess.run(argv, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert any(f.endswith(".json") for f in os.listdir(cache))  # its shards came through that cache
+    r = subprocess.run([*cli_argv("bench", "load", bucket), "--loaders", "baseline"], capture_output=True, text=True)
+    assert r.returncode == 1 and "the baseline loader reads local files only" in r.stderr
