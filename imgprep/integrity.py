@@ -21,7 +21,7 @@ import threading
 from .errors import ImgprepError
 from .shards import CHECKED_COMPONENTS, index_path, read_dali_index, sample_crc, split_key
 
-__all__ = ["ON_CORRUPT", "ShardChecker", "corrupt_sample_error", "jpeg_is"]
+__all__ = ["ON_CORRUPT", "ShardChecker", "corrupt_sample_error", "jpeg_is", "left_out"]
 
 ON_CORRUPT = ("error", "skip")  # what a loader does with a sample whose bytes changed after prepare
 
@@ -33,6 +33,15 @@ def corrupt_sample_error(shard: str, key: str | None) -> ImgprepError:
         "it is not a JPEG of the dataset's size); restore the shard or prepare again, or pass "
         "--on-corrupt skip to leave such samples out"
     )
+
+
+def left_out(bad: dict[int, str], first: int, count: int, shard: str, on_corrupt: str) -> set[str]:
+    """The keys of a shard's corrupt samples (`bad`: {position: key}) among the `count` read from
+    `first`: an error naming the first with on_corrupt="error", else the samples to leave out."""
+    mine = {key for pos, key in bad.items() if first <= pos < first + count}
+    if mine and on_corrupt == "error":
+        raise corrupt_sample_error(shard, min(mine))
+    return mine
 
 
 def jpeg_is(data: bytes, size: int) -> bool:

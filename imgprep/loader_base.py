@@ -25,7 +25,7 @@ from .config import SEED_MIN, Settings, check_settings, setting
 from .constants import PCA_LIGHTING_STD, SPLITS
 from .dataset import DatasetInfo
 from .errors import ImgprepError
-from .integrity import ON_CORRUPT, ShardChecker, corrupt_sample_error
+from .integrity import ON_CORRUPT, ShardChecker, left_out
 
 __all__ = [
     "LoaderSettings",
@@ -269,9 +269,7 @@ class BaseLoader:
         skip = {}
         for s, first, count in plan.segments(self.info.counts):
             path = self.info.shards[s]
-            mine = {key for pos, key in self.checker.bad_samples(path).items() if first <= pos < first + count}
-            if mine and self.cfg.on_corrupt == "error":
-                raise corrupt_sample_error(path, min(mine))
+            mine = left_out(self.checker.bad_samples(path), first, count, path, self.cfg.on_corrupt)
             if mine:
                 skip[s] = mine
                 self.corrupt_skipped += len(mine)

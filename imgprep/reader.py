@@ -129,11 +129,9 @@ class CachedShards(LocalShards):
         return ShardIndex.of_shard(self.path(s))  # the cached entry's own (it may have been refetched)
 
     def left_out(self, s: int, first: int, count: int) -> set[str]:
-        from .integrity import corrupt_sample_error
+        from .integrity import left_out
 
-        mine = {key for pos, key in self.cache.bad(s).items() if first <= pos < first + count}
-        if mine and self.on_corrupt == "error":
-            raise corrupt_sample_error(self.cache.url(s), min(mine))
+        mine = left_out(self.cache.bad(s), first, count, self.cache.url(s), self.on_corrupt)
         self.skipped += len(mine)
         return mine
 
