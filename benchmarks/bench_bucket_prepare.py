@@ -11,7 +11,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,19 +25,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json-out", default=None)
     a = ap.parse_args()
-    from servers import SeaweedFS
+    from servers import seaweedfs_session
 
     from imgprep.prepare import PrepareConfig, prepare
     from imgprep.remote import Store
     from imgprep.report import environment, summarize, write_json
     from imgprep.synth import SynthConfig, synthesize
 
-    tmp = tempfile.mkdtemp(prefix="imgprep-bench-bucket-prepare-")
-    sw = SeaweedFS(os.path.join(tmp, "seaweedfs"))
-    try:
-        if not sw.start():
-            raise SystemExit(f"no S3 server: {sw.why_not}")
-        os.environ.update(sw.env())
+    with seaweedfs_session("imgprep-bench-bucket-prepare-") as (tmp, sw):
         os.environ["XDG_CACHE_HOME"] = os.path.join(tmp, "xdg")
         src = os.path.join(tmp, "src")
         synthesize(SynthConfig(src, classes=10, per_class=a.images // 12, val_per_class=a.images // 60))
@@ -64,9 +58,6 @@ def main() -> None:
                 prepare(PrepareConfig(s, out, workers=a.workers), progress=False, log=lambda x: None)
                 rates[name].append(n / (time.perf_counter() - t))
                 print(name, round(rates[name][-1]), "images/s", flush=True)
-    finally:
-        sw.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
     res = {
         "what": "imgprep prepare, whole run, images/s: SRC and OUT on local disk or in an S3 bucket (loopback)",
         "command": "python benchmarks/bench_bucket_prepare.py " + " ".join(sys.argv[1:]),

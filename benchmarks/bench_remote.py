@@ -20,7 +20,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +60,7 @@ def main() -> None:
     ap.add_argument("--plot", default=None)
     a = ap.parse_args()
 
-    from servers import SeaweedFS, cpu_seconds
+    from servers import cpu_seconds, seaweedfs_session
 
     from imgprep.cache import PREFETCH_CONNECTIONS
     from imgprep.dataset import open_dataset
@@ -71,12 +70,7 @@ def main() -> None:
     from imgprep.synth import SynthConfig, synthesize
     from imgprep.upload import UploadConfig, upload
 
-    tmp = tempfile.mkdtemp(prefix="imgprep-bench-remote-")
-    sw = SeaweedFS(os.path.join(tmp, "seaweedfs"))
-    try:
-        if not sw.start():
-            raise SystemExit(f"no S3 server: {sw.why_not}")
-        os.environ.update(sw.env())
+    with seaweedfs_session("imgprep-bench-remote-") as (tmp, sw):
         src, data = os.path.join(tmp, "src"), os.path.join(tmp, "data")
         synthesize(SynthConfig(src, classes=10, per_class=a.images // 10, val_per_class=1))
         prepare(PrepareConfig(src, data, shard_size=a.shard_size), progress=False, log=lambda s: None)
@@ -121,9 +115,6 @@ def main() -> None:
                 print(name, {k: round(v[-1], 3) for k, v in runs[name].items()}, flush=True)
         for p, _ in proxies.values():
             p.kill()
-    finally:
-        sw.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
     local = statistics.median(runs["local"]["warm"])
     local_first = statistics.median(runs["local"]["warm_first"])
     figures = {}

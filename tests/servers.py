@@ -115,6 +115,24 @@ class SeaweedFS:
             self.log.close()
 
 
+@contextlib.contextmanager
+def seaweedfs_session(prefix: str):
+    """For the benchmarks: a temporary folder with weed mini running in it and its AWS settings in
+    os.environ; (folder, server), both gone afterwards."""
+    import tempfile
+
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    sw = SeaweedFS(os.path.join(tmp, "seaweedfs"))
+    try:
+        if not sw.start():
+            raise SystemExit(f"no S3 server: {sw.why_not}")
+        os.environ.update(sw.env())
+        yield tmp, sw
+    finally:
+        sw.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 class _RangeHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     root = "."
