@@ -21,52 +21,19 @@ them notices (S3 has no lock); the one that commits last wins and the other stop
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
-import tempfile
 import uuid
 
-from .dataset import FORMAT_NAME, MANIFEST, MEAN_FILE, REJECTS, STATS_DIR, STATS_FILE
+from .dataset import MANIFEST, MEAN_FILE, REJECTS, STATS_DIR, STATS_FILE
 from .errors import ImgprepError
-from .remote import RemoteError, Store, is_url
+from .remote import RemoteError, Store
+from .shards import index_path
 
-__all__ = ["BucketOut", "is_bucket"]
+__all__ = ["BucketOut", "upload_shard"]
 
 STATE_KEYS = (".imgprep/config.json", ".imgprep/state.npz")
 RUN_ID = ".imgprep/run-id"
-
-
-def is_bucket(out: str) -> bool:
-    return is_url(out)
-
-
-def _md5(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def _exists(store: Store, key: str) -> bool:
-    try:
-        store.head(key)
-        return True
-    except RemoteError as exc:
-        if exc.status == 404:
-            return False
-        raise
-
-
-def put_checked(store: Store, key: str, data: bytes) -> str:
-    """Put `data` at `key` and check what the store holds (size, MD5 ETag); returns the MD5."""
-    md5 = _md5(data)
-    store.put(key, data)
-    got = store.head(key)
-    etag = got.etag.strip('"')
-    if got.size != len(data) or ("-" not in etag and etag and etag != md5):
-        raise ImgprepError(
-            f"{store.url_of(key)}: the store holds {got.size:,} bytes (ETag {got.etag}) after a put of "
-            f"{len(data):,} (MD5 {md5}); run the same command again"
-        )
-    return md5
 
 
 def upload_shard(url: str, tmp_dir: str, rel: str, idx_rel: str, aws_env: dict) -> str:
@@ -74,14 +41,9 @@ def upload_shard(url: str, tmp_dir: str, rel: str, idx_rel: str, aws_env: dict) 
     settings over this process's own; returns the shard's MD5."""
     store = Store(url, env={**os.environ, **aws_env})
     with open(os.path.join(tmp_dir, idx_rel), "rb") as f:
-        put_checked(store, idx_rel, f.read())
+        store.put_checked(idx_rel, f.read())
     with open(os.path.join(tmp_dir, rel), "rb") as f:
-        return put_checked(store, rel, f.read())
-
-
-def unit_folder() -> str:
-    """A private temporary folder for one unit's shard, in the process that makes it."""
-    return tempfile.mkdtemp(prefix="imgprep-unit-")
+        return store.put_checked(rel, f.read())
 
 
 class BucketOut:
@@ -100,45 +62,20 @@ class BucketOut:
 
     # -- what the prefix holds --------------------------------------------------------------------
 
-    def state(self, wanted: dict, differences) -> str:
-        """'new', 'resume' or 'complete' for the prefix; raises if it holds something else or a
-        dataset of other settings (as for a local OUT)."""
-        for key, kind in ((MANIFEST, "complete"), (STATE_KEYS[0], "resume")):
-            try:
-                saved = json.loads(self.store.get(key, limit=1 << 29))
-            except RemoteError as exc:
-                if exc.status == 404:
-                    continue
-                raise
-            except ValueError:
-                raise ImgprepError(
-                    f"{self.store.url_of(key)}: unreadable; remove the prefix or choose another"
-                ) from None
-            if kind == "complete":
-                if not isinstance(saved, dict) or saved.get("format") != FORMAT_NAME:
-                    raise ImgprepError(f"{self.url}: its {MANIFEST} is not an imgprep dataset's; choose another prefix")
-                saved = saved.get("config")
-            if not isinstance(saved, dict) or not {"src", "size", "seed"} <= set(saved):
-                raise ImgprepError(
-                    f"{self.store.url_of(key)}: not the settings of an imgprep dataset; choose another prefix"
-                )
-            saved = {k: v for k, v in saved.items() if k != "source_listing_sha256"}
-            diff = differences(saved, wanted)
-            if diff:
-                raise ImgprepError(
-                    f"{self.url} holds a dataset prepared with other settings ({'; '.join(diff)}); "
-                    "use the same settings to resume, or choose another prefix"
-                )
-            return kind
+    def read(self, rel: str) -> bytes | None:
+        """The object at `rel` under the prefix (at most 512 MiB: a manifest or a settings file),
+        or None where there is none."""
+        return self.store.get_or_none(rel, limit=1 << 29)
+
+    def is_empty(self) -> bool:
+        """Whether the prefix holds no object (a bucket that does not exist yet counts as empty: the
+        first put creates it where the store does, else says so)."""
         try:
-            held = self.store.list("")
+            return not self.store.list("")
         except RemoteError as exc:
             if exc.status != 404:
                 raise
-            held = []  # no such bucket yet: the first put creates it where the store does, else says so
-        if held:
-            raise ImgprepError(f"{self.url}: not empty and not an imgprep dataset; choose an empty or new prefix")
-        return "new"
+            return True
 
     def pull_state(self) -> None:
         """Copy the bucket's resume state into the staging folder where this machine has none."""
@@ -146,12 +83,9 @@ class BucketOut:
         if all(os.path.exists(p) for p in local):
             return
         for key, path in zip(STATE_KEYS, local, strict=True):
-            try:
-                data = self.store.get(key, limit=1 << 30)
-            except RemoteError as exc:
-                if exc.status == 404:
-                    continue
-                raise
+            data = self.store.get_or_none(key, limit=1 << 30)
+            if data is None:
+                continue
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
                 f.write(data)
@@ -175,17 +109,12 @@ class BucketOut:
             sh = rec["shard"]
             if sh is None:
                 continue
-            try:
-                got = self.store.head(sh["path"])
-            except RemoteError as exc:
-                if exc.status != 404:
-                    raise
-                bad.add(rec["split"])
-                continue
+            got = self.store.head_or_none(sh["path"])
             if (
-                got.size != sh["bytes"]
+                got is None
+                or got.size != sh["bytes"]
                 or got.etag.strip('"') != rec.get("md5")
-                or not _exists(self.store, sh["path"][:-4] + ".idx")
+                or self.store.head_or_none(index_path(sh["path"])) is None
             ):
                 bad.add(rec["split"])
         return bad
@@ -199,20 +128,15 @@ class BucketOut:
             path = os.path.join(self.stage, rel)
             if os.path.exists(path):
                 with open(path, "rb") as f:
-                    put_checked(self.store, rel, f.read())
-        try:
-            owner = self.store.get(RUN_ID, limit=1024).decode()
-        except RemoteError as exc:
-            if exc.status != 404:
-                raise
-            owner = None
-        if owner != self.run_id:
+                    self.store.put_checked(rel, f.read())
+        owner = self.store.get_or_none(RUN_ID, limit=1024)
+        if owner != self.run_id.encode():
             raise ImgprepError(
                 f"{self.url}: another `imgprep prepare` run has taken over this prefix; its manifest is "
                 "left to that run (run one prepare per prefix)"
             )
         with open(os.path.join(self.stage, MANIFEST), "rb") as f:
-            put_checked(self.store, MANIFEST, f.read())
+            self.store.put_checked(MANIFEST, f.read())
         for key in (*STATE_KEYS, RUN_ID):
             self.store.delete(key)
         shutil.rmtree(self.stage, ignore_errors=True)

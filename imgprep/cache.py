@@ -36,6 +36,7 @@ import time
 from .errors import ImgprepError
 from .fileio import write_atomic
 from .remote import RemoteError, Store
+from .shards import index_path
 
 __all__ = ["ShardCache", "default_cache_dir"]
 
@@ -236,9 +237,8 @@ class ShardCache:
         try:
             bad, info = None, None
             for attempt in range(2):  # a shard that fails the check is fetched once more
-                idx_key = self.keys[s][:-4] + ".idx" if self.keys[s].endswith(".tar") else self.keys[s] + ".idx"
                 with open(idx, "wb") as f:  # bounded: a line of under 256 bytes per component
-                    self.store.get_to_file(idx_key, f, limit=4096 + 1024 * rec["count"])
+                    self.store.get_to_file(index_path(self.keys[s]), f, limit=4096 + 1024 * rec["count"])
                 with open(tar, "wb") as f:
                     info = self.store.get_to_file(self.keys[s], f, expect_size=rec["bytes"])
                 self.fetched += 1

@@ -283,19 +283,16 @@ class Dataset:
 
         if not is_url(root):
             return cls(root, read_manifest(root))
-        from .remote import RemoteError, Store
+        from .remote import Store
 
         store = Store(root, retry)
         where = store.url_of(MANIFEST)
-        try:
-            body = store.get(MANIFEST, limit=MAX_MANIFEST_BYTES)
-        except RemoteError as exc:
-            if exc.status == 404:
-                raise ImgprepError(
-                    f"{where}: not found; not a prepared dataset (or its upload has not finished: the "
-                    "manifest is written last)"
-                ) from None
-            raise
+        body = store.get_or_none(MANIFEST, limit=MAX_MANIFEST_BYTES)
+        if body is None:
+            raise ImgprepError(
+                f"{where}: not found; not a prepared dataset (or its upload has not finished: the "
+                "manifest is written last)"
+            )
         try:
             m = json.loads(body)
         except ValueError as exc:
@@ -332,14 +329,10 @@ class Dataset:
         return self._stats
 
     def _get(self, key: str, limit: int) -> bytes:
-        from .remote import RemoteError
-
-        try:
-            return self.store.get(key, limit=limit)
-        except RemoteError as exc:
-            if exc.status == 404:
-                raise ImgprepError(f"{self.store.url_of(key)}: not found; prepare a train split first") from None
-            raise
+        data = self.store.get_or_none(key, limit=limit)
+        if data is None:
+            raise ImgprepError(f"{self.store.url_of(key)}: not found; prepare a train split first")
+        return data
 
     def batch_within(self, split: str, batch_size: int, world_size: int = 1) -> int:
         """`batch_size`, or less where `split` gives each rank fewer samples (see `batch_within`)."""

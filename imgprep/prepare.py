@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -212,7 +213,7 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
     The record holds the shard's path, count, bytes and sha256, the rejects, the skipped and
     converted counts, and (with_stats) the exact statistics sums of the stored pixels.
     """
-    out = bucket_out.unit_folder() if job.upload_to else job.out
+    out = tempfile.mkdtemp(prefix="imgprep-unit-") if job.upload_to else job.out  # a bucket: private
     try:
         return _run_unit_into(job, out, progress)
     finally:
@@ -323,37 +324,62 @@ def _differences(saved: dict, wanted: dict) -> list[str]:
     ]
 
 
-def _output_state(cfg: PrepareConfig) -> str:
-    """What OUT holds: 'new', 'resume' (an unfinished run) or 'complete'; raises if something else."""
+def _settings_state(read, where: str, wanted: dict, choose: str) -> str | None:
+    """'complete' or 'resume' where OUT (a folder or a bucket prefix: `read(rel)` gives the bytes of
+    OUT/rel, None where it does not exist) holds a dataset of these settings, or an unfinished run
+    of them; None where it holds neither; raises where it holds another dataset or run."""
+    for rel, state in ((MANIFEST, "complete"), (f"{STATE_DIR}/config.json", "resume")):
+        data = read(rel)
+        if data is None:
+            continue
+        p = f"{where}/{rel}"
+        try:
+            saved = json.loads(data)
+        except ValueError:
+            raise ImgprepError(f"{p}: unreadable; remove it or choose {choose}") from None
+        if state == "complete":
+            if not isinstance(saved, dict) or saved.get("format") != FORMAT_NAME:
+                raise ImgprepError(f"{where}: its {MANIFEST} is not an imgprep dataset's; choose {choose}")
+            saved = saved.get("config")
+        if not isinstance(saved, dict) or not {"src", "size", "seed"} <= set(saved):
+            raise ImgprepError(f"{p}: not the settings of an imgprep dataset; choose {choose}")
+        saved = {k: v for k, v in saved.items() if k != "source_listing_sha256"}  # compared on resume
+        diff = _differences(saved, wanted)
+        if diff:
+            raise ImgprepError(
+                f"{where} holds a dataset prepared with other settings ({'; '.join(diff)}); "
+                f"use the same settings to resume, or choose {choose}"
+            )
+        return state
+    return None
+
+
+def _output_state(cfg: PrepareConfig, bucket=None) -> str:
+    """What OUT (or the bucket prefix) holds: 'new', 'resume' (an unfinished run) or 'complete';
+    raises if something else."""
+    if bucket is not None:
+        state = _settings_state(bucket.read, bucket.url, cfg.dataset_settings(), "another prefix")
+        if state is None and not bucket.is_empty():
+            raise ImgprepError(f"{bucket.url}: not empty and not an imgprep dataset; choose an empty or new prefix")
+        return state or "new"
     out = cfg.out
     if not os.path.exists(out):
         return "new"
-    wanted = cfg.dataset_settings()
-    for rel, state in ((MANIFEST, "complete"), (os.path.join(STATE_DIR, "config.json"), "resume")):
+
+    def read(rel: str) -> bytes | None:
         p = os.path.join(out, rel)
-        if os.path.exists(p):
-            try:
-                with open(p, encoding="utf-8") as f:
-                    saved = json.load(f)
-            except (OSError, ValueError):
-                raise ImgprepError(f"{p}: unreadable; remove OUT or choose another folder") from None
-            if state == "complete":
-                if not isinstance(saved, dict) or saved.get("format") != FORMAT_NAME:
-                    raise ImgprepError(f"{out}: its {MANIFEST} is not an imgprep dataset's; choose an empty or new OUT")
-                saved = saved.get("config")
-            if not isinstance(saved, dict) or not {"src", "size", "seed"} <= set(saved):
-                raise ImgprepError(f"{p}: not the settings of an imgprep dataset; choose an empty or new OUT")
-            saved = {k: v for k, v in saved.items() if k != "source_listing_sha256"}  # compared on resume
-            diff = _differences(saved, wanted)
-            if diff:
-                raise ImgprepError(
-                    f"{out} holds a dataset prepared with other settings ({'; '.join(diff)}); "
-                    "use the same settings to resume, or choose another OUT"
-                )
-            return state
-    if os.listdir(out):
+        if not os.path.exists(p):
+            return None
+        try:
+            with open(p, "rb") as f:
+                return f.read()
+        except OSError:
+            raise ImgprepError(f"{p}: unreadable; remove it or choose an empty or new OUT") from None
+
+    state = _settings_state(read, out, cfg.dataset_settings(), "an empty or new OUT")
+    if state is None and os.listdir(out):
         raise ImgprepError(f"{out}: not empty and not an imgprep dataset; choose an empty or new folder")
-    return "new"
+    return state or "new"
 
 
 class _State:
@@ -490,7 +516,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True, log: Callable[[str], None
         ImgprepError: bad SRC, bad settings, or OUT holding something else.
     """
     cfg.validate()
-    if bucket_out.is_bucket(cfg.out):
+    if is_url(cfg.out):
         return _prepare_to_bucket(cfg, progress, log, executor)
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise ImgprepError(f"{cfg.out}: exists and is not a folder; choose another OUT")
@@ -542,7 +568,7 @@ def _write_error(exc: OSError, where: str) -> ImgprepError:
 def _prepare_into(cfg: PrepareConfig, index: SourceIndex, progress: bool, log, executor, bucket=None) -> dict:
     """The run into `cfg.out`, or (bucket) into its staging folder and the bucket."""
     where = cfg.out if bucket is None else bucket.url
-    kind = _output_state(cfg) if bucket is None else bucket.state(cfg.dataset_settings(), _differences)
+    kind = _output_state(cfg, bucket)
     if kind == "complete":
         manifest = read_manifest(cfg.out) if bucket is None else open_dataset(bucket.url).manifest
         summary = {**_summary(manifest, 0.0, 0), "already_complete": True}

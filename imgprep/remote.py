@@ -25,6 +25,7 @@ import datetime
 import hashlib
 import hmac
 import http.client
+import io
 import os
 import random
 import socket
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 
 from .errors import ImgprepError
 
-__all__ = ["is_url", "RemoteError", "Store", "open_store", "Retry"]
+__all__ = ["is_url", "RemoteError", "Store", "Retry"]
 
 URL_SCHEMES = ("s3", "http", "https")
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
@@ -251,11 +252,9 @@ class Store:
 
     # -- one try ----------------------------------------------------------------------------------
 
-    def _conn(self, fresh: bool = False) -> http.client.HTTPConnection:
+    def _conn(self) -> http.client.HTTPConnection:
         c = getattr(self._local, "conn", None)
-        if c is None or fresh:
-            if c is not None:
-                c.close()
+        if c is None:
             cls = http.client.HTTPSConnection if self._conn_scheme == "https" else http.client.HTTPConnection
             c = cls(self._host, timeout=self.retry.timeout)
             self._local.conn = c
@@ -317,31 +316,33 @@ class Store:
     def get(self, key: str, start: int | None = None, stop: int | None = None, limit: int | None = None) -> bytes:
         """The object's bytes (or bytes [start, stop) of it); `limit`: the most it may hold (a
         larger object is refused unread: what a hostile store hands us is bounded)."""
-        headers = {} if start is None else {"Range": f"bytes={start}-{'' if stop is None else stop - 1}"}
+        buf = io.BytesIO()
+        self._get_into(key, buf, None, limit, None if start is None else (start, stop))
+        return buf.getvalue()
 
-        def handle(r):
-            n = r.getheader("Content-Length")
-            n = int(n) if n is not None else None
-            if limit is not None and (n is None or n > limit):
-                r.close()
-                self._drop_conn()
-                size = "no length" if n is None else f"{n:,} bytes"
-                raise RemoteError(
-                    f"{self.url_of(key)}: {size}, more than the {limit:,} such a file can hold; "
-                    "not a dataset imgprep wrote (or a damaged one)",
-                    r.status,
-                )
-            body = _read_all(r, self.retry, n)
-            if start is not None and r.status != 206:
-                raise RemoteError(f"{self.url_of(key)}: the server ignored the Range request (HTTP {r.status})")
-            return body
-
-        return self._request("GET", key, "GET", headers=headers, handle=handle)
+    def get_or_none(self, key: str, limit: int | None = None) -> bytes | None:
+        """`get`, or None where the object does not exist (404)."""
+        try:
+            return self.get(key, limit=limit)
+        except RemoteError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def get_to_file(self, key: str, f, expect_size: int | None = None, limit: int | None = None) -> ObjectInfo:
         """Stream the object into the open binary file `f` (rewound and truncated on each try);
         a body shorter or longer than its Content-Length (or than `expect_size`) is retried; one
         larger than `limit` is refused unread."""
+        return self._get_into(key, f, expect_size, limit, None)
+
+    def _get_into(self, key: str, f, expect_size: int | None, limit: int | None, span) -> ObjectInfo:
+        """GET into `f` (every try from its start); `span`: (start, stop) of a Range request."""
+        headers = {} if span is None else {"Range": f"bytes={span[0]}-{'' if span[1] is None else span[1] - 1}"}
+
+        def refuse(r, why: str):
+            r.close()
+            self._drop_conn()
+            return RemoteError(f"{self.url_of(key)}: {why}", r.status)
 
         def handle(r):
             f.seek(0)
@@ -349,31 +350,54 @@ class Store:
             n = r.getheader("Content-Length")
             n = int(n) if n is not None else None
             if limit is not None and (n is None or n > limit):
-                r.close()
-                self._drop_conn()
-                raise RemoteError(
-                    f"{self.url_of(key)}: {'no length' if n is None else f'{n:,} bytes'}, more than the "
-                    f"{limit:,} it can hold; not a dataset imgprep wrote (or a damaged one)",
-                    r.status,
+                size = "no length" if n is None else f"{n:,} bytes"
+                raise refuse(
+                    r,
+                    f"{size}, more than the {limit:,} such a file can hold; not a dataset imgprep wrote "
+                    "(or a damaged one)",
                 )
             if expect_size is not None and n is not None and n != expect_size:
-                r.close()
-                self._drop_conn()
-                raise RemoteError(
-                    f"{self.url_of(key)}: {n:,} bytes, the manifest says {expect_size:,} (replaced or "
-                    "truncated in the bucket); upload the dataset again",
-                    r.status,
+                raise refuse(
+                    r,
+                    f"{n:,} bytes, the manifest says {expect_size:,} (replaced or truncated in the bucket); "
+                    "upload the dataset again",
                 )
+            if span is not None and r.status != 206:
+                raise refuse(r, f"the server ignored the Range request (HTTP {r.status})")
             got = _copy(r, f, self.retry, n if n is not None else expect_size)
             return ObjectInfo(got, _version(r))
 
-        return self._request("GET", key, "GET", handle=handle)
+        return self._request("GET", key, "GET", headers=headers, handle=handle)
+
+    def head_or_none(self, key: str) -> ObjectInfo | None:
+        """`head`, or None where the object does not exist (404)."""
+        try:
+            return self.head(key)
+        except RemoteError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def put(self, key: str, data: bytes) -> None:
         def handle(r):
             r.read()
 
         self._request("PUT", key, "PUT", headers={"Content-Length": str(len(data))}, body=data, handle=handle)
+
+    def put_checked(self, key: str, data: bytes, md5: str | None = None) -> str:
+        """Put `data` at `key` and check what the store then holds: its size, and the ETag, which
+        S3 makes the MD5 of a single-part upload (`md5`: the data's, where the caller has it).
+        Returns the MD5."""
+        md5 = md5 or hashlib.md5(data, usedforsecurity=False).hexdigest()
+        self.put(key, data)
+        got = self.head(key)
+        etag = got.etag.strip('"')
+        if got.size != len(data) or ("-" not in etag and etag and etag != md5):
+            raise ImgprepError(
+                f"{self.url_of(key)}: the store holds {got.size:,} bytes (ETag {got.etag}) after a put of "
+                f"{len(data):,} (MD5 {md5}); run the same command again"
+            )
+        return md5
 
     def delete(self, key: str) -> None:
         """Remove the object (S3 answers 204 whether or not it was there)."""
@@ -411,19 +435,7 @@ class Store:
                 return out
 
 
-def open_store(url: str, retry: Retry | None = None) -> Store:
-    return Store(url, retry)
-
-
 # --- reading bodies ------------------------------------------------------------------------------
-
-
-def _read_all(r, retry: Retry, n: int | None) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    _copy(r, buf, retry, n)
-    return buf.getvalue()
 
 
 def _copy(r, f, retry: Retry, n: int | None) -> int:

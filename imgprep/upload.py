@@ -18,7 +18,7 @@ from .config import setting
 from .dataset import MANIFEST, MEAN_FILE, REJECTS, STATS_DIR, STATS_FILE, open_dataset
 from .errors import ImgprepError
 from .loader_base import RemoteSettings
-from .remote import RemoteError, Store, is_url
+from .remote import Store, is_url
 from .shards import index_path
 
 __all__ = ["UploadConfig", "upload"]
@@ -44,14 +44,6 @@ def _files(out: str) -> list[str]:
     return rels
 
 
-def _md5(path: str) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def upload(cfg: UploadConfig, log=print) -> dict:
     """Put the dataset at cfg.out under cfg.url; returns {"put": n, "skipped": n, "bytes": n}."""
     if not is_url(cfg.url) or not cfg.url.startswith("s3://"):
@@ -61,28 +53,16 @@ def upload(cfg: UploadConfig, log=print) -> dict:
     sent = {"put": 0, "skipped": 0, "bytes": 0}
 
     def one(rel: str) -> None:
-        path = os.path.join(cfg.out, rel)
-        size, md5 = os.path.getsize(path), _md5(path)
-        try:
-            there = store.head(rel)
-        except RemoteError as exc:
-            if exc.status != 404:
-                raise
-            there = None
-        if there is not None and there.size == size and there.etag.strip('"') == md5:
+        with open(os.path.join(cfg.out, rel), "rb") as f:
+            data = f.read()
+        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        there = store.head_or_none(rel)
+        if there is not None and there.size == len(data) and there.etag.strip('"') == md5:
             sent["skipped"] += 1
             return
-        with open(path, "rb") as f:
-            data = f.read()
-        store.put(rel, data)
-        got = store.head(rel)
-        if got.size != size or (got.etag and got.etag.strip('"') not in (md5,) and "-" not in got.etag):
-            raise ImgprepError(
-                f"{store.url_of(rel)}: the store holds {got.size:,} bytes (ETag {got.etag}) after the put "
-                f"of {size:,} (MD5 {md5}); run `imgprep upload` again"
-            )
+        store.put_checked(rel, data, md5)
         sent["put"] += 1
-        sent["bytes"] += size
+        sent["bytes"] += len(data)
 
     with ThreadPoolExecutor(cfg.workers) as pool:
         for f in [pool.submit(one, rel) for rel in rels]:
