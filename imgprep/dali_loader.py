@@ -29,7 +29,7 @@ import functools
 import numpy as np
 
 from ._mp import resolve_workers
-from .augment import lighting_scales, normalization, ten_crop_offsets
+from .augment import lighting_shift, normalization, ten_crop_offsets
 from .dataset import DatasetInfo
 from .errors import ImgprepError
 from .geometry import center_crop_offset
@@ -380,10 +380,8 @@ class DaliLoader(BaseLoader):
         feed = {}
         if cfg.lighting_std > 0:
             a = rng.normal(0.0, cfg.lighting_std, (b, 3))
-            basis = lighting_scales(info.stats["eigval"], cfg.lighting_scale)[:, None] * np.asarray(
-                info.stats["eigvec"]
-            )
-            feed["shift"] = list((a @ basis).astype(np.float32))  # (b, 3): sum_i a_i s_i v_i
+            shift = lighting_shift(a, info.stats["eigval"], info.stats["eigvec"], cfg.lighting_scale)  # (b, 3)
+            feed["shift"] = list(shift.astype(np.float32))
         span = info.size - cfg.crop
         tl = rng.integers(0, span + 1, (b, 2)).astype(np.int32)
         if span:
