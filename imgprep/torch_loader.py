@@ -41,18 +41,16 @@ class SampleStream(torch.utils.data.IterableDataset):
     partial. An ImgprepError in a worker comes back as ("error", its message): one line in the
     training process, not a worker traceback."""
 
-    def __init__(
-        self, cfg: LoaderConfig, info: DatasetInfo, plan: EpochPlan, epoch: int, source: LocalShards | None = None
-    ):
+    def __init__(self, cfg: LoaderConfig, info: DatasetInfo, plan: EpochPlan, epoch: int, source: LocalShards):
         super().__init__()
         self.cfg, self.plan, self.epoch = cfg, plan, epoch
         self.info = dataclasses.replace(info, dataset=None)  # what workers need, without the manifest
         self.segments = plan.segments(info.counts)
-        self.source = source if source is not None else LocalShards(info.shards, {})
+        self.source = source
 
     def __iter__(self):
         wi = torch.utils.data.get_worker_info()
-        worker = wi.id if wi else 0
+        n_workers, worker = (wi.num_workers, wi.id) if wi else (1, 0)
 
         def batch():
             x, y = torch.from_numpy(np.stack(views)), torch.tensor(labels, dtype=torch.int64)
@@ -60,7 +58,7 @@ class SampleStream(torch.utils.data.IterableDataset):
 
         views, labels = [], []
         try:
-            for v, y in self._samples():
+            for v, y in self._samples(n_workers, worker):
                 views.append(v)
                 labels.append(y)
                 if len(views) == self.cfg.rank_batch:
@@ -72,11 +70,9 @@ class SampleStream(torch.utils.data.IterableDataset):
         if views:
             yield batch()
 
-    def _samples(self):
+    def _samples(self, n_workers: int, worker: int):
         import simplejpeg
 
-        wi = torch.utils.data.get_worker_info()
-        n_workers, worker = (wi.num_workers, wi.id) if wi else (1, 0)
         cfg, info = self.cfg, self.info
         rng = np.random.default_rng([cfg.seed, self.epoch, cfg.rank, worker])
         sub_mean, ch_mean, ch_std = normalization(cfg.normalize, info.stats)
