@@ -23,7 +23,7 @@ class BucketSource:
     """Reads items (keys under the prefix) from the bucket; picklable, with the AWS_* settings of
     the process that listed it, for workers started before them or elsewhere."""
 
-    archives: list = []  # no archives (what `SourceIndex.listing_digest` walks)
+    archives: tuple = ()  # no archives (what `SourceIndex.listing_digest` walks)
 
     def __init__(self, url: str, aws_env: dict | None = None):
         self.root = url.rstrip("/")

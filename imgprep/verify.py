@@ -145,23 +145,16 @@ def verify(out: str | Dataset, workers: int = 1, cache_dir: str = "") -> dict:
     A dataset at a URL is fetched through the shard cache (`cache_dir`: default the user's)."""
     ds = open_dataset(out)
     out, m = ds.root, ds.manifest
-    results = [r for split in m["splits"] for r in _checked(ds, split, False, workers, cache_dir)]
-    jobs = results
-    problems = [p for ps, _, _ in results for p in ps]
-    split_of = [split for split, s in m["splits"].items() for _ in s["shards"]]
-    for split in m["splits"]:
-        problems += _duplicates(
-            split, [src for r, sp in zip(results, split_of, strict=True) if sp == split for src in r[2]]
-        )
+    per_split = {split: _checked(ds, split, False, workers, cache_dir) for split in m["splits"]}
+    problems = [p for rs in per_split.values() for ps, _, _ in rs for p in ps]
+    for split, rs in per_split.items():
+        problems += _duplicates(split, [src for r in rs for src in r[2]])
     for name in [os.path.join(STATS_DIR, MEAN_FILE), os.path.join(STATS_DIR, STATS_FILE)] if m.get("stats") else []:
-        if ds.is_remote:
-            try:
-                ds.store.head(name)
-            except ImgprepError:
-                problems.append(f"{name}: missing")
-        elif not os.path.exists(os.path.join(out, name)):
+        there = ds.store.head_or_none(name) is not None if ds.is_remote else os.path.exists(os.path.join(out, name))
+        if not there:
             problems.append(f"{name}: missing")
-    return {"problems": problems, "shards": len(jobs), "samples": sum(s["count"] for s in m["splits"].values())}
+    shards = sum(len(rs) for rs in per_split.values())
+    return {"problems": problems, "shards": shards, "samples": sum(s["count"] for s in m["splits"].values())}
 
 
 def recompute_stats(out: str | Dataset, workers: int = 1, cache_dir: str = "") -> dict:
