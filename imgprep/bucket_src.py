@@ -1,42 +1,58 @@
-"""`imgprep prepare s3://bucket/prefix OUT`: SRC in object storage, in the folder layouts.
+"""`imgprep prepare s3://bucket/prefix OUT`: SRC in object storage, in every layout read locally.
 
 The bucket's listing is read once (LIST, 1000 keys a page) and walked the way a local folder is
 (`sources._SplitWalk`): each folder's files in name order, then its sub-folders; hidden names
 (`.x`, `__x`) skipped and counted; `train/` and `val/` with one folder per class, or class folders
-at the top, or a flat `val/` with --val-labels. Items keep their key relative to the prefix as
-their reference, so the shards equal those of a local run over the same files (the manifest
-differs in `config.src` only). Each worker (or Ray task) GETs its own images: nothing is
-downloaded whole to one disk. The ILSVRC2012 archive layouts are not read from a bucket yet.
+at the top, or a flat `val/` with --val-labels; the Kaggle layout (`ILSVRC/Data/CLS-LOC/`, its two
+label files read from the bucket). The ILSVRC2012 archives are scanned where they lie, by range
+reads (`RangeFile`): the train tar's 1000 outer headers one after another, then its per-class tars
+`SCAN_CONNECTIONS` at a time, headers only; each image is then one range read of its own bytes,
+checked against the archive's ETag (If-Match), so an archive replaced mid-run is an error, not a
+mixture. Items keep their key (or archive path) relative to the prefix as their reference, so the
+shards equal those of a local run over the same files (the manifest differs in `config.src`
+only). Each worker (or Ray task) GETs its own images: nothing is downloaded whole to one disk.
 """
 
 from __future__ import annotations
 
+import io
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 from .errors import ImgprepError
 from .remote import RemoteError, Store
 
-__all__ = ["BucketSource", "discover_bucket"]
+__all__ = ["BucketSource", "BucketPlace", "RangeFile", "discover_bucket"]
+
+SCAN_CHUNK = 64 << 10  # bytes a scan's range read fetches: the next header too, after a small image
+SCAN_CONNECTIONS = 16  # per-class tars scanned at a time (each a chain of header reads)
+SCAN_READ_MAX = 64 << 20  # the most one read of a scan may ask for (a tar header is 512 bytes)
+LABELS_MAX = 64 << 20  # bytes of a label file or devkit read from the bucket (a real one: < 4 MB)
 
 
 class BucketSource:
-    """Reads items (keys under the prefix) from the bucket; picklable, with the AWS_* settings of
-    the process that listed it, for workers started before them or elsewhere."""
+    """Reads items (keys under the prefix, or byte ranges of `archives`) from the bucket;
+    picklable, with the AWS_* settings of the process that listed it, for workers started before
+    them or elsewhere. `archives`: keys; `stamps`: key -> (size, ETag) as scanned."""
 
-    archives: tuple = ()  # no archives (what `SourceIndex.listing_digest` walks)
-
-    def __init__(self, url: str, aws_env: dict | None = None):
+    def __init__(self, url: str, aws_env: dict | None = None, archives: tuple = (), stamps: dict | None = None):
         self.root = url.rstrip("/")
         self.aws_env = dict(
             aws_env if aws_env is not None else {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
         )
+        self.archives = tuple(archives)
+        self.stamps = dict(stamps or {})
         self._store = None
 
     def __getstate__(self):
-        return {"root": self.root, "aws_env": self.aws_env}
+        return {"root": self.root, "aws_env": self.aws_env, "archives": self.archives, "stamps": self.stamps}
 
     def __setstate__(self, d):
-        self.__init__(d["root"], d["aws_env"])
+        self.__init__(d["root"], d["aws_env"], d["archives"], d["stamps"])
+
+    def archive_stamps(self) -> list[tuple[str, int, str]]:
+        """(name, size, ETag) of each archive: what a resume checks is unchanged."""
+        return [(os.path.basename(a), *self.stamps[a]) for a in self.archives]
 
     @property
     def store(self) -> Store:
@@ -49,11 +65,22 @@ class BucketSource:
         is never fetched) or gone from the bucket; other failures after the retries are errors."""
         if max_bytes is not None and item.size > max_bytes:
             raise OSError(f"{item.size:,} bytes, over the limit of {max_bytes:,} for one image")
+        if item.archive < 0:
+            try:
+                return self.store.get(item.ref, limit=max_bytes)
+            except RemoteError as exc:
+                if exc.status == 404:
+                    raise OSError("no longer in the bucket") from None
+                raise
+        key = self.archives[item.archive]
         try:
-            return self.store.get(item.ref, limit=max_bytes)
+            return self.store.get(key, item.offset, item.offset + item.size, if_match=self.stamps[key][1])
         except RemoteError as exc:
-            if exc.status == 404:
-                raise OSError("no longer in the bucket") from None
+            if exc.status in (404, 412, 416):
+                raise ImgprepError(
+                    f"{self.store.url_of(key)}: replaced or removed in the bucket since it was scanned; "
+                    "run the same command again (it rescans and redoes what came from it)"
+                ) from None
             raise
 
     def reads(self, items, max_bytes: int | None, ahead: int = 8):
@@ -70,6 +97,103 @@ class BucketSource:
                     futures.append(pool.submit(self.read, items[i + ahead], max_bytes))
                 futures[i] = None  # its bytes go with the caller
                 yield f.result
+
+
+class RangeFile(io.RawIOBase):
+    """Bytes [base, base + size) of an object as a seekable read-only file, each read a range GET
+    of at least `chunk` bytes (so tarfile's header after a small member comes from the buffer),
+    checked against the object's ETag; one read larger than SCAN_READ_MAX is refused (a tar's
+    headers are 512 bytes: a crafted size never becomes a giant request)."""
+
+    def __init__(self, store: Store, key: str, base: int, size: int, etag: str, chunk: int | None = None):
+        self.store, self.key, self.base, self.size, self.etag = store, key, base, size, etag
+        self.chunk = SCAN_CHUNK if chunk is None else chunk
+        self.pos, self._buf, self._at = 0, b"", 0
+        self.requests = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.pos = max(0, pos if whence == 0 else self.pos + pos if whence == 1 else self.size + pos)
+        return self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.size - self.pos if n is None or n < 0 else min(n, self.size - self.pos)
+        if n <= 0:
+            return b""
+        if n > SCAN_READ_MAX:
+            raise OSError(f"a read of {n:,} bytes while scanning headers; not an ImageNet archive")
+        off = self.pos - self._at
+        if off < 0 or off + n > len(self._buf):
+            stop = min(self.size, self.pos + max(n, self.chunk))
+            try:
+                self._buf = self.store.get(self.key, self.base + self.pos, self.base + stop, if_match=self.etag)
+            except RemoteError as exc:
+                if exc.status in (404, 412, 416):
+                    raise ImgprepError(
+                        f"{self.store.url_of(self.key)}: replaced or removed in the bucket while it was scanned; "
+                        "run the same command again"
+                    ) from None
+                raise
+            self.requests += 1
+            self._at, off = self.pos, 0
+            if len(self._buf) != stop - self.pos:
+                raise OSError(f"{len(self._buf)} bytes where {stop - self.pos} were asked for")
+        self.pos += n
+        return self._buf[off : off + n]
+
+
+class BucketPlace:
+    """The ILSVRC2012 archives under a bucket prefix, for `sources.discover_ilsvrc` (the local
+    discovery's interface): scanned by range reads, the devkit read whole (bounded)."""
+
+    def __init__(self, source: BucketSource, tree: dict):
+        self.root, self._source, self._tree = source.root, source, tree
+        self.stamps: dict[str, tuple[int, str]] = {}
+
+    @property
+    def store(self) -> Store:
+        return self._source.store
+
+    def where(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def isfile(self, name: str) -> bool:
+        return isinstance(self._tree.get(name), int)
+
+    def _open(self, name: str, base: int = 0, size: int | None = None) -> RangeFile:
+        if name not in self.stamps:
+            info = self.store.head(name)
+            self.stamps[name] = (info.size, info.etag)
+        full, etag = self.stamps[name]
+        return RangeFile(self.store, name, base, full if size is None else size, etag)
+
+    def scan_tar(self, name: str) -> list[tuple[str, int, int]]:
+        from .sources import scan_tar
+
+        return scan_tar(self.where(name), self._open(name))
+
+    def scan_nested(self, name: str) -> tuple[dict, int]:
+        from .sources import _scan_nested
+
+        outer = self._open(name)
+        with ThreadPoolExecutor(SCAN_CONNECTIONS) as pool:
+            return _scan_nested(self.where(name), outer, lambda off, n: self._open(name, off, n), pool.map)
+
+    def devkit(self, name: str):
+        return self.where(name), io.BytesIO(self.store.get(name, limit=LABELS_MAX))
+
+    def source(self, archives: list[str]) -> BucketSource:
+        for a in archives:
+            self._open(a)
+        return BucketSource(self.root, self._source.aws_env, tuple(archives), {a: self.stamps[a] for a in archives})
 
 
 def _tree(keys: list[tuple[str, int]]) -> dict:
@@ -122,14 +246,26 @@ class _Walk:
         return refs
 
 
-def discover_bucket(src: str, split: str, layout: str, val_labels: str | None):
-    """The SourceIndex of the images under an s3:// prefix (folder layouts)."""
-    from .sources import ClassInfo, Item, SourceIndex, _index_of, _label_all, _visible, read_val_labels
+def _node(tree: dict, path: str):
+    for part in path.split("/"):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
+
+def _dirs(node: dict) -> list[str]:
+    from .sources import _visible
+
+    return [n for n in sorted(node) if _visible(n) and isinstance(node[n], dict)]
+
+
+def discover_bucket(src: str, split: str, layout: str, val_labels: str | None):
+    """The SourceIndex of the images under an s3:// prefix, in the given (or detected) layout."""
+    from .sources import KAGGLE_DATA, LAYOUTS, TRAIN_TAR, VAL_TAR, discover_ilsvrc
+
+    if layout not in LAYOUTS:
+        raise ImgprepError(f"--layout {layout!r}: must be one of {', '.join(LAYOUTS)}")
     if val_labels and not os.path.isfile(val_labels):
         raise ImgprepError(f"--val-labels {val_labels}: no such file")
-    if layout not in ("auto", "folders"):
-        raise ImgprepError(f"{src}: --layout {layout} is not read from a bucket yet; use a local copy or class folders")
     source = BucketSource(src)
     try:
         keys = source.store.list("")
@@ -140,7 +276,76 @@ def discover_bucket(src: str, split: str, layout: str, val_labels: str | None):
     tree = _tree(keys)
     if not tree:
         raise ImgprepError(f"{src}: nothing under this prefix; it should hold train/<class>/ or <class>/ folders")
-    dirs = lambda node: [n for n in sorted(node) if _visible(n) and isinstance(node[n], dict)]  # noqa: E731
+    kaggle = KAGGLE_DATA.replace(os.sep, "/")
+    if layout == "auto":
+        layout = (
+            "ilsvrc"
+            if any(isinstance(tree.get(n), int) for n in (TRAIN_TAR, VAL_TAR))
+            else "kaggle"
+            if isinstance(_node(tree, kaggle), dict)
+            else "folders"
+        )
+    if layout == "ilsvrc":
+        index = discover_ilsvrc(BucketPlace(source, tree), val_labels)
+    elif layout == "kaggle":
+        index = _discover_kaggle(source, tree, kaggle)
+    else:
+        index = _discover_folders(source, tree, split, val_labels)
+    if not any(index.splits.values()):
+        raise ImgprepError(f"{src}: the class folders hold no files")
+    return index
+
+
+def _discover_kaggle(source: BucketSource, tree: dict, data: str):
+    """`ILSVRC/Data/CLS-LOC/{train/<wnid>/, val/}` with `LOC_synset_mapping.txt` and
+    `LOC_val_solution.csv` beside `ILSVRC/`, as `sources._discover_kaggle` reads them locally."""
+    from .sources import ClassInfo, Item, SourceIndex, _index_of, _label_all, _stem, kaggle_val_labels, kaggle_words
+
+    src = source.root
+    text = lambda name: source.store.get(name, limit=LABELS_MAX)  # noqa: E731
+    words = (
+        kaggle_words(f"{src}/LOC_synset_mapping.txt", text("LOC_synset_mapping.txt"))
+        if isinstance(tree.get("LOC_synset_mapping.txt"), int)
+        else {}
+    )
+    train = _node(tree, f"{data}/train")
+    wnids = _dirs(train) if isinstance(train, dict) else sorted(words)
+    if not wnids:
+        raise ImgprepError(
+            f"{src}/{data}: no train/<wnid>/ folders and no LOC_synset_mapping.txt; cannot tell the classes"
+        )
+    classes = [ClassInfo(w, words.get(w, "")) for w in wnids]
+    index = _index_of(classes)
+    splits, skipped = {}, {}
+    if isinstance(train, dict):
+        walk = _Walk()
+        splits["train"] = [
+            Item(r, index[w], size=n) for w in wnids for r, n in walk.files(train[w], f"{data}/train/{w}")
+        ]
+        skipped["train"] = walk.skipped
+    val = _node(tree, f"{data}/val")
+    if isinstance(val, dict):
+        if not isinstance(tree.get("LOC_val_solution.csv"), int):
+            raise ImgprepError(f"{src}: {data}/val/ needs LOC_val_solution.csv beside ILSVRC/ for its labels")
+        sol = f"{src}/LOC_val_solution.csv"
+        labels = kaggle_val_labels(sol, text("LOC_val_solution.csv"))
+        walk = _Walk()
+        refs = walk.flat(val, f"{data}/val")
+        missing = [r for r, _ in refs if _stem(r) not in labels]
+        if missing:
+            raise ImgprepError(f"{sol}: no label for {missing[0]} ({len(missing)} validation files unlabelled)")
+        labs = _label_all([labels[_stem(r)] for r, _ in refs], index, sol)
+        splits["val"] = [Item(r, lab, size=n) for (r, n), lab in zip(refs, labs, strict=True)]
+        skipped["val"] = walk.skipped
+    return SourceIndex(source, "kaggle", classes, splits, skipped)
+
+
+def _discover_folders(source: BucketSource, tree: dict, split: str, val_labels: str | None):
+    """Class folders (under `train/` and `val/`, or at the top), as `sources._discover_folders`."""
+    from .sources import ClassInfo, Item, SourceIndex, _index_of, _label_all, _visible, read_val_labels
+
+    src = source.root
+    dirs = _dirs
     has_splits = any(isinstance(tree.get(s), dict) for s in ("train", "val"))
     split_nodes = (
         {s: tree[s] for s in ("train", "val") if isinstance(tree.get(s), dict)} if has_splits else {split: tree}
@@ -178,6 +383,4 @@ def discover_bucket(src: str, split: str, layout: str, val_labels: str | None):
             rel = f"{prefix}/{c}" if prefix else c
             items += [Item(r, index[c], size=n) for r, n in walk.files(node[c], rel)]
         splits[s], skipped[s] = items, strays + walk.skipped
-    if not any(splits.values()):
-        raise ImgprepError(f"{src}: the class folders hold no files")
     return SourceIndex(source, "split-folders" if has_splits else "class-folders", classes, splits, skipped)

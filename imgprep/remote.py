@@ -313,11 +313,14 @@ class Store:
 
         return self._request("HEAD", key, "HEAD", handle=handle)
 
-    def get(self, key: str, start: int | None = None, stop: int | None = None, limit: int | None = None) -> bytes:
+    def get(
+        self, key: str, start: int | None = None, stop: int | None = None, limit: int | None = None, if_match: str = ""
+    ) -> bytes:
         """The object's bytes (or bytes [start, stop) of it); `limit`: the most it may hold (a
-        larger object is refused unread: what a hostile store hands us is bounded)."""
+        larger object is refused unread: what a hostile store hands us is bounded); `if_match`: the
+        ETag it must still have (else a RemoteError with status 412: it changed)."""
         buf = io.BytesIO()
-        self._get_into(key, buf, None, limit, None if start is None else (start, stop))
+        self._get_into(key, buf, None, limit, None if start is None else (start, stop), if_match)
         return buf.getvalue()
 
     def get_or_none(self, key: str, limit: int | None = None) -> bytes | None:
@@ -335,9 +338,11 @@ class Store:
         larger than `limit` is refused unread."""
         return self._get_into(key, f, expect_size, limit, None)
 
-    def _get_into(self, key: str, f, expect_size: int | None, limit: int | None, span) -> ObjectInfo:
+    def _get_into(self, key: str, f, expect_size: int | None, limit: int | None, span, if_match="") -> ObjectInfo:
         """GET into `f` (every try from its start); `span`: (start, stop) of a Range request."""
         headers = {} if span is None else {"Range": f"bytes={span[0]}-{'' if span[1] is None else span[1] - 1}"}
+        if if_match:
+            headers["If-Match"] = if_match
 
         def refuse(r, why: str):
             r.close()

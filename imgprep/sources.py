@@ -85,6 +85,10 @@ class Source:
     def __setstate__(self, state):
         self.__init__(state["root"], state["archives"])
 
+    def archive_stamps(self) -> list[tuple[str, int, int]]:
+        """(name, size, modification time) of each archive: what a resume checks is unchanged."""
+        return [(os.path.basename(a), (st := os.stat(a)).st_size, st.st_mtime_ns) for a in self.archives]
+
     def read(self, item: Item, max_bytes: int | None = None) -> bytes:
         """The bytes of one item. OSError for a file that is no longer a regular file (never blocks
         on a FIFO) or that is larger than `max_bytes`."""
@@ -125,11 +129,8 @@ class SourceIndex:
         h = hashlib.sha256()
         for c in self.classes:
             h.update(f"class\t{c.wnid}\t{c.words}\n".encode("utf-8", "surrogateescape"))
-        for a in self.source.archives:
-            st = os.stat(a)
-            h.update(
-                f"archive\t{os.path.basename(a)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape")
-            )
+        for name, size, version in self.source.archive_stamps():
+            h.update(f"archive\t{name}\t{size}\t{version}\n".encode("utf-8", "surrogateescape"))
         for split in sorted(self.splits):
             for it in self.splits[split]:
                 row = f"{split}\t{it.ref}\t{it.label}\t{it.archive}\t{it.offset}\t{it.size}\t{it.mtime_ns}\n"
@@ -254,14 +255,15 @@ def _stem(name: str) -> str:
 # --- label files -------------------------------------------------------------------------------
 
 
-def read_text(path: str, what: str) -> str:
-    """A small text file a user hands us: UTF-8 (a byte-order mark is dropped) or UTF-16 with its
-    mark; anything else is a one-line ImgprepError."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise ImgprepError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+def read_text(path: str, what: str, data: bytes | None = None) -> str:
+    """A small text file a user hands us (`data`: its bytes, already read from a bucket): UTF-8 (a
+    byte-order mark is dropped) or UTF-16 with its mark; anything else is a one-line ImgprepError."""
+    if data is None:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise ImgprepError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
     encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
     try:
         text = data.decode(encoding)
@@ -294,10 +296,10 @@ def read_val_labels(path: str, files: list[str]) -> list[str]:
     return labels
 
 
-def kaggle_val_labels(path: str) -> dict[str, str]:
+def kaggle_val_labels(path: str, data: bytes | None = None) -> dict[str, str]:
     """ImageId -> WNID from `LOC_val_solution.csv` (first token of PredictionString)."""
     out = {}
-    text = read_text(path, "Kaggle validation labels")
+    text = read_text(path, "Kaggle validation labels", data)
     try:
         for row in csv.DictReader(io.StringIO(text)):
             out[row["ImageId"].strip()] = row["PredictionString"].split()[0]
@@ -306,10 +308,10 @@ def kaggle_val_labels(path: str) -> dict[str, str]:
     return out
 
 
-def kaggle_words(path: str) -> dict[str, str]:
+def kaggle_words(path: str, data: bytes | None = None) -> dict[str, str]:
     """WNID -> words from `LOC_synset_mapping.txt`."""
     out = {}
-    for line in read_text(path, "Kaggle class names").splitlines():
+    for line in read_text(path, "Kaggle class names", data).splitlines():
         parts = line.strip().split(" ", 1)
         if parts and parts[0]:
             out[parts[0]] = parts[1] if len(parts) > 1 else ""
@@ -365,16 +367,17 @@ def check_mat_v5(data: bytes, limit: int, what: str) -> None:
         raise ImgprepError(f"{what}: holds more than {limit:,} bytes of variables; is this the devkit's meta.mat?")
 
 
-def parse_devkit(path: str) -> tuple[dict[int, tuple[str, str]], list[int]]:
-    """From the devkit tar.gz, read in memory: {ILSVRC2012_ID: (WNID, words)} of the leaf synsets
-    (num_children == 0) from data/meta.mat, and the validation ground truth (IDs in file order).
-    What is read is bounded by what a real devkit holds (a crafted archive is one line)."""
+def parse_devkit(path: str, fileobj=None) -> tuple[dict[int, tuple[str, str]], list[int]]:
+    """From the devkit tar.gz (`fileobj`: its bytes, opened; else the file at `path`), read in
+    memory: {ILSVRC2012_ID: (WNID, words)} of the leaf synsets (num_children == 0) from
+    data/meta.mat, and the validation ground truth (IDs in file order). What is read is bounded by
+    what a real devkit holds (a crafted archive is one line)."""
     import numpy as np
     import scipy.io
 
     meta = truth = None
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with tarfile.open(path if fileobj is None else None, "r:*", fileobj=fileobj) as tar:
             for k, m in enumerate(tar):
                 if k >= DEVKIT_MEMBERS_MAX:
                     raise ImgprepError(f"{path}: more than {DEVKIT_MEMBERS_MAX:,} members; not a devkit")
@@ -405,9 +408,9 @@ def parse_devkit(path: str) -> tuple[dict[int, tuple[str, str]], list[int]]:
     return leaves, truth or []
 
 
-def devkit_val_wnids(path: str, n_files: int) -> tuple[list[str], dict[str, str]]:
+def devkit_val_wnids(path: str, n_files: int, fileobj=None) -> tuple[list[str], dict[str, str]]:
     """WNIDs of the validation files (in sorted name order) and WNID -> words, from the devkit."""
-    leaves, truth = parse_devkit(path)
+    leaves, truth = parse_devkit(path, fileobj)
     if len(truth) != n_files:
         raise ImgprepError(f"{path}: ground truth lists {len(truth)} labels for {n_files} validation images")
     try:
@@ -420,39 +423,75 @@ def devkit_val_wnids(path: str, n_files: int) -> tuple[list[str], dict[str, str]
 # --- archives ------------------------------------------------------------------------------------
 
 
-def scan_tar(path: str) -> list[tuple[str, int, int]]:
-    """(name, data offset, size) of the regular members of an uncompressed tar, reading headers only."""
+def scan_tar(path: str, fileobj=None) -> list[tuple[str, int, int]]:
+    """(name, data offset, size) of the regular members of an uncompressed tar, reading headers
+    only (`fileobj`: the tar opened as a seekable file, e.g. a bucket object read by ranges)."""
     try:
-        with tarfile.open(path, "r:") as tar:
+        with tarfile.open(path if fileobj is None else None, "r:", fileobj=fileobj) as tar:
             return [(m.name, m.offset_data, m.size) for m in tar if m.isreg()]
     except (OSError, tarfile.TarError) as exc:
         raise ImgprepError(f"{path}: not a readable uncompressed tar ({exc})") from None
 
 
-def _scan_nested(path: str) -> tuple[dict[str, list[tuple[str, int, int]]], int]:
+def _scan_nested(path: str, fileobj=None, open_range=None, map_fn=map) -> tuple[dict, int]:
     """({inner tar name: [(member name, absolute data offset, size)]}, members skipped) of a tar of
     tars. Members that are not regular files (symbolic and hard links, devices, FIFOs) are never
-    read: they are counted as skipped, as folders' such entries are."""
+    read: they are counted as skipped, as folders' such entries are. `fileobj`: the outer tar
+    opened; `open_range(offset, size)`: a seekable file of those bytes of it (default: the outer
+    member), and `map_fn` the map its inner tars are scanned with (a bucket: many at a time)."""
     out, skipped = {}, 0
     try:
-        with tarfile.open(path, "r:") as outer:
+        with tarfile.open(path if fileobj is None else None, "r:", fileobj=fileobj) as outer:
+            inner = []
             for m in outer:
                 if not m.isreg():
                     skipped += not m.isdir()
-                    continue
-                if not m.name.endswith(".tar"):
+                elif m.name.endswith(".tar"):
+                    inner.append(m)
+                else:
                     out.setdefault("", []).append((m.name, m.offset_data, m.size))
-                    continue
+
+            def scan(m: tarfile.TarInfo) -> tuple[tarfile.TarInfo, list[tarfile.TarInfo]]:
+                f = outer.extractfile(m) if open_range is None else open_range(m.offset_data, m.size)
                 try:
-                    with tarfile.open(fileobj=outer.extractfile(m), mode="r:") as inner:
-                        members = list(inner)
+                    with tarfile.open(fileobj=f, mode="r:") as t:
+                        return m, list(t)
                 except (OSError, tarfile.TarError) as exc:
                     raise ImgprepError(f"{path}: its member {m.name} is not a readable tar ({exc})") from None
+
+            for m, members in map_fn(scan, inner):
                 out[m.name] = [(i.name, m.offset_data + i.offset_data, i.size) for i in members if i.isreg()]
                 skipped += sum(1 for i in members if not i.isreg() and not i.isdir())
     except (OSError, tarfile.TarError) as exc:
         raise ImgprepError(f"{path}: not a readable tar of per-class tars ({exc})") from None
     return out, skipped
+
+
+class LocalPlace:
+    """Where the ILSVRC archives lie, read through one small interface: a local folder here; a
+    bucket prefix in `bucket_src.BucketPlace` (the same discovery, by range reads)."""
+
+    def __init__(self, src: str):
+        self.root = src
+
+    def where(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def isfile(self, name: str) -> bool:
+        return os.path.isfile(self.where(name))
+
+    def scan_tar(self, name: str) -> list[tuple[str, int, int]]:
+        return scan_tar(self.where(name))
+
+    def scan_nested(self, name: str) -> tuple[dict, int]:
+        return _scan_nested(self.where(name))
+
+    def devkit(self, name: str):
+        """The devkit as parse_devkit takes it: (path, None) or (display name, open file)."""
+        return self.where(name), None
+
+    def source(self, archives: list[str]) -> Source:
+        return Source(self.root, [self.where(a) for a in archives])
 
 
 # --- layouts ---------------------------------------------------------------------------------
@@ -472,51 +511,58 @@ def _label_all(wnids: list[str], index: dict[str, int], where: str) -> list[int]
     return [index[w] for w in wnids]
 
 
-def _discover_ilsvrc(src: str, devkit_required: bool = True) -> SourceIndex:
-    train_tar, val_tar, devkit = (os.path.join(src, n) for n in (TRAIN_TAR, VAL_TAR, DEVKIT))
-    has_train, has_val, has_devkit = map(os.path.isfile, (train_tar, val_tar, devkit))
+def discover_ilsvrc(place, val_labels: str | None = None) -> SourceIndex:
+    """The ILSVRC2012 archives at `place` (a LocalPlace or a bucket's): the train tar's per-class
+    tars scanned (headers only), the val tar labelled by the devkit or by `val_labels`."""
+    has_train, has_val, has_devkit = map(place.isfile, (TRAIN_TAR, VAL_TAR, DEVKIT))
     archives, splits, skipped = [], {}, {}
     words: dict[str, str] = {}
     classes: list[ClassInfo] = []
     per_class = {}
     if has_train:
-        nested, not_files = _scan_nested(train_tar)
+        nested, not_files = place.scan_nested(TRAIN_TAR)
         skipped["train"] = len(nested.pop("", [])) + not_files
         per_class = {os.path.splitext(os.path.basename(k))[0]: v for k, v in nested.items()}
         if not per_class:
-            raise ImgprepError(f"{train_tar}: holds no per-class tars")
+            raise ImgprepError(f"{place.where(TRAIN_TAR)}: holds no per-class tars")
     val_members, val_wnids = [], []
     if has_val:
-        val_members = sorted((m for m in scan_tar(val_tar)), key=lambda m: os.path.basename(m[0]))
-        if has_devkit:
-            val_wnids, words = devkit_val_wnids(devkit, len(val_members))
-        elif devkit_required:
-            raise ImgprepError(f"{src}: {VAL_TAR} needs {DEVKIT} beside it for its labels (or pass --val-labels)")
+        val_members = sorted(place.scan_tar(VAL_TAR), key=lambda m: os.path.basename(m[0]))
+        if has_devkit:  # the devkit's labels, where it is there, before --val-labels
+            dk_path, dk_file = place.devkit(DEVKIT)
+            val_wnids, words = devkit_val_wnids(dk_path, len(val_members), dk_file)
+        elif not val_labels:
+            raise ImgprepError(
+                f"{place.root}: {VAL_TAR} needs {DEVKIT} beside it for its labels (or pass --val-labels)"
+            )
     elif has_devkit:
-        words = {w: t for w, t in parse_devkit(devkit)[0].values()}
+        words = {w: t for w, t in parse_devkit(*place.devkit(DEVKIT))[0].values()}
     if per_class:
         classes = [ClassInfo(w, words.get(w, "")) for w in sorted(per_class)]
     elif words:
         classes = [ClassInfo(w, t) for w, t in sorted(words.items())]
     if not classes:
-        raise ImgprepError(f"{src}: found neither {TRAIN_TAR} nor {DEVKIT}; cannot tell the classes")
+        raise ImgprepError(f"{place.root}: found neither {TRAIN_TAR} nor {DEVKIT}; cannot tell the classes")
     index = _index_of(classes)
     if has_train:
-        archives.append(train_tar)
+        archives.append(TRAIN_TAR)
         items = []
         for wnid in sorted(per_class):
             for name, off, size in sorted(per_class[wnid], key=lambda m: m[0]):
                 items.append(Item(f"{TRAIN_TAR}/{wnid}.tar/{name}", index[wnid], len(archives) - 1, off, size))
         splits["train"] = items
+    labelled_by = place.where(DEVKIT)
+    if has_val and not val_wnids and val_labels:
+        val_wnids, labelled_by = read_val_labels(val_labels, [m[0] for m in val_members]), val_labels
     if has_val and val_wnids:
-        archives.append(val_tar)
-        labels = _label_all(val_wnids, index, devkit)
+        archives.append(VAL_TAR)
+        labels = _label_all(val_wnids, index, labelled_by)
         splits["val"] = [
             Item(f"{VAL_TAR}/{name}", lab, len(archives) - 1, off, size)
             for (name, off, size), lab in zip(val_members, labels, strict=True)
         ]
         skipped.setdefault("val", 0)
-    return SourceIndex(Source(src, archives), "ilsvrc", classes, splits, skipped)
+    return SourceIndex(place.source(archives), "ilsvrc", classes, splits, skipped)
 
 
 def _discover_kaggle(src: str) -> SourceIndex:
@@ -639,17 +685,7 @@ def discover(
 
 def _discover(src: str, split: str, kind: str, val_labels: str | None) -> SourceIndex:
     if kind == "ilsvrc":
-        index = _discover_ilsvrc(src, devkit_required=not val_labels)
-        if val_labels and os.path.isfile(os.path.join(src, VAL_TAR)) and "val" not in index.splits:
-            members = sorted(scan_tar(os.path.join(src, VAL_TAR)), key=lambda m: os.path.basename(m[0]))
-            labs = _label_all(
-                read_val_labels(val_labels, [m[0] for m in members]), _index_of(index.classes), val_labels
-            )
-            index.source.archives.append(os.path.abspath(os.path.join(src, VAL_TAR)))
-            a = len(index.source.archives) - 1
-            index.splits["val"] = [
-                Item(f"{VAL_TAR}/{n}", lab, a, o, s) for (n, o, s), lab in zip(members, labs, strict=True)
-            ]
+        index = discover_ilsvrc(LocalPlace(src), val_labels)
     elif kind == "kaggle":
         index = _discover_kaggle(src)
     else:
