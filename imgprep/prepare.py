@@ -494,7 +494,6 @@ def _open_state(cfg: PrepareConfig, kind: str, units: list[Unit], listing: str, 
     state = _State(cfg.out, cfg.size)
     if bucket is not None:
         bucket.push_state()
-        bucket.claim()
     if kind == "resume":
         state.load()
         redo = (
@@ -566,14 +565,26 @@ def _write_error(exc: OSError, where: str) -> ImgprepError:
 
 
 def _prepare_into(cfg: PrepareConfig, index: SourceIndex, progress: bool, log, executor, bucket=None) -> dict:
-    """The run into `cfg.out`, or (bucket) into its staging folder and the bucket."""
+    """The run into `cfg.out`, or (bucket) into its staging folder and the bucket, holding the
+    prefix's lock (`BucketOut.locked`)."""
     where = cfg.out if bucket is None else bucket.url
     kind = _output_state(cfg, bucket)
-    if kind == "complete":
-        manifest = read_manifest(cfg.out) if bucket is None else open_dataset(bucket.url).manifest
-        summary = {**_summary(manifest, 0.0, 0), "already_complete": True}
-        log(f"{where}: already complete with these settings ({summary['images']} images); nothing to do")
-        return summary
+    if kind != "complete" and bucket is not None:
+        with bucket.locked(log):
+            kind = _output_state(cfg, bucket)  # again, as the lock's holder: another run may have ended meanwhile
+            if kind != "complete":
+                return _run(cfg, index, kind, progress, log, executor, bucket)
+    elif kind != "complete":
+        return _run(cfg, index, kind, progress, log, executor)
+    manifest = read_manifest(cfg.out) if bucket is None else open_dataset(bucket.url).manifest
+    summary = {**_summary(manifest, 0.0, 0), "already_complete": True}
+    log(f"{where}: already complete with these settings ({summary['images']} images); nothing to do")
+    return summary
+
+
+def _run(cfg: PrepareConfig, index: SourceIndex, kind: str, progress: bool, log, executor, bucket=None) -> dict:
+    """A new or resumed run: the units not done yet, then the final files."""
+    where = cfg.out if bucket is None else bucket.url
     t0 = time.perf_counter()
     units = plan_units(index, cfg.shard_size, cfg.seed)
     if bucket is not None and kind == "resume":

@@ -325,12 +325,20 @@ class Store:
 
     def get_or_none(self, key: str, limit: int | None = None) -> bytes | None:
         """`get`, or None where the object does not exist (404)."""
+        got = self.get_info(key, limit)
+        return None if got is None else got[0]
+
+    def get_info(self, key: str, limit: int | None = None) -> tuple[bytes, ObjectInfo] | None:
+        """The object's bytes and their size and ETag (of this one response), or None where the
+        object does not exist (404)."""
+        buf = io.BytesIO()
         try:
-            return self.get(key, limit=limit)
+            info = self._get_into(key, buf, None, limit, None)
         except RemoteError as exc:
             if exc.status == 404:
                 return None
             raise
+        return buf.getvalue(), info
 
     def get_to_file(self, key: str, f, expect_size: int | None = None, limit: int | None = None) -> ObjectInfo:
         """Stream the object into the open binary file `f` (rewound and truncated on each try);
@@ -388,6 +396,25 @@ class Store:
             r.read()
 
         self._request("PUT", key, "PUT", headers={"Content-Length": str(len(data))}, body=data, handle=handle)
+
+    def put_if(self, key: str, data: bytes, if_match: str = "") -> str | None:
+        """A conditional write: create the object only where none exists (`if_match` empty: S3's
+        If-None-Match: *), or replace it only while it still has the ETag `if_match`. Returns the
+        new ETag, or None where the condition did not hold (412; 409 where a concurrent conditional
+        write is still under way). A store that ignores the condition writes unconditionally."""
+        headers = {"Content-Length": str(len(data))}
+        headers.update({"If-Match": if_match} if if_match else {"If-None-Match": "*"})
+
+        def handle(r):
+            r.read()
+            return r.getheader("ETag") or ""
+
+        try:
+            return self._request("PUT", key, "conditional PUT", headers=headers, body=data, handle=handle)
+        except RemoteError as exc:
+            if exc.status in (409, 412):
+                return None
+            raise
 
     def put_checked(self, key: str, data: bytes, md5: str | None = None) -> str:
         """Put `data` at `key` and check what the store then holds: its size, and the ETag, which

@@ -64,9 +64,18 @@ class SeaweedFS:
         args = [f"-{n}={port}" for n, port in zip(names, p, strict=False)]
         cmd = [weed, "mini", f"-dir={self.folder}/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *args]
         cmd += ["-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={conf}"]
-        self.log = open(os.path.join(self.folder, "weed.log"), "wb")  # noqa: SIM115  closed in stop()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._cmd = cmd
         self.endpoint = f"http://127.0.0.1:{p[6]}"
+        return self._launch(timeout)
+
+    def restart(self, timeout: float = 60.0) -> bool:
+        """Stop the server and start it again on the same ports and data (a store's restart)."""
+        self.stop()
+        return self._launch(timeout)
+
+    def _launch(self, timeout: float) -> bool:
+        self.log = open(os.path.join(self.folder, "weed.log"), "ab")  # noqa: SIM115  closed in stop()
+        self.proc = subprocess.Popen(self._cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if self.proc.poll() is not None:
