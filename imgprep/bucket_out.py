@@ -52,12 +52,12 @@ LOCK_WAIT_S = 25.0  # how long a lock must stay unchanged to be a dead run's (ov
 
 def upload_shard(url: str, tmp_dir: str, rel: str, idx_rel: str, aws_env: dict) -> str:
     """Put a unit's shard and index (written under `tmp_dir`) at `url` with the driver's AWS
-    settings over this process's own; returns the shard's MD5."""
+    settings over this process's own; returns the shard's ETag as the store gives it (its MD5,
+    or for a multipart upload the MD5 of its parts' MD5s and their count)."""
     store = Store(url, env={**os.environ, **aws_env})
     with open(os.path.join(tmp_dir, idx_rel), "rb") as f:
         store.put_checked(idx_rel, f.read())
-    with open(os.path.join(tmp_dir, rel), "rb") as f:
-        return store.put_checked(rel, f.read())
+    return store.put_file_checked(rel, os.path.join(tmp_dir, rel))  # in parts where large
 
 
 class BucketOut:

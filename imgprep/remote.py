@@ -21,6 +21,7 @@ Requests are signed with AWS Signature Version 4 (payloads of GETs unsigned, as 
 from __future__ import annotations
 
 import configparser
+import contextlib
 import datetime
 import hashlib
 import hmac
@@ -41,6 +42,7 @@ __all__ = ["is_url", "RemoteError", "Store", "Retry"]
 
 URL_SCHEMES = ("s3", "http", "https")
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+MULTIPART_PART = 64 << 20  # a file larger than this is put in parts of this size (S3: 5 MiB to 5 GiB)
 
 
 def is_url(s) -> bool:
@@ -431,6 +433,72 @@ class Store:
             )
         return md5
 
+    def put_file_checked(self, key: str, path: str) -> str:
+        """Put the file at `path`: in one request up to MULTIPART_PART bytes (checked as
+        `put_checked`), else as a multipart upload of parts of that size, each retried on its own
+        and only one part in memory; the result is checked by size and by the ETag S3 gives a
+        multipart object (the MD5 of the parts' MD5s, "-" and their count). Returns the ETag
+        expected (the MD5 of a single-part object); a failed upload is aborted."""
+        size = os.path.getsize(path)
+        if size <= MULTIPART_PART:
+            with open(path, "rb") as f:
+                return self.put_checked(key, f.read())
+        upload_id = self._multipart("POST", key, {"uploads": ""}).findtext("{*}UploadId") or ""
+        if not upload_id:
+            raise RemoteError(f"{self.url_of(key)}: the store gave no UploadId for a multipart upload")
+        parts, digests = [], []
+        try:
+            with open(path, "rb") as f:
+                for n in range(1, -(-size // MULTIPART_PART) + 1):
+                    data = f.read(MULTIPART_PART)
+                    digests.append(hashlib.md5(data, usedforsecurity=False).digest())
+                    etag = self._part(key, upload_id, n, data)
+                    parts.append(f"<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>")
+            body = f"<CompleteMultipartUpload>{''.join(parts)}</CompleteMultipartUpload>".encode()
+            done = self._multipart("POST", key, {"uploadId": upload_id}, body)
+            if done.tag.endswith("Error"):  # S3 may answer 200 and an error in the body
+                raise RemoteError(
+                    f"{self.url_of(key)}: completing the multipart upload failed: {done.findtext('Code')}; "
+                    "run the same command again"
+                )
+        except BaseException:
+            with contextlib.suppress(ImgprepError):
+                self._multipart("DELETE", key, {"uploadId": upload_id})
+            raise
+        want = f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
+        got = self.head(key)
+        if got.size != size or got.etag.strip('"') != want:
+            raise ImgprepError(
+                f"{self.url_of(key)}: the store holds {got.size:,} bytes (ETag {got.etag}) after a multipart "
+                f"put of {size:,} (expected ETag {want}); run the same command again"
+            )
+        return want
+
+    def _part(self, key: str, upload_id: str, n: int, data: bytes) -> str:
+        def handle(r):
+            r.read()
+            etag = r.getheader("ETag") or ""
+            if etag.strip('"') != hashlib.md5(data, usedforsecurity=False).hexdigest():
+                raise _Transient(f"part {n} stored with ETag {etag!r}, not its MD5")
+            return etag
+
+        q = {"partNumber": str(n), "uploadId": upload_id}
+        return self._request("PUT", key, f"PUT part {n}", query=q, headers={"Content-Length": str(len(data))},
+                             body=data, handle=handle)  # fmt: skip
+
+    def _multipart(self, method: str, key: str, query: dict, body: bytes = b""):
+        def handle(r):
+            text = r.read()
+            if not text.strip():
+                return ET.Element("Empty")
+            try:
+                return ET.fromstring(text)
+            except ET.ParseError:
+                raise _Transient("an answer that is not XML") from None
+
+        headers = {"Content-Length": str(len(body))}
+        return self._request(method, key, "multipart upload", query=query, headers=headers, body=body, handle=handle)
+
     def delete(self, key: str) -> None:
         """Remove the object (S3 answers 204 whether or not it was there)."""
 
@@ -468,6 +536,17 @@ class Store:
 
 
 # --- reading bodies ------------------------------------------------------------------------------
+
+
+def file_etag(path: str) -> str:
+    """The ETag S3 gives the file at `path` once `Store.put_file_checked` has put it (quotes off)."""
+    digests = []
+    with open(path, "rb") as f:
+        while data := f.read(MULTIPART_PART):
+            digests.append(hashlib.md5(data, usedforsecurity=False))
+    if len(digests) <= 1:
+        return (digests[0] if digests else hashlib.md5(b"", usedforsecurity=False)).hexdigest()
+    return f"{hashlib.md5(b''.join(d.digest() for d in digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
 
 
 def _copy(r, f, retry: Retry, n: int | None) -> int:

@@ -1,15 +1,15 @@
 """`imgprep upload OUT URL`: copy a prepared dataset to object storage (`s3://bucket/prefix`).
 
 Every file the manifest names (shards, their index files, the statistics, the rejects list) is
-put first, each checked against the local copy (size; and for a single-part upload the ETag,
-which S3 makes the MD5 of the body), and the manifest last: a prefix without a manifest is an
+put first (in parts where larger than `remote.MULTIPART_PART`), each checked against the local copy
+(size, and the ETag: S3 makes it the MD5 of a single-part body, or of a multipart upload's part
+MD5s), and the manifest last: a prefix without a manifest is an
 unfinished upload that no loader takes for a dataset. Run again after an interruption, it skips
 the objects already there with the right size and ETag, and puts the rest.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,7 +18,7 @@ from .config import setting
 from .dataset import MANIFEST, MEAN_FILE, REJECTS, STATS_DIR, STATS_FILE, open_dataset
 from .errors import ImgprepError
 from .loader_base import RemoteSettings
-from .remote import Store, is_url
+from .remote import Store, file_etag, is_url
 from .shards import index_path
 
 __all__ = ["UploadConfig", "upload"]
@@ -53,16 +53,15 @@ def upload(cfg: UploadConfig, log=print) -> dict:
     sent = {"put": 0, "skipped": 0, "bytes": 0}
 
     def one(rel: str) -> None:
-        with open(os.path.join(cfg.out, rel), "rb") as f:
-            data = f.read()
-        md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        path = os.path.join(cfg.out, rel)
+        size, etag = os.path.getsize(path), file_etag(path)
         there = store.head_or_none(rel)
-        if there is not None and there.size == len(data) and there.etag.strip('"') == md5:
+        if there is not None and there.size == size and there.etag.strip('"') == etag:
             sent["skipped"] += 1
             return
-        store.put_checked(rel, data, md5)
+        store.put_file_checked(rel, path)  # in parts where large
         sent["put"] += 1
-        sent["bytes"] += len(data)
+        sent["bytes"] += size
 
     with ThreadPoolExecutor(cfg.workers) as pool:
         for f in [pool.submit(one, rel) for rel in rels]:

@@ -50,6 +50,26 @@ def test_prepare_into_a_bucket_writes_the_objects_of_a_local_run_byte_for_byte(s
         prepare(PrepareConfig(synth_src, url, workers=1, **{**SETTINGS, "seed": 6}), **QUIET)
 
 
+def test_a_shard_put_in_parts_is_kept_by_a_resume_by_its_multipart_etag(s3, tmp_path, monkeypatch):
+    """A shard over MULTIPART_PART is put in parts (S3's smallest, 5 MiB, here); its record keeps the
+    ETag the store gives it, which the resume's check accepts; another ETag or size is redone."""
+    from imgprep import remote
+
+    monkeypatch.setattr(remote, "MULTIPART_PART", 5 << 20)
+    tmp = tmp_path / "unit"
+    (tmp / "train").mkdir(parents=True)
+    (tmp / "train" / "train-000000.tar").write_bytes(os.urandom((5 << 20) + 4096))
+    (tmp / "train" / "train-000000.idx").write_bytes(b"0 0 0\n")
+    url = "s3://imgprep-test/multipart-shard"
+    etag = bucket_out.upload_shard(url, str(tmp), "train/train-000000.tar", "train/train-000000.idx", {})
+    assert etag.endswith("-2")
+    rec = {"split": "train", "md5": etag, "shard": {"path": "train/train-000000.tar", "bytes": (5 << 20) + 4096}}
+    out = bucket_out.BucketOut(url)
+    assert out.verify_records({"u": rec}) == set()
+    assert out.verify_records({"u": {**rec, "md5": etag.replace("-2", "-3")}}) == {"train"}
+    assert out.verify_records({"u": {**rec, "shard": {**rec["shard"], "bytes": 5}}}) == {"train"}
+
+
 def test_a_prefix_holding_something_else_is_refused(synth_src, s3):
     Store("s3://imgprep-test/other").put("notes.txt", b"mine")
     with pytest.raises(ImgprepError, match="other: not empty and not an imgprep dataset"):

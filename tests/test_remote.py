@@ -85,6 +85,25 @@ def test_client_puts_gets_ranges_heads_lists_and_names_a_404(s3):
     assert "\n" not in str(e.value)
 
 
+def test_a_large_file_is_put_in_parts_checked_by_its_multipart_etag(s3, tmp_path, monkeypatch):
+    """Parts of MULTIPART_PART bytes (5 MiB, S3's smallest), the last one shorter: the object equals
+    the file, its ETag is the one `file_etag` predicts, and a file within one part is a plain put."""
+    from imgprep import remote
+
+    monkeypatch.setattr(remote, "MULTIPART_PART", 5 << 20)
+    big = tmp_path / "big.bin"
+    big.write_bytes(np.random.default_rng(0).integers(0, 256, (11 << 20) + 123, dtype=np.uint8).tobytes())
+    st = Store("s3://imgprep-test/multipart")
+    etag = st.put_file_checked("big.bin", str(big))
+    assert etag == remote.file_etag(str(big)) and etag.endswith("-3")
+    assert st.get("big.bin") == big.read_bytes() and st.head("big.bin").etag.strip('"') == etag
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"x" * 1000)
+    assert st.put_file_checked("small.bin", str(small)) == remote.file_etag(str(small)) and "-" not in remote.file_etag(
+        str(small)
+    )
+
+
 def test_wrong_or_missing_credentials_are_one_line(s3, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     with pytest.raises(RemoteError, match=r"HTTP 403.*check the AWS credentials"):
