@@ -71,10 +71,18 @@ class BucketOut:
         self.run_id = uuid.uuid4().hex
         self._etag: str | None = None  # of the lock, while this run holds it
         self._lost = threading.Event()  # set when another run has taken the lock over
-        from .cache import default_cache_dir
+        from .cache import imgprep_home
 
         key = hashlib.sha256(self.url.encode()).hexdigest()[:24]
-        self.stage = os.path.join(os.path.dirname(default_cache_dir()), "stage", key)
+        self.home = imgprep_home()
+        self.stage = os.path.join(self.home, "stage", key)
+
+    def make_stage(self) -> None:
+        """The staging folder, and the folders above it up to imgprep's own, private to this user."""
+        from .cache import private_folder
+
+        for path in (self.home, os.path.dirname(self.stage), self.stage):
+            private_folder(path, "imgprep's staging folder", "XDG_CACHE_HOME")
 
     # -- what the prefix holds --------------------------------------------------------------------
 

@@ -184,14 +184,53 @@ class BucketPlace:
     def scan_tar(self, name: str) -> list[tuple[str, int, int]]:
         from .sources import scan_tar
 
-        return scan_tar(self.where(name), self._open(name))
+        got = self._cached(name, "flat", lambda: {"": scan_tar(self.where(name), self._open(name))})
+        return got[0][""]
 
     def scan_nested(self, name: str) -> tuple[dict, int]:
         from .sources import _scan_nested
 
-        outer = self._open(name)
-        with ThreadPoolExecutor(SCAN_CONNECTIONS) as pool:
-            return _scan_nested(self.where(name), outer, lambda off, n: self._open(name, off, n), pool.map)
+        def scan():
+            outer = self._open(name)
+            with ThreadPoolExecutor(SCAN_CONNECTIONS) as pool:
+                return _scan_nested(self.where(name), outer, lambda off, n: self._open(name, off, n), pool.map)
+
+        return self._cached(name, "nested", scan)
+
+    def _cached(self, name: str, kind: str, scan):
+        """A scan's result ({tar name: [(member, offset, size)]}, skipped), kept in imgprep's
+        private folder under the archive's URL, size and ETag: a rerun (a resume, other settings)
+        does not read the archive again; a new upload (a new ETag) is scanned anew."""
+        import gzip
+        import hashlib
+        import json
+
+        from .cache import imgprep_home, private_folder
+        from .fileio import write_atomic
+
+        self._open(name)
+        size, etag = self.stamps[name]
+        key = hashlib.sha256(f"{self.where(name)}\0{size}\0{etag}\0{kind}".encode()).hexdigest()[:32]
+        path = os.path.join(imgprep_home(), "scans", f"{key}.json.gz")
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                saved = json.load(f)
+            out = {str(t): [(str(m), int(o), int(n)) for m, o, n in ms] for t, ms in saved["tars"].items()}
+            got = out, int(saved["skipped"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError):
+            got = None
+        if got is not None and etag:
+            return got
+        result = scan()
+        got = result if isinstance(result, tuple) else (result, 0)
+        if etag:
+            try:
+                for folder in (imgprep_home(), os.path.dirname(path)):
+                    private_folder(folder, "imgprep's folder", "XDG_CACHE_HOME")
+                write_atomic(path, gzip.compress(json.dumps({"tars": got[0], "skipped": got[1]}).encode(), 1))
+            except (OSError, ImgprepError):  # only a shortcut: the next run scans again
+                pass
+        return got
 
     def devkit(self, name: str):
         return self.where(name), io.BytesIO(self.store.get(name, limit=LABELS_MAX))

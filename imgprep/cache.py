@@ -1,7 +1,7 @@
 """A local, bounded, verified cache of the shards of a dataset at a URL.
 
 Layout of the cache folder (default `$XDG_CACHE_HOME/imgprep/shards`, else `~/.cache/...`, else
-`$TMPDIR/imgprep-cache-<uid>` where there is no writable home):
+`$TMPDIR/imgprep-<uid>/shards` where there is no writable home):
   KEY.tar, KEY.idx    a shard and its index; KEY = sha256 of the shard's full URL and its sha256
                       in the manifest (never its base name: train/ and val/ shards, or two
                       datasets, never share an entry)
@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import threading
 import time
 
@@ -38,22 +39,47 @@ from .fileio import write_atomic
 from .remote import RemoteError, Store
 from .shards import index_path
 
-__all__ = ["ShardCache", "default_cache_dir"]
+__all__ = ["ShardCache", "default_cache_dir", "imgprep_home", "private_folder"]
 
 _POLL = 0.05
 PREFETCH_CONNECTIONS = 2  # shards fetched at once per reader (each on its own connection)
 
 
-def default_cache_dir() -> str:
-    """The per-user cache folder: XDG_CACHE_HOME, ~/.cache, or (no writable home) one in TMPDIR."""
+def imgprep_home() -> str:
+    """imgprep's per-user folder (shard cache, staging folders, scans): in XDG_CACHE_HOME or
+    ~/.cache, or (no writable home: containers, clusters) `imgprep-UID` in TMPDIR."""
     for base in (os.environ.get("XDG_CACHE_HOME"), os.path.join(os.path.expanduser("~"), ".cache")):
         if base and os.path.isabs(base):
             parent = base if os.path.isdir(base) else os.path.dirname(base)
             if os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK):
-                return os.path.join(base, "imgprep", "shards")
+                return os.path.join(base, "imgprep")
     import tempfile
 
-    return os.path.join(tempfile.gettempdir(), f"imgprep-cache-{os.getuid()}")
+    return os.path.join(tempfile.gettempdir(), f"imgprep-{os.getuid()}")
+
+
+def default_cache_dir() -> str:
+    """The per-user shard cache folder (`imgprep_home()/shards`)."""
+    return os.path.join(imgprep_home(), "shards")
+
+
+def private_folder(path: str, what: str, flag: str) -> str:
+    """Make `path` (mode 0700) and check it is this user's and writable by no one else: what
+    imgprep keeps there is read back and trusted; in a shared TMPDIR another user could otherwise
+    have made it first. One line naming `flag` (the setting to change) where it is not."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.lstat(path)
+    except OSError as exc:
+        raise ImgprepError(f"{path}: cannot create {what} ({exc.strerror or exc}); set {flag}") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise ImgprepError(
+            f"{path}: {what} is not private (a link, owned by another user, or group- or world-writable); "
+            f"set {flag} to a folder of your own"
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ImgprepError(f"{path}: {what} is not writable; set {flag}")
+    return path
 
 
 def _alive(pid: int) -> bool:
@@ -128,22 +154,12 @@ class ShardCache:
         self._lock = threading.Lock()
 
     def _make_folder(self) -> None:
-        try:
-            os.makedirs(os.path.join(self.folder, "pins"), mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise ImgprepError(
-                f"{self.folder}: cannot create the cache folder ({exc.strerror}); set --cache-dir"
-            ) from None
-        st = os.stat(self.folder)
-        if st.st_uid != os.getuid() or st.st_mode & 0o022:
-            # what lies in it is handed to the decoder after one check; a folder others can write to
-            # could be changed between the check and the read
-            raise ImgprepError(
-                f"{self.folder}: the cache folder is not private (owned by another user, or group- or "
-                "world-writable); set --cache-dir to a folder of your own"
-            )
-        if not os.access(self.folder, os.W_OK):
-            raise ImgprepError(f"{self.folder}: the cache folder is not writable; set --cache-dir")
+        # what lies in it is handed to the decoder after one check; a folder others can write to
+        # could be changed between the check and the read
+        if self.folder == default_cache_dir():  # in a shared TMPDIR the folder above it is ours too
+            private_folder(imgprep_home(), "the cache folder", "--cache-dir")
+        private_folder(self.folder, "the cache folder", "--cache-dir")
+        private_folder(os.path.join(self.folder, "pins"), "the cache folder", "--cache-dir")
 
     def key(self, s: int) -> str:
         url = self.store.url_of(self.keys[s])

@@ -76,7 +76,7 @@ class CacheSettings(RemoteSettings):
     cache_dir: str = setting(
         "",
         "Dataset at a URL: the local shard cache (default: ~/.cache/imgprep/shards, or "
-        "$TMPDIR/imgprep-cache-UID without a writable home).",
+        "$TMPDIR/imgprep-UID/shards without a writable home).",
         path=True,
     )
     cache_limit: float = setting(

@@ -549,7 +549,7 @@ def _prepare_to_bucket(cfg: PrepareConfig, progress: bool, log, executor) -> dic
     bucket = bucket_out.BucketOut(cfg.out)
     stage = replace(cfg, out=bucket.stage)
     try:
-        os.makedirs(bucket.stage, mode=0o700, exist_ok=True)
+        bucket.make_stage()
         index = _sources(cfg, bucket.stage)
         with FolderLock(bucket.stage, "the staging folder of OUT"):  # one writer per OUT on this machine
             return _prepare_into(stage, index, progress, log, executor, bucket)

@@ -228,3 +228,15 @@ def test_a_killed_worker_and_a_restarted_server_still_end_byte_identical(synth_s
         assert bucket_tree(url) == tree(local)
     finally:
         sw.stop()
+
+
+def test_a_staging_folder_others_could_write_to_is_refused_in_one_line(synth_src, s3, tmp_path, monkeypatch):
+    """In a shared TMPDIR (no writable home) another user could make imgprep's folder first: its
+    state would be read back and trusted, so a folder that is not private is refused."""
+    home = tmp_path / "xdg"
+    (home / "imgprep").mkdir(parents=True)
+    os.chmod(home / "imgprep", 0o777)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    with pytest.raises(ImgprepError, match=r"imgprep: imgprep's staging folder is not private.*set XDG_CACHE_HOME"):
+        prepare(PrepareConfig(synth_src, "s3://imgprep-test/not-private", workers=1, **SETTINGS), **QUIET)
+    assert not Store("s3://imgprep-test/not-private").head_or_none(bucket_out.LOCK)

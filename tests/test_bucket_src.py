@@ -195,3 +195,31 @@ def test_a_tar_scanned_through_range_reads_lists_what_tarfile_lists_one_request_
     path.write_bytes(buf.getvalue())
     assert scan_tar("t.tar", RangeFile(mem, "k", 0, len(mem.data), "", chunk=512)) == scan_tar(str(path))
     assert 40 <= mem.requests <= 42
+
+
+def test_a_scan_is_kept_so_a_rerun_does_not_read_the_archive_again_until_it_changes(tmp_path, s3, monkeypatch):
+    from imgprep.bucket_src import discover_bucket
+
+    src = str(tmp_path / "ilsvrc")
+    build_ilsvrc(src, images(3), val_set(4))
+    url = "s3://imgprep-test/ilsvrc-scan-kept"
+    _upload_tree(src, url)
+    spans, get = [], Store.get
+
+    def seen(self, key, start=None, stop=None, **kw):
+        spans.append(key)
+        return get(self, key, start, stop, **kw)
+
+    monkeypatch.setattr(Store, "get", seen)
+    first = discover_bucket(url, "train", "auto", None)
+    assert spans.count("ILSVRC2012_img_train.tar") > 0
+    spans.clear()
+    again = discover_bucket(url, "train", "auto", None)
+    assert again.splits == first.splits and again.listing_digest() == first.listing_digest()
+    assert "ILSVRC2012_img_train.tar" not in spans and "ILSVRC2012_img_val.tar" not in spans
+    tar = os.path.join(src, "ILSVRC2012_img_train.tar")
+    Store(url).put("ILSVRC2012_img_train.tar", open(tar, "rb").read() + bytes(10240))  # a new upload
+    spans.clear()
+    third = discover_bucket(url, "train", "auto", None)
+    assert spans.count("ILSVRC2012_img_train.tar") > 0 and third.splits == first.splits
+    assert third.listing_digest() != first.listing_digest()  # a resume starts over: another archive
