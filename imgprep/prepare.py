@@ -175,14 +175,15 @@ class UnitJob:
     max_pixels: int = MAX_PIXELS
     upload_to: str = ""  # OUT in a bucket: the shard is written in a private folder, then put there
     aws_env: dict | None = None  # the driver's AWS_* settings: a worker started earlier, or elsewhere, has them too
+    piece: tuple[int, int] | None = None  # [start, stop) of unit.items, for a piece of the unit (`split_jobs`)
 
     @property
     def name(self) -> str:
-        return f"unit {self.unit.name}"
+        return f"unit {self.unit.name}" + ("" if self.piece is None else f" [{self.piece[0]}:{self.piece[1]}]")
 
     @property
     def weight(self) -> int:
-        return len(self.unit.items)
+        return len(self.unit.items) if self.piece is None else self.piece[1] - self.piece[0]
 
 
 def _sample_meta(item: Item, img, classes: list[dict]) -> dict:
@@ -211,8 +212,15 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
     """Process one unit and write its shard (and index) under `job.out`; return its record.
 
     The record holds the shard's path, count, bytes and sha256, the rejects, the skipped and
-    converted counts, and (with_stats) the exact statistics sums of the stored pixels.
+    converted counts, and (with_stats) the exact statistics sums of the stored pixels. A piece of
+    a unit (`job.piece`) writes nothing: its record holds its encoded samples, in order, for the
+    driver to write into the unit's shard with the other pieces' (`_Pieces`).
     """
+    if job.piece is not None:
+        start, stop = job.piece
+        tally = _Tally(job)
+        samples = list(_samples(job, job.unit.items[start:stop], tally, progress))
+        return {"unit": job.unit.name, "piece": [start, stop], "samples": samples, **tally.record()}
     out = tempfile.mkdtemp(prefix="imgprep-unit-") if job.upload_to else job.out  # a bucket: private
     try:
         return _run_unit_into(job, out, progress)
@@ -231,7 +239,59 @@ def _reads(source, items: list[Item], limit: int):
         yield functools.partial(source.read, item, max_bytes=limit)
 
 
-def _run_unit_into(job: UnitJob, out: str, progress) -> dict:
+class _Tally:
+    """What a unit (or a piece of one) counts besides its samples: rejects, skipped and converted
+    files, and the statistics sums."""
+
+    def __init__(self, job: UnitJob):
+        self.rejects, self.skipped, self.converted, self.n_converted = [], 0, {}, 0
+        self.acc = StatsAccumulator(job.size) if job.with_stats else None
+
+    def record(self) -> dict:
+        return {
+            "rejects": self.rejects,
+            "skipped": self.skipped,
+            "converted": self.converted,
+            "converted_images": self.n_converted,
+            "stats": self.acc.to_arrays() if self.acc is not None else None,
+        }
+
+
+def _samples(job: UnitJob, rows: list[tuple[str, Item]], tally: _Tally, progress):
+    """(key, components) of each row's image that decodes, in order; the others counted in `tally`."""
+    limit = _max_file_bytes(job.max_pixels)
+    reads = _reads(job.source, [item for _, item in rows], limit)
+    for (key, item), read in zip(rows, reads, strict=True):
+        try:
+            data = read()
+            jpeg, pixels, img = process_image(data, item.ref, job.size, job.quality, job.max_pixels)
+        except NotAnImage:
+            tally.skipped += 1
+        except (DecodeError, OSError) as exc:
+            reason = str(exc) if isinstance(exc, DecodeError) else f"cannot read: {exc.strerror or exc}"
+            tally.rejects.append({"split": job.unit.split, "path": item.ref, "reason": reason})
+        else:
+            meta = _sample_meta(item, img, job.classes)
+            tally.n_converted += bool(img.converted)
+            for t in img.converted:
+                tally.converted[t] = tally.converted.get(t, 0) + 1
+            if tally.acc is not None:
+                tally.acc.add(pixels)
+            yield (
+                key,
+                {
+                    "cls": str(item.label).encode(),
+                    "jpg": jpeg,
+                    "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
+                },
+            )
+        if progress is not None:
+            progress(1)
+
+
+def _write_shard(job: UnitJob, out: str, samples, tally: _Tally) -> dict:
+    """Write `samples` as the unit's shard (and index) under `out`, put it in the bucket where OUT
+    is one; the unit's record."""
     unit = job.unit
     path = os.path.join(out, unit.path)
     try:
@@ -239,37 +299,9 @@ def _run_unit_into(job: UnitJob, out: str, progress) -> dict:
         writer = ShardWriter(path)
     except OSError as exc:
         raise _write_error(exc, path) from None
-    acc = StatsAccumulator(job.size) if job.with_stats else None
-    rejects, skipped, converted, n_converted = [], 0, {}, 0
     try:
-        limit = _max_file_bytes(job.max_pixels)
-        reads = _reads(job.source, [item for _, item in unit.items], limit)
-        for (key, item), read in zip(unit.items, reads, strict=True):
-            try:
-                data = read()
-                jpeg, pixels, img = process_image(data, item.ref, job.size, job.quality, job.max_pixels)
-            except NotAnImage:
-                skipped += 1
-            except (DecodeError, OSError) as exc:
-                reason = str(exc) if isinstance(exc, DecodeError) else f"cannot read: {exc.strerror or exc}"
-                rejects.append({"split": unit.split, "path": item.ref, "reason": reason})
-            else:
-                meta = _sample_meta(item, img, job.classes)
-                n_converted += bool(img.converted)
-                for t in img.converted:
-                    converted[t] = converted.get(t, 0) + 1
-                writer.write(
-                    key,
-                    {
-                        "cls": str(item.label).encode(),
-                        "jpg": jpeg,
-                        "json": json.dumps(meta, sort_keys=True, separators=(",", ":")).encode(),
-                    },
-                )
-                if acc is not None:
-                    acc.add(pixels)
-            if progress is not None:
-                progress(1)
+        for key, sample in samples:
+            writer.write(key, sample)
         if writer.count == 0:
             writer.abort()
             shard = None
@@ -282,7 +314,7 @@ def _run_unit_into(job: UnitJob, out: str, progress) -> dict:
                 "sha256": info.sha256,
                 "sample_crc32": info.sample_crc32,
             }
-    except OSError as exc:  # the source's errors became rejects above: this is writing the shard
+    except OSError as exc:  # the source's errors became rejects: this is writing the shard
         writer.abort()
         raise _write_error(exc, path) from None
     except BaseException:
@@ -293,17 +325,80 @@ def _run_unit_into(job: UnitJob, out: str, progress) -> dict:
         md5 = bucket_out.upload_shard(
             job.upload_to, out, unit.path, os.path.relpath(index_path(path), out), job.aws_env or {}
         )
-    return {
-        "md5": md5,
-        "unit": unit.name,
-        "split": unit.split,
-        "shard": shard,
-        "rejects": rejects,
-        "skipped": skipped,
-        "converted": converted,
-        "converted_images": n_converted,
-        "stats": acc.to_arrays() if acc is not None else None,
-    }
+    return {"md5": md5, "unit": unit.name, "split": unit.split, "shard": shard, **tally.record()}
+
+
+def _run_unit_into(job: UnitJob, out: str, progress) -> dict:
+    tally = _Tally(job)
+    return _write_shard(job, out, _samples(job, job.unit.items, tally, progress), tally)
+
+
+# Work units finer than shards: with fewer than PIECES_PER_WORKER units per worker, each unit is cut
+# into pieces of at least MIN_PIECE images, run as jobs of their own; the driver writes each shard
+# when its last piece is in, from the pieces' samples in order, so the bytes are those of one job.
+PIECES_PER_WORKER = 4
+MIN_PIECE = 16
+
+
+def split_jobs(jobs: list[UnitJob], workers: int) -> list[UnitJob]:
+    """The jobs to run: `jobs` as they are where there are enough of them for `workers`, else
+    each cut into pieces (`UnitJob.piece`)."""
+    want = PIECES_PER_WORKER * max(1, workers)
+    if workers <= 1 or len(jobs) >= want:
+        return jobs
+    per = -(-want // max(1, len(jobs)))
+    out = []
+    for job in jobs:
+        n = len(job.unit.items)
+        k = max(1, min(per, n // MIN_PIECE))
+        if k == 1:
+            out.append(job)
+            continue
+        bounds = [n * i // k for i in range(k + 1)]
+        out += [replace(job, piece=(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)]
+    return out
+
+
+class _Pieces:
+    """The driver's side of pieces: each unit's piece records until the last is in, then its
+    shard written (and put in the bucket) here and the unit's record handed on."""
+
+    def __init__(self, jobs: list[UnitJob], on_unit: Callable[[dict], None]):
+        self.jobs = {j.unit.name: j for j in jobs}
+        self.expected = {}
+        for j in jobs:
+            self.expected[j.unit.name] = self.expected.get(j.unit.name, 0) + 1
+        self.got: dict[str, list[dict]] = {}
+        self.on_unit = on_unit
+
+    def __call__(self, rec: dict) -> None:
+        if "piece" not in rec:
+            self.on_unit(rec)
+            return
+        name = rec["unit"]
+        parts = self.got.setdefault(name, [])
+        parts.append(rec)
+        if len(parts) < self.expected[name]:
+            return
+        del self.got[name]
+        parts.sort(key=lambda r: r["piece"][0])
+        job = replace(self.jobs[name], piece=None)
+        tally = _Tally(job)
+        for r in parts:
+            tally.rejects += r["rejects"]
+            tally.skipped += r["skipped"]
+            tally.n_converted += r["converted_images"]
+            for t, n in r["converted"].items():
+                tally.converted[t] = tally.converted.get(t, 0) + n
+            if tally.acc is not None:
+                tally.acc.merge(StatsAccumulator.from_arrays(r["stats"]))
+        samples = (s for r in parts for s in r["samples"])
+        out = tempfile.mkdtemp(prefix="imgprep-unit-") if job.upload_to else job.out
+        try:
+            self.on_unit(_write_shard(job, out, samples, tally))
+        finally:
+            if job.upload_to:
+                shutil.rmtree(out, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,12 +696,11 @@ def _run(cfg: PrepareConfig, index: SourceIndex, kind: str, progress: bool, log,
         for u in todo
     ]
     total = sum(job.weight for job in jobs)
+    local = cfg.executor == "local"
+    workers = resolve_workers(cfg.workers, bound=local) if executor is None else getattr(executor, "workers", 1)
+    jobs = split_jobs(jobs, workers)  # pieces where there are fewer units than the workers can share
     if executor is None:
-        executor = make_executor(
-            cfg.executor,
-            min(resolve_workers(cfg.workers, bound=cfg.executor == "local"), max(1, len(todo))),
-            cfg.ray_address,
-        )
+        executor = make_executor(cfg.executor, min(workers, max(1, len(jobs))), cfg.ray_address)
 
     def on_done(rec: dict) -> None:
         state.add(rec)
@@ -615,7 +709,7 @@ def _run(cfg: PrepareConfig, index: SourceIndex, kind: str, progress: bool, log,
 
     bar = _progress_bar(total, progress)
     try:
-        executor.run(run_unit, jobs, on_done, bar.update)
+        executor.run(run_unit, jobs, _Pieces(jobs, on_done), bar.update)
     except BaseException as exc:
         with contextlib.suppress(OSError, ImgprepError):  # keep every finished unit for the rerun (if we can)
             state.save()

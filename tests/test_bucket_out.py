@@ -240,3 +240,17 @@ def test_a_staging_folder_others_could_write_to_is_refused_in_one_line(synth_src
     with pytest.raises(ImgprepError, match=r"imgprep: imgprep's staging folder is not private.*set XDG_CACHE_HOME"):
         prepare(PrepareConfig(synth_src, "s3://imgprep-test/not-private", workers=1, **SETTINGS), **QUIET)
     assert not Store("s3://imgprep-test/not-private").head_or_none(bucket_out.LOCK)
+
+
+def test_pieces_written_by_the_driver_into_a_bucket_are_a_local_runs_bytes(synth_src, s3, tmp_path, monkeypatch):
+    """Fewer units than 2 workers can share: the units are cut into pieces, the driver writes each
+    shard from its pieces and puts it; the objects equal a one-worker local run's."""
+    import imgprep.prepare as prep
+
+    monkeypatch.setattr(prep, "MIN_PIECE", 2)
+    settings = {**SETTINGS, "shard_size": 12}
+    here = str(tmp_path / "here")
+    prepare(PrepareConfig(synth_src, here, workers=1, **settings), **QUIET)
+    url = "s3://imgprep-test/pieces"
+    prepare(PrepareConfig(synth_src, url, workers=2, **settings), **QUIET)
+    assert bucket_tree(url) == tree(here)

@@ -113,6 +113,42 @@ def test_workers_do_not_change_output_and_rerun_changes_nothing(synth_src, prepa
     assert {p: os.stat(os.path.join(out1, p)).st_mtime_ns for p in a} == before
 
 
+def test_pieces_of_units_give_the_bytes_of_whole_units(synth_src, tmp_path, monkeypatch):
+    """3 units for 2 workers: each is cut into pieces run as jobs of their own (checked), and the
+    shards the driver writes from them, the statistics and the manifest are those of 1 worker."""
+    import imgprep.prepare as prep
+
+    monkeypatch.setattr(prep, "MIN_PIECE", 2)
+    split, seen = prep.split_jobs, []
+
+    def counted(jobs, workers):
+        out = split(jobs, workers)
+        seen.append((len(jobs), len(out)))
+        return out
+
+    monkeypatch.setattr(prep, "split_jobs", counted)
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    prepare(PrepareConfig(synth_src, one, size=64, shard_size=12, seed=3, workers=1), **QUIET)
+    prepare(PrepareConfig(synth_src, two, size=64, shard_size=12, seed=3, workers=2), **QUIET)
+    assert seen == [(3, 3), (3, 9)]  # 2 train units of 12 and a val unit of 8, each in 3 pieces
+    assert tree(one) == tree(two)
+
+
+def test_split_jobs_covers_each_unit_once_in_order():
+    from imgprep.prepare import Unit, UnitJob, split_jobs
+
+    jobs = [UnitJob(None, Unit("train", i, [(f"{k:08d}", None) for k in range(n)]), [], "", 8, 90, True)
+            for i, n in enumerate([100, 17, 40])]  # fmt: skip
+    out = split_jobs(jobs, 4)
+    for job in jobs:
+        pieces = [j.piece or (0, len(j.unit.items)) for j in out if j.unit is job.unit]
+        assert [a for a, _ in pieces] == sorted(a for a, _ in pieces) and pieces[0][0] == 0
+        assert all(b == c for (_, b), (c, _) in zip(pieces, pieces[1:], strict=False))
+        assert pieces[-1][1] == len(job.unit.items) and all(b - a >= 16 for a, b in pieces)
+    assert len(out) == 6 + 1 + 2 and split_jobs(jobs, 1) == jobs  # one worker: whole units
+    assert split_jobs(jobs * 6, 4) == jobs * 6  # enough units: whole units
+
+
 def test_other_settings_into_existing_out_refused(prepared, synth_src):
     before = tree(prepared)
     with pytest.raises(ImgprepError, match="--seed was 3, now 4"):

@@ -219,3 +219,28 @@ def test_verify_finds_a_source_stored_twice(prepared, tmp_path):
     open(os.path.join(out, "manifest.json"), "w").write(json.dumps(m))
     source = json.loads(samples[0][1]["json"])["source"]
     assert verify(out)["problems"] == [f"train: source {source} is stored 2 times"]
+
+
+def test_a_dead_worker_mid_piece_has_its_piece_redone(synth_src, tmp_path, monkeypatch):
+    """Units cut into pieces (fewer units than the workers can share): a worker dies mid-piece,
+    that piece is redone, and the shards equal one worker's."""
+    import imgprep.prepare
+
+    monkeypatch.setattr(imgprep.prepare, "MIN_PIECE", 2)
+    one = str(tmp_path / "one")
+    prepare(PrepareConfig(synth_src, one, size=64, shard_size=12, seed=3, workers=1), **QUIET)
+    cls = sorted(os.listdir(os.path.join(synth_src, "train")))[2]
+    victim = f"train/{cls}/{sorted(os.listdir(os.path.join(synth_src, 'train', cls)))[4]}"
+    marker = str(tmp_path / "crashed")
+    discover = imgprep.prepare.discover
+
+    def with_crashing_source(*args):
+        index = discover(*args)
+        index.source = CrashingSource(index.source.root, index.source.archives, victim, marker)
+        return index
+
+    monkeypatch.setattr(imgprep.prepare, "discover", with_crashing_source)
+    two = str(tmp_path / "two")
+    prepare(PrepareConfig(synth_src, two, size=64, shard_size=12, seed=3, workers=2), **QUIET)
+    assert os.path.exists(marker)
+    assert tree(two) == tree(one)
