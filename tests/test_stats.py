@@ -94,3 +94,23 @@ def test_pca_equals_lapack_on_random_and_degenerate_covariances():
         assert np.allclose(vec @ vec.T, np.eye(3), atol=1e-12)
         assert np.allclose(cov @ vec.T, vec.T * val, atol=1e-10 * scale)
         assert list(val) == sorted(val, reverse=True)
+
+
+def test_partial_int32_sums_fold_into_the_exact_int64_sum(monkeypatch):
+    """The per-position sums are kept in int32 between folds: folded every 2 images here, they
+    equal a plain int64 NumPy sum, also across merge and to_arrays/from_arrays."""
+    from imgprep import stats
+
+    monkeypatch.setattr(stats, "_PART_IMAGES", 2)
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(7)]
+    a, b = stats.StatsAccumulator(8), stats.StatsAccumulator(8)
+    for im in images[:5]:
+        a.add(im)
+    for im in images[5:]:
+        b.add(im)
+    a.merge(stats.StatsAccumulator.from_arrays(b.to_arrays()))
+    want = np.sum(np.stack(images).astype(np.int64), axis=0)
+    assert a.images == 7 and np.array_equal(a.sum_image, want) and a.sum_image.dtype == np.int64
+    x = np.concatenate([im.reshape(-1, 3).astype(np.int64) for im in images])
+    assert np.array_equal(a.gram, x.T @ x)
