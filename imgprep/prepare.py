@@ -4,7 +4,9 @@ computed in the same pass.
 The work is split into independent units, one per output shard. A unit decodes, resizes, crops and
 re-encodes its images, writes its shard and index, and returns its counts and exact statistics
 sums; the driver merges those, records each finished unit in a state file (so a rerun resumes),
-and writes the statistics, the reject list and the manifest at the end.
+and writes the statistics, the reject list and the manifest at the end. Where there are fewer
+units than the workers can share, each is cut into pieces run as jobs of their own (`split_jobs`),
+and the driver writes each shard from its pieces' samples in order: the bytes are the same.
 """
 
 from __future__ import annotations
