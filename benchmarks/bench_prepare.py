@@ -1,15 +1,19 @@
-"""Images/s of `imgprep prepare` against a naive Pillow script and against decode alone.
+"""Images/s of `imgprep prepare` against the bare codec chain, a naive Pillow script and decode alone.
 
-Every variant runs as its own process on the same photo-like JPEGs of ImageNet's typical size
-(500x375, ~65 KB), whole process included (interpreter start, imports, writing the output):
+Every variant runs as its own process on the same photo-like JPEGs (1/f spectra, shorter side
+300-500, aspect 0.75-1.33, q90: the images of profile_prepare.py), whole process included
+(interpreter start, imports, writing the output), the variants interleaved `--repeats` times:
 
+  bare chain        simplejpeg decode, OpenCV INTER_LINEAR resize, centre crop, simplejpeg encode
+                    q95, in one process: the codecs alone (no statistics, checksums or tar)
   naive (bicubic)   open, convert("RGB"), resize shorter side to 256 with Pillow's default
                     filter, centre crop, save JPEG q95; one process, one file per image
   naive (bilinear)  the same with Image.BILINEAR (torchvision's Resize filter)
-  decode only       Pillow open + convert("RGB") of every file, nothing else: the floor
-  imgprep w=1,2     `imgprep prepare --workers N` (shards, index, stats, manifest included)
+  decode only       Pillow open + convert("RGB") of every file, nothing else
+  imgprep w=1,2     `imgprep prepare --workers N` with the default shard size (1000; fewer shards
+                    than the workers can share are cut into pieces), shards, index, stats, manifest
 
-Usage: python benchmarks/bench_prepare.py [--images 6000] [--repeats 3] [--json-out FILE]
+Usage: python benchmarks/bench_prepare.py [--images 1200] [--repeats 5] [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -38,6 +41,23 @@ for i, f in enumerate(sorted(glob.glob(os.path.join(src, "*", "*", "*.jpg")))):
     im.crop((l, t, l + 256, t + 256)).save(os.path.join(dst, f"{i}.jpg"), quality=95)
 """
 
+BARE = r"""
+import sys, os, glob
+import cv2, numpy as np, simplejpeg
+cv2.setNumThreads(1)
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(dst, exist_ok=True)
+for i, f in enumerate(sorted(glob.glob(os.path.join(src, "*", "*", "*.jpg")))):
+    with open(f, "rb") as fh:
+        a = simplejpeg.decode_jpeg(fh.read(), "RGB")
+    h, w = a.shape[:2]
+    s = 256 / min(h, w)
+    r = cv2.resize(a, (max(256, round(w * s)), max(256, round(h * s))), interpolation=cv2.INTER_LINEAR)
+    y, x = (r.shape[0] - 256) // 2, (r.shape[1] - 256) // 2
+    with open(os.path.join(dst, f"{i}.jpg"), "wb") as fh:
+        fh.write(simplejpeg.encode_jpeg(np.ascontiguousarray(r[y : y + 256, x : x + 256]), 95))
+"""
+
 DECODE = r"""
 import sys, os, glob
 from PIL import Image
@@ -47,27 +67,20 @@ for f in sorted(glob.glob(os.path.join(sys.argv[1], "*", "*", "*.jpg"))):
 
 
 def make_images(root: str, n: int) -> None:
-    """n photo-like 500x375 JPEGs (q90) in root/train/<class>/."""
-    import numpy as np
-    from PIL import Image
+    """n photo-like JPEGs (q90) in root/train/<class>/: those of profile_prepare.py."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from profile_prepare import _images
 
-    from imgprep.synth import synth_image
-
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        d = os.path.join(root, "train", f"c{i % 10}")
-        os.makedirs(d, exist_ok=True)
-        img = synth_image(rng, i % 10, 375, 375)
-        Image.fromarray(img).resize((500, 375), Image.LANCZOS).save(os.path.join(d, f"{i:06d}.jpg"), quality=90)
+    _images(n, root)
 
 
 def main() -> None:
     from imgprep.bench import time_command
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=6000)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--shard-size", type=int, default=100)
+    ap.add_argument("--images", type=int, default=1200)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--shard-size", type=int, default=1000)
     ap.add_argument("--workdir", default=None, help="keep the images here between runs")
     ap.add_argument("--json-out", default=None)
     a = ap.parse_args()
@@ -77,41 +90,46 @@ def main() -> None:
         make_images(src, a.images)
     out = os.path.join(work, "out")
     py = sys.executable
-    # Small shards so that both workers stay busy to the end (ImageNet has 1282 shards of 1000).
     imgprep = [py, "-m", "imgprep.cli.main", "prepare", src, out, "--no-progress", "--shard-size", str(a.shard_size)]
     variants = {
+        "bare chain": ([py, "-c", BARE, src, out], out),
         "naive (bicubic)": ([py, "-c", NAIVE, src, out, "default"], out),
         "naive (bilinear)": ([py, "-c", NAIVE, src, out, "bilinear"], out),
         "decode only": ([py, "-c", DECODE, src], None),
         "imgprep w=1": (imgprep + ["--workers", "1"], out),
         "imgprep w=2": (imgprep + ["--workers", "2"], out),
     }
+    times = {name: [] for name in variants}
+    for _ in range(a.repeats):  # interleaved: a slow spell of the machine touches every variant alike
+        for name, (cmd, clean) in variants.items():
+            times[name].append(time_command(cmd, clean))
     results = {}
-    for name, (cmd, clean) in variants.items():
-        times = [time_command(cmd, clean) for _ in range(a.repeats)]
-        rates = [a.images / t for t in times]
+    for name, ts in times.items():
+        rates = [a.images / t for t in ts]
         results[name] = {"median_images_per_second": statistics.median(rates), "min": min(rates), "max": max(rates)}
     base = results["naive (bicubic)"]["median_images_per_second"]
-    print(f"{a.images} images 500x375, {a.repeats} runs each, {os.cpu_count()} cores")
+    bare = results["bare chain"]["median_images_per_second"]
+    print(f"{a.images} images (shorter side 300-500), {a.repeats} interleaved runs each, {os.cpu_count()} cores")
     print(f"{'variant':18s} {'img/s':>8s} {'min':>8s} {'max':>8s} {'vs naive':>9s}")
     for name, r in results.items():
         m = r["median_images_per_second"]
         print(f"{name:18s} {m:8.0f} {r['min']:8.0f} {r['max']:8.0f} {m / base:8.2f}x")
     w1, w2 = results["imgprep w=1"]["median_images_per_second"], results["imgprep w=2"]["median_images_per_second"]
-    print(
-        f"scaling 1 -> 2 workers: {w2 / w1:.2f}x; imgprep w=1 at "
-        f"{w1 / results['decode only']['median_images_per_second']:.0%} of decode-only speed"
-    )
+    print(f"scaling 1 -> 2 workers: {w2 / w1:.2f}x; imgprep w=1 at {w1 / bare:.0%} of the bare chain")
     if a.json_out:
+        from imgprep.report import environment
+
+        cmd = f"python benchmarks/bench_prepare.py --images {a.images} --repeats {a.repeats}"
         with open(a.json_out, "w") as f:
             json.dump(
                 {
-                    "machine": platform.platform(),
-                    "python": platform.python_version(),
-                    "cores": os.cpu_count(),
+                    "command": cmd,
+                    "machine": environment(),
                     "images": a.images,
+                    "shard_size": a.shard_size,
                     "repeats": a.repeats,
                     "results": results,
+                    "ratios": {"w1 / bare chain": w1 / bare, "w2 / w1": w2 / w1},
                 },
                 f,
                 indent=2,

@@ -433,6 +433,52 @@ def scan_tar(path: str, fileobj=None) -> list[tuple[str, int, int]]:
         raise ImgprepError(f"{path}: not a readable uncompressed tar ({exc})") from None
 
 
+_PLAIN_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE)
+_NUMERIC_FIELDS = ((100, 108), (108, 116), (116, 124), (136, 148), (329, 337), (337, 345))
+
+
+def plain_members(f) -> list[tuple[str, int, int, bool]] | None:
+    """(name, data offset, size, is a regular file) of each member of a plain tar (regular files
+    and folders, as an ImageNet class tar holds) read from the seekable file `f`, exactly as
+    tarfile lists them, at a fraction of its cost per header; None where anything needs tarfile's
+    own rules (extended or GNU long-name headers, links, sparse files, a bad checksum, a truncated
+    or empty archive): the caller then asks tarfile."""
+    nti, nts, enc = tarfile.nti, tarfile.nts, tarfile.ENCODING
+    out, pos = [], 0
+    try:
+        while True:
+            if pos:  # tarfile reads the byte before each header: a truncated member is an error
+                f.seek(pos - 1)
+                if not f.read(1):
+                    return None
+            else:
+                f.seek(0)
+            buf = f.read(tarfile.BLOCKSIZE)
+            if len(buf) != tarfile.BLOCKSIZE:
+                return None
+            if buf.count(0) == tarfile.BLOCKSIZE:  # the end-of-archive block
+                return out or None
+            if nti(buf[148:156]) != 256 + sum(buf) - sum(buf[148:156]):  # unsigned sum, field as spaces
+                return None
+            kind = buf[156:157]
+            if kind not in _PLAIN_TYPES:
+                return None
+            for a, b in _NUMERIC_FIELDS:
+                nti(buf[a:b])  # tarfile refuses a header whose numbers do not parse
+            size = nti(buf[124:136])
+            name = nts(buf[0:100], enc, "surrogateescape")
+            prefix = nts(buf[345:500], enc, "surrogateescape")
+            folder = kind == tarfile.DIRTYPE or (kind == tarfile.AREGTYPE and name.endswith("/"))
+            if folder:
+                name = name.rstrip("/")
+            if prefix:
+                name = prefix + "/" + name
+            out.append((name, pos + tarfile.BLOCKSIZE, size, not folder))
+            pos += tarfile.BLOCKSIZE + (0 if folder else -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE)
+    except (tarfile.HeaderError, ValueError):
+        return None
+
+
 def _scan_nested(path: str, fileobj=None, open_range=None, map_fn=map) -> tuple[dict, int]:
     """({inner tar name: [(member name, absolute data offset, size)]}, members skipped) of a tar of
     tars. Members that are not regular files (symbolic and hard links, devices, FIFOs) are never
@@ -451,17 +497,23 @@ def _scan_nested(path: str, fileobj=None, open_range=None, map_fn=map) -> tuple[
                 else:
                     out.setdefault("", []).append((m.name, m.offset_data, m.size))
 
-            def scan(m: tarfile.TarInfo) -> tuple[tarfile.TarInfo, list[tarfile.TarInfo]]:
+            def scan(m: tarfile.TarInfo) -> tuple[tarfile.TarInfo, list[tuple[str, int, int]], int]:
                 f = outer.extractfile(m) if open_range is None else open_range(m.offset_data, m.size)
+                plain = plain_members(f)
+                if plain is not None:  # 1.28M headers: tarfile's own parsing is most of a scan's time
+                    return m, [(n, o, size) for n, o, size, reg in plain if reg], 0
+                f.seek(0)
                 try:
                     with tarfile.open(fileobj=f, mode="r:") as t:
-                        return m, list(t)
+                        members = list(t)
                 except (OSError, tarfile.TarError) as exc:
                     raise ImgprepError(f"{path}: its member {m.name} is not a readable tar ({exc})") from None
+                regs = [(i.name, i.offset_data, i.size) for i in members if i.isreg()]
+                return m, regs, sum(1 for i in members if not i.isreg() and not i.isdir())
 
-            for m, members in map_fn(scan, inner):
-                out[m.name] = [(i.name, m.offset_data + i.offset_data, i.size) for i in members if i.isreg()]
-                skipped += sum(1 for i in members if not i.isreg() and not i.isdir())
+            for m, regs, not_files in map_fn(scan, inner):
+                out[m.name] = [(n, m.offset_data + o, size) for n, o, size in regs]
+                skipped += not_files
     except (OSError, tarfile.TarError) as exc:
         raise ImgprepError(f"{path}: not a readable tar of per-class tars ({exc})") from None
     return out, skipped

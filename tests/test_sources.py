@@ -241,3 +241,78 @@ def test_train_tar_members_that_are_links_are_counted_as_skipped(tmp_path):
         outer.addfile(info, io.BytesIO(b"junk!"))
     with pytest.raises(ImgprepError, match="its member broken.tar is not a readable tar"):
         discover(str(root))
+
+
+def _tar_bytes(add, fmt=None) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT if fmt is None else fmt) as t:
+        add(t)
+    return buf.getvalue()
+
+
+def _file(t, name, n, kind=None):
+    import io
+    import tarfile
+
+    ti = tarfile.TarInfo(name)
+    ti.size = n
+    if kind is not None:
+        ti.type, ti.size = kind, 0
+    t.addfile(ti, io.BytesIO(bytes(n)) if kind is None else None)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "plain",
+        "folders",
+        "ustar prefix",
+        "zero sizes",
+        "long name",
+        "pax",
+        "symlink",
+        "truncated",
+        "bad checksum",
+        "empty",
+    ],
+)
+def test_plain_members_lists_what_tarfile_lists_or_leaves_it_to_tarfile(case):
+    """The fast header walk of a class tar gives tarfile's listing exactly; where a tar needs
+    tarfile's own rules it says so (None), and the scan then asks tarfile."""
+    import io
+    import tarfile
+
+    from imgprep.sources import plain_members
+
+    fast = case in ("plain", "folders", "ustar prefix", "zero sizes")
+    if case in ("plain", "truncated", "bad checksum"):
+        data = _tar_bytes(lambda t: [_file(t, f"n01_{i}.JPEG", 1 + 700 * i) for i in range(9)])
+    elif case == "folders":
+        data = _tar_bytes(lambda t: [_file(t, "d/", 0, tarfile.DIRTYPE), _file(t, "d/a.JPEG", 600), _file(t, "b", 3)])
+    elif case == "ustar prefix":
+        long_dir = "x" * 120
+        data = _tar_bytes(lambda t: [_file(t, f"{long_dir}/img.JPEG", 1000)], tarfile.USTAR_FORMAT)
+    elif case == "zero sizes":
+        data = _tar_bytes(lambda t: [_file(t, f"e{i}", 0) for i in range(3)] + [_file(t, "f", 513)])
+    elif case == "long name":
+        data = _tar_bytes(lambda t: [_file(t, "y" * 150 + ".JPEG", 10)])
+    elif case == "pax":
+        data = _tar_bytes(lambda t: [_file(t, "é" * 120, 10)], tarfile.PAX_FORMAT)
+    elif case == "symlink":
+        data = _tar_bytes(lambda t: [_file(t, "a", 5), _file(t, "l", 0, tarfile.SYMTYPE)])
+    else:
+        data = b""
+    if case == "truncated":
+        data = data[: 512 * 6 + 100]
+    if case == "bad checksum":
+        data = data[: 512 * 2 + 10] + b"\x01" + data[512 * 2 + 11 :]
+    got = plain_members(io.BytesIO(data))
+    if not fast:
+        assert got is None
+        return
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as t:
+        want = [(m.name, m.offset_data, m.size, m.isreg()) for m in t]
+    assert got == want and len(want) >= 1
