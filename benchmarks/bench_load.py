@@ -9,6 +9,11 @@
   torch full       imgprep's PyTorch fallback (webdataset + DataLoader workers), full augmentation
   baseline         torchvision-style: webdataset + DataLoader workers, PIL decode, random crop,
                    flip, per-channel normalize (what a user writes by hand), same worker count
+  dali decode      DALI's own webdataset reader + CPU image decoder, nothing else: the bound
+  dali stock       NVIDIA's stock pipeline: DALI's reader, CPU decode, crop_mirror_normalize
+                   (random 224 window, coin-flip mirror, per-channel mean/std), CHW float
+Every variant uses the same threads (`--workers`); the figures are steady state (after
+`--warmup` batches), the variants interleaved `--repeats` times.
 
 Usage: python benchmarks/bench_load.py [--data DIR] [--images 2000] [--batch-size 128] [--workers N]
 """
@@ -25,6 +30,53 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _dali_native(data: str, batch: int, threads: int, stock: bool):
+    """DALI's own reader over the shards (no imgprep code), decode only or the stock pipeline."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from imgprep.dataset import DatasetInfo
+    from imgprep.shards import index_path
+
+    info = DatasetInfo.load(data, "train")
+    mean, std = info.stats["mean"], info.stats["std"]
+
+    @pipeline_def(batch_size=batch, num_threads=threads, device_id=None, prefetch_queue_depth=2)
+    def pipe():
+        jpg, cls = fn.readers.webdataset(
+            paths=info.shards, index_paths=[index_path(p) for p in info.shards], ext=["jpg", "cls"],
+            random_shuffle=True, initial_fill=1024, name="r",
+        )  # fmt: skip
+        img = fn.decoders.image(jpg, device="cpu", output_type=types.RGB)
+        if stock:
+            img = fn.crop_mirror_normalize(
+                img, dtype=types.FLOAT, output_layout="CHW", crop=(224, 224),
+                crop_pos_x=fn.random.uniform(range=(0.0, 1.0)), crop_pos_y=fn.random.uniform(range=(0.0, 1.0)),
+                mirror=fn.random.coin_flip(), mean=[float(m) for m in mean], std=[float(x) for x in std],
+            )  # fmt: skip
+        return img, cls
+
+    p = pipe()
+    p.build()
+    return p
+
+
+def _pipe_rate(p, batch: int, warmup: int, steps: int) -> float:
+    import time
+
+    for _ in range(warmup):
+        p.run()
+    t = time.perf_counter()
+    for _ in range(steps):
+        p.run()
+    return batch * steps / (time.perf_counter() - t)
+
+
+def _loader_steady(make, warmup: int, steps: int) -> float:
+    from imgprep.timing import time_loader
+
+    return time_loader(make(), steps=warmup + steps, warmup=warmup)["images_per_second"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="a prepared dataset (default: synthesize and prepare one)")
@@ -32,11 +84,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--workers", type=int, default=0, help="0: all cores")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=5, help="batches before the timing starts")
+    ap.add_argument("--steps", type=int, default=0, help="timed batches (0: about an epoch)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json-out", default=None)
     a = ap.parse_args()
     from imgprep._mp import resolve_workers
-    from imgprep.bench import baseline_loader, loader_rate
+    from imgprep.bench import baseline_loader
     from imgprep.loaders import make_loader
     from imgprep.prepare import PrepareConfig, prepare
     from imgprep.synth import SynthConfig, synthesize
@@ -55,7 +109,7 @@ def main() -> None:
             log=lambda s: None,
         )
     b = a.batch_size
-    steps = max(2, (a.images // b) - 1)
+    steps = a.steps or max(2, (a.images // b) - 1)
     variants = {
         "dali full": lambda: make_loader(data, "train", b, backend="dali", device=a.device, workers=w),
         "dali full chain": lambda: make_loader(
@@ -67,13 +121,17 @@ def main() -> None:
         "torch full": lambda: make_loader(data, "train", b, backend="torch", device="cpu", workers=w),
         "baseline": lambda: baseline_loader(data, b, w),
     }
-    results, device = {}, None
-    for name, make in variants.items():
-        rates = []
-        for _ in range(a.repeats):
-            loader = make()
-            device = getattr(loader, "device", device) if name == "dali full" else device
-            rates.append(loader_rate(loader, steps))
+    native = {"dali decode": False, "dali stock": True}
+    runs, device = {k: [] for k in [*variants, *native]}, None
+    for _ in range(a.repeats):  # interleaved
+        for name, make in variants.items():
+            if name == "dali full":
+                device = getattr(make(), "device", device)
+            runs[name].append(_loader_steady(make, a.warmup, steps))
+        for name, stock in native.items():
+            runs[name].append(_pipe_rate(_dali_native(data, b, w, stock), b, a.warmup, steps))
+    results = {}
+    for name, rates in runs.items():
         results[name] = {"median_images_per_second": statistics.median(rates), "min": min(rates), "max": max(rates)}
     base = results["baseline"]["median_images_per_second"]
     print(f"train mode, batch {b}, {w} workers, {steps} timed batches, {a.repeats} runs; DALI on {device}")
@@ -86,9 +144,17 @@ def main() -> None:
     full, basic = results["dali full"]["median_images_per_second"], results["dali basic"]["median_images_per_second"]
     print(f"lighting + mean image cost vs crop+flip+normalize: {100 * (basic / full - 1):.1f}% more time")
     results["lighting_and_mean_image_extra_time_percent"] = round(100 * (basic / full - 1), 1)
+    dec, stock = results["dali decode"]["median_images_per_second"], results["dali stock"]["median_images_per_second"]
+    ratios = {"dali full / dali decode": full / dec, "dali full / dali stock": full / stock}
+    print(f"dali full at {full / dec:.0%} of decoding alone, {full / stock:.2f}x the stock pipeline")
     if a.json_out:
+        from imgprep.report import environment
+
         with open(a.json_out, "w") as f:
-            json.dump({"batch_size": b, "workers": w, "device": device, "results": results}, f, indent=2)
+            cmd = f"python benchmarks/bench_load.py --images {a.images} --batch-size {b} --repeats {a.repeats}"
+            out = {"command": cmd, "machine": environment(), "batch_size": b, "workers": w, "device": device,
+                   "warmup": a.warmup, "steps": steps, "results": results, "ratios": ratios}  # fmt: skip
+            json.dump(out, f, indent=2)
 
 
 if __name__ == "__main__":
