@@ -352,7 +352,7 @@ class DaliLoader(BaseLoader):
             n = len(jpgs)
             feed = {
                 "jpg": jpgs + [jpgs[-1]] * (b - n),
-                "label": [np.array(y, np.int32) for y in labels + [labels[-1]] * (b - n)],
+                "label": np.array(labels + [labels[-1]] * (b - n), np.int32),  # (b,): one dense tensor
             }
             if train:
                 feed.update(self._draws(draw_rng, b))
@@ -373,20 +373,22 @@ class DaliLoader(BaseLoader):
         if jpgs:
             yield batch()
 
-    def _draws(self, rng: np.random.Generator, b: int) -> dict[str, list]:
+    def _draws(self, rng: np.random.Generator, b: int) -> dict[str, np.ndarray]:
         """A batch's random augmentation: lighting coefficients a ~ N(0, sigma) (b, 3), then the
-        window's top and left, then the coin flips, as per-sample feeds."""
+        window's top and left, then the coin flips. Each is fed as one dense array whose first
+        axis is the batch: DALI takes it whole, where a list costs a Python conversion per sample
+        (a third of the feeding thread's time at batch 128)."""
         cfg, info = self.cfg, self.info
         feed = {}
         if cfg.lighting_std > 0:
             a = rng.normal(0.0, cfg.lighting_std, (b, 3))
             shift = lighting_shift(a, info.stats["eigval"], info.stats["eigvec"], cfg.lighting_scale)  # (b, 3)
-            feed["shift"] = list(shift.astype(np.float32))
+            feed["shift"] = np.ascontiguousarray(shift, np.float32)
         span = info.size - cfg.crop
         tl = rng.integers(0, span + 1, (b, 2)).astype(np.int32)
         if span:
-            feed.update(top=list(tl[:, 0]), left=list(tl[:, 1]))
-        feed["mirror"] = list((rng.random(b) < 0.5).astype(np.int32))
+            feed.update(top=np.ascontiguousarray(tl[:, 0]), left=np.ascontiguousarray(tl[:, 1]))
+        feed["mirror"] = (rng.random(b) < 0.5).astype(np.int32)
         return feed
 
     def _first_good(self, plan: EpochPlan, source: LocalShards) -> bytes:
