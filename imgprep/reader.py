@@ -40,27 +40,43 @@ class ShardIndex:
             table[i] = (j[1], j[2], c[1], c[2])
             keys.append(split_key(j[3])[0])
         self.table, self.keys = table, keys
+        self.rows = table.tolist()  # the same as Python ints: read per sample without numpy scalars
 
     @classmethod
     def of_shard(cls, shard: str) -> ShardIndex:
         return cls(index_path(shard))
 
 
+READ_CHUNK = 4 << 20  # bytes one read of a segment may span (several neighbouring samples)
+
+
 def read_segment(path: str, index: ShardIndex, first: int, count: int) -> Iterator[tuple[str, bytes, int]]:
-    """(key, jpg bytes, label) of samples first .. first+count-1 of the shard at `path`: one read
-    per sample, spanning its jpg and cls members (neighbours in the tar)."""
+    """(key, jpg bytes, label) of samples first .. first+count-1 of the shard at `path`: each read
+    spans whole samples (their jpg and cls members, neighbours in the tar), as many consecutive
+    ones as fit in READ_CHUNK bytes (one at least)."""
+    rows, end = index.rows, first + count
     fd = os.open(path, os.O_RDONLY)
     try:
-        for i in range(first, first + count):
-            jo, js, co, cs = (int(v) for v in index.table[i])
-            lo, hi = min(jo, co), max(jo + js, co + cs)
+        i = first
+        while i < end:
+            lo = min(rows[i][0], rows[i][2])
+            j, hi = i, lo
+            while j < end:
+                jo, js, co, cs = rows[j]
+                top = max(jo + js, co + cs)
+                if j > i and top - lo > READ_CHUNK:
+                    break
+                hi, j = max(hi, top), j + 1
             buf = os.pread(fd, hi - lo, lo)
-            if len(buf) != hi - lo:
-                raise ImgprepError(f"{path}: ends inside sample {index.keys[i]}; run `imgprep verify`")
-            cls = buf[co - lo : co - lo + cs]
-            if not cls.isdigit():
-                raise ImgprepError(f"{path}: sample {index.keys[i]} has a label that is not a number")
-            yield index.keys[i], buf[jo - lo : jo - lo + js], int(cls)
+            for k in range(i, j):
+                jo, js, co, cs = rows[k]
+                if max(jo + js, co + cs) - lo > len(buf):
+                    raise ImgprepError(f"{path}: ends inside sample {index.keys[k]}; run `imgprep verify`")
+                cls = buf[co - lo : co - lo + cs]
+                if not cls.isdigit():
+                    raise ImgprepError(f"{path}: sample {index.keys[k]} has a label that is not a number")
+                yield index.keys[k], buf[jo - lo : jo - lo + js], int(cls)
+            i = j
     finally:
         os.close(fd)
 

@@ -27,6 +27,19 @@ def test_every_label_0_to_999_and_every_jpg_read_by_index(tmp_path):
     assert list(read_segment(path, index, 990, 5)) == want[990:995]
 
 
+@pytest.mark.parametrize("chunk", [1, 3000, 1 << 30])
+def test_reads_spanning_several_samples_give_the_same_samples(tmp_path, monkeypatch, chunk):
+    """One sample per read (chunk 1), a few (3000 bytes), or the whole segment in one read."""
+    from imgprep import reader
+
+    path = _shard(tmp_path)
+    index = ShardIndex.of_shard(path)
+    want = [(k, c["jpg"], int(c["cls"])) for k, c in iter_samples(path)]
+    monkeypatch.setattr(reader, "READ_CHUNK", chunk)
+    assert list(read_segment(path, index, 0, 1000)) == want
+    assert list(read_segment(path, index, 17, 400)) == want[17:417]
+
+
 def test_a_label_that_is_not_a_number_is_one_line(tmp_path):
     path = _shard(tmp_path, 3, label=lambda i: "x" if i == 2 else str(i))
     with pytest.raises(ImgprepError, match="000002 has a label that is not a number"):
