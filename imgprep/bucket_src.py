@@ -78,15 +78,7 @@ class BucketSource:
                     raise OSError("no longer in the bucket") from None
                 raise
         key = self.archives[item.archive]
-        try:
-            return self.store.get(key, item.offset, item.offset + item.size, if_match=self.stamps[key][1])
-        except RemoteError as exc:
-            if exc.status in (404, 412, 416):
-                raise ImgprepError(
-                    f"{self.store.url_of(key)}: replaced or removed in the bucket since it was scanned; "
-                    "run the same command again (it rescans and redoes what came from it)"
-                ) from None
-            raise
+        return _archive_range(self.store, key, item.offset, item.offset + item.size, self.stamps[key][1])
 
     def reads(self, items, max_bytes: int | None, ahead: int = 8):
         """Per item, a call returning its bytes (or raising its error), in order, with up to
@@ -102,6 +94,19 @@ class BucketSource:
                     futures.append(pool.submit(self.read, items[i + ahead], max_bytes))
                 futures[i] = None  # its bytes go with the caller
                 yield f.result
+
+
+def _archive_range(store: Store, key: str, start: int, stop: int, etag: str) -> bytes:
+    """Bytes [start, stop) of an archive that must still have the ETag it was scanned with."""
+    try:
+        return store.get(key, start, stop, if_match=etag)
+    except RemoteError as exc:
+        if exc.status in (404, 412, 416):
+            raise ImgprepError(
+                f"{store.url_of(key)}: replaced or removed in the bucket since it was scanned; "
+                "run the same command again (it rescans and redoes what came from it)"
+            ) from None
+        raise
 
 
 class RangeFile(io.RawIOBase):
@@ -139,15 +144,7 @@ class RangeFile(io.RawIOBase):
         if off < 0 or off + n > len(self._buf):
             # 512 more than asked: tarfile reads a member's last byte, then the header after it
             stop = min(self.size, self.pos + max(n + 512, self.chunk))
-            try:
-                self._buf = self.store.get(self.key, self.base + self.pos, self.base + stop, if_match=self.etag)
-            except RemoteError as exc:
-                if exc.status in (404, 412, 416):
-                    raise ImgprepError(
-                        f"{self.store.url_of(self.key)}: replaced or removed in the bucket while it was scanned; "
-                        "run the same command again"
-                    ) from None
-                raise
+            self._buf = _archive_range(self.store, self.key, self.base + self.pos, self.base + stop, self.etag)
             self.requests += 1
             self._at, off = self.pos, 0
             if len(self._buf) != stop - self.pos:

@@ -109,3 +109,11 @@ def cli_argv(*args) -> list[str]:
 # The run of test_distributed: ddp_script.py trains it as two torchrun ranks, the test resumes it in
 # one process, which needs the same architecture and data settings.
 DDP_RUN = dict(batch_size=8, init="kaiming", width_mult=0.125, dropout=0.0, workers=1, seed=5, steps_per_epoch=3)
+
+
+def bucket_tree(url: str) -> dict[str, bytes]:
+    """{key: bytes} of every object under an s3:// prefix (as `tree` of a folder)."""
+    from imgprep.remote import Store
+
+    st = Store(url)
+    return {key: st.get(key) for key, _ in st.list("")}

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from helpers import cli_argv, slow_reads_env, tree
+from helpers import bucket_tree, cli_argv, slow_reads_env, tree
 from imgprep import bucket_out
 from imgprep.errors import ImgprepError
 from imgprep.prepare import PrepareConfig, prepare
@@ -25,11 +25,6 @@ SETTINGS = dict(size=48, shard_size=3, seed=5)
 @pytest.fixture(autouse=True)
 def _aws(aws_env):
     pass
-
-
-def bucket_tree(url: str) -> dict[str, bytes]:
-    st = Store(url)
-    return {key: st.get(key) for key, _ in st.list("")}
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from helpers import tree
+from helpers import bucket_tree, tree
 from imagenet_fixtures import build_ilsvrc, build_kaggle, images, val_set
 from imgprep.errors import ImgprepError
 from imgprep.prepare import PrepareConfig, prepare
@@ -22,11 +22,6 @@ SETTINGS = dict(size=48, shard_size=3, seed=5)
 @pytest.fixture(autouse=True)
 def _aws(aws_env):
     pass
-
-
-def bucket_tree(url: str) -> dict[str, bytes]:
-    st = Store(url)
-    return {key: st.get(key) for key, _ in st.list("")}
 
 
 def _upload_tree(folder: str, url: str) -> None:

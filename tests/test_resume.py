@@ -89,13 +89,13 @@ def test_ctrl_c_stops_the_process_pool_and_the_rerun_is_byte_identical(synth_src
     assert tree(out) == tree(clean)
 
 
-def test_dead_worker_unit_is_redone(synth_src, prepared, tmp_path, monkeypatch):
-    """A worker process of the real pool dies mid-unit (like an OOM kill): its unit is redone."""
+def _crash_once_at(synth_src: str, tmp_path, monkeypatch, class_no: int, file_no: int) -> str:
+    """A pool worker dies (like an OOM kill) the first time it reads that image; the marker file
+    that says it did."""
     import imgprep.prepare
 
-    out = str(tmp_path / "out")
-    cls = sorted(os.listdir(os.path.join(synth_src, "train")))[1]
-    victim = f"train/{cls}/{sorted(os.listdir(os.path.join(synth_src, 'train', cls)))[2]}"
+    cls = sorted(os.listdir(os.path.join(synth_src, "train")))[class_no]
+    victim = f"train/{cls}/{sorted(os.listdir(os.path.join(synth_src, 'train', cls)))[file_no]}"
     marker = str(tmp_path / "crashed")
     discover = imgprep.prepare.discover
 
@@ -105,6 +105,13 @@ def test_dead_worker_unit_is_redone(synth_src, prepared, tmp_path, monkeypatch):
         return index
 
     monkeypatch.setattr(imgprep.prepare, "discover", with_crashing_source)
+    return marker
+
+
+def test_dead_worker_unit_is_redone(synth_src, prepared, tmp_path, monkeypatch):
+    """A worker process of the real pool dies mid-unit (like an OOM kill): its unit is redone."""
+    out = str(tmp_path / "out")
+    marker = _crash_once_at(synth_src, tmp_path, monkeypatch, 1, 2)
     prepare(PrepareConfig(synth_src, out, size=64, shard_size=5, seed=3, workers=2), **QUIET)
     assert os.path.exists(marker)  # a worker did die
     assert tree(out) == tree(prepared)  # no sample lost or duplicated, same bytes
@@ -229,17 +236,7 @@ def test_a_dead_worker_mid_piece_has_its_piece_redone(synth_src, tmp_path, monke
     monkeypatch.setattr(imgprep.prepare, "MIN_PIECE", 2)
     one = str(tmp_path / "one")
     prepare(PrepareConfig(synth_src, one, size=64, shard_size=12, seed=3, workers=1), **QUIET)
-    cls = sorted(os.listdir(os.path.join(synth_src, "train")))[2]
-    victim = f"train/{cls}/{sorted(os.listdir(os.path.join(synth_src, 'train', cls)))[4]}"
-    marker = str(tmp_path / "crashed")
-    discover = imgprep.prepare.discover
-
-    def with_crashing_source(*args):
-        index = discover(*args)
-        index.source = CrashingSource(index.source.root, index.source.archives, victim, marker)
-        return index
-
-    monkeypatch.setattr(imgprep.prepare, "discover", with_crashing_source)
+    marker = _crash_once_at(synth_src, tmp_path, monkeypatch, 2, 4)
     two = str(tmp_path / "two")
     prepare(PrepareConfig(synth_src, two, size=64, shard_size=12, seed=3, workers=2), **QUIET)
     assert os.path.exists(marker)
