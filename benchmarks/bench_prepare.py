@@ -12,8 +12,14 @@ Every variant runs as its own process on the same photo-like JPEGs (1/f spectra,
   decode only       Pillow open + convert("RGB") of every file, nothing else
   imgprep w=1,2     `imgprep prepare --workers N` with the default shard size (1000; fewer shards
                     than the workers can share are cut into pieces), shards, index, stats, manifest
+  img2dataset       the peers a user would pick instead, one process each, run by `--peers-python`
+  litdata optimize  (an environment that has them: they pin other versions of torch and OpenCV
+                    than imgprep, so they live in their own venv); skipped, with a note, without it:
+                    img2dataset over file:// URLs (center_crop to 256, webdataset, q95), litdata's
+                    `optimize` with a Pillow bilinear resize + crop + q95 encode per image
 
 Usage: python benchmarks/bench_prepare.py [--images 1200] [--repeats 5] [--json-out FILE]
+           [--peers-python /path/to/venv/bin/python]   # e.g. a venv with: pip install img2dataset litdata
 """
 
 from __future__ import annotations
@@ -58,6 +64,62 @@ for i, f in enumerate(sorted(glob.glob(os.path.join(src, "*", "*", "*.jpg")))):
         fh.write(simplejpeg.encode_jpeg(np.ascontiguousarray(r[y : y + 256, x : x + 256]), 95))
 """
 
+LITDATA = r"""
+import glob, io, os, sys
+from PIL import Image
+import litdata as ld
+
+def fn(path):
+    im = Image.open(path).convert("RGB")
+    w, h = im.size
+    s = 256 / min(w, h)
+    im = im.resize((max(256, round(w * s)), max(256, round(h * s))), Image.BILINEAR)
+    l, t = (im.size[0] - 256) // 2, (im.size[1] - 256) // 2
+    b = io.BytesIO()
+    im.crop((l, t, l + 256, t + 256)).save(b, "JPEG", quality=95)
+    return {"jpg": b.getvalue(), "cls": 0}
+
+if __name__ == "__main__":
+    files = sorted(glob.glob(os.path.join(sys.argv[1], "*", "*", "*.jpg")))
+    ld.optimize(fn=fn, inputs=files, output_dir=sys.argv[2], chunk_bytes="64MB", num_workers=1)
+"""
+
+
+def _peers(py: str | None, src: str, out: str, work: str) -> dict:
+    """The peers' variants runnable by the interpreter `py` (each needs its package there)."""
+    import subprocess
+
+    if not py:
+        print("note: no --peers-python: img2dataset and litdata optimize are not run")
+        return {}
+    have = lambda mod: subprocess.run([py, "-c", f"import {mod}"], capture_output=True).returncode == 0  # noqa: E731
+    found = {}
+    if have("img2dataset"):
+        urls = os.path.join(work, "urls.txt")
+        import glob
+
+        with open(urls, "w") as f:
+            f.writelines(f"file://{p}\n" for p in sorted(glob.glob(os.path.join(src, "*", "*", "*.jpg"))))
+        found["img2dataset"] = (
+            [os.path.join(os.path.dirname(py), "img2dataset"), "--url_list", urls, "--input_format", "txt",
+             "--output_folder", out,
+             "--output_format", "webdataset", "--image_size", "256", "--resize_mode", "center_crop",
+             "--encode_quality", "95", "--processes_count", "1", "--thread_count", "4",
+             "--enable_wandb", "False"],
+            out,
+        )  # fmt: skip
+    else:
+        print(f"note: {py} has no img2dataset (pip install img2dataset); skipped")
+    if have("litdata"):
+        script = os.path.join(work, "litdata_optimize.py")  # optimize's workers import the script's fn
+        with open(script, "w") as f:
+            f.write(LITDATA)
+        found["litdata optimize"] = ([py, script, src, out], out)
+    else:
+        print(f"note: {py} has no litdata (pip install litdata); skipped")
+    return found
+
+
 DECODE = r"""
 import sys, os, glob
 from PIL import Image
@@ -83,6 +145,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=1000)
     ap.add_argument("--workdir", default=None, help="keep the images here between runs")
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--peers-python", default=None, help="an interpreter with img2dataset and litdata installed")
     a = ap.parse_args()
     work = a.workdir or tempfile.mkdtemp(prefix="imgprep-bench-")
     src = os.path.join(work, f"src-{a.images}")
@@ -98,6 +161,7 @@ def main() -> None:
         "decode only": ([py, "-c", DECODE, src], None),
         "imgprep w=1": (imgprep + ["--workers", "1"], out),
         "imgprep w=2": (imgprep + ["--workers", "2"], out),
+        **_peers(a.peers_python, src, out, work),
     }
     times = {name: [] for name in variants}
     for _ in range(a.repeats):  # interleaved: a slow spell of the machine touches every variant alike

@@ -222,6 +222,9 @@ class FaultProxy:
       fail(k, status)      answer the next k requests with `status` itself (not forwarded)
       reset_after(n, k)    for the next k responses, reset the connection after n bytes
       stall(t, k)          for the next k responses, wait t seconds before the first byte
+    (`match`: only requests whose request line holds it count, e.g. b".tar " for shard GETs:
+    which request comes next is up to the client's threads, so a fault meant for a large body
+    is aimed at one)
       rate(bps)            relay every response at bps bytes per second (None: full speed)
     `requests` counts the requests seen."""
 
@@ -246,13 +249,13 @@ class FaultProxy:
         with self._lock:
             self._fail += [status] * k
 
-    def reset_after(self, n: int, k: int = 1):
+    def reset_after(self, n: int, k: int = 1, match: bytes = b""):
         with self._lock:
-            self._reset += [n] * k
+            self._reset += [(n, match)] * k
 
-    def stall(self, seconds: float, k: int = 1):
+    def stall(self, seconds: float, k: int = 1, match: bytes = b""):
         with self._lock:
-            self._stall += [seconds] * k
+            self._stall += [(seconds, match)] * k
 
     def rate(self, bps: float | None):
         self._rate = bps
@@ -306,11 +309,12 @@ class FaultProxy:
             req = self._read_request(c)
             if req is None:
                 return
+            line = req.split(b"\r\n", 1)[0]
             with self._lock:
                 self.requests += 1
                 status = self._fail.pop(0) if self._fail else None
-                reset = None if status else (self._reset.pop(0) if self._reset else None)
-                stall = None if status else (self._stall.pop(0) if self._stall else None)
+                reset, reset_match = (None, b"") if status else _take(self._reset, line)
+                stall, _ = (None, b"") if status else _take(self._stall, line)
             if status:
                 body = b"<Error><Code>SlowDown</Code><Message>injected</Message></Error>"
                 c.sendall(
@@ -329,7 +333,7 @@ class FaultProxy:
                     if not chunk:
                         if reset is not None:  # a response shorter than n bytes: the next one gets it
                             with self._lock:
-                                self._reset.insert(0, reset)
+                                self._reset.insert(0, (reset, reset_match))
                         break
                     if reset is not None and sent + len(chunk) >= reset:
                         c.sendall(chunk[: max(0, reset - sent)])
@@ -345,6 +349,16 @@ class FaultProxy:
             pass
         finally:
             c.close()
+
+
+def _take(faults: list, line: bytes) -> tuple:
+    """(value, match) of the first fault of `faults` whose match the request line holds, taken
+    out; (None, b"") where none does."""
+    for i, (value, match) in enumerate(faults):
+        if match in line:
+            del faults[i]
+            return value, match
+    return None, b""
 
 
 def cpu_seconds(pid: int) -> float:

@@ -174,8 +174,8 @@ def test_503s_resets_stalls_and_slow_bodies_are_retried_and_the_batches_hold(sev
     lo = make_loader(bucket, "train", 6, "train", backend="dali", workers=1, cache_dir=str(tmp_path / "c"),
                      remote_timeout=0.5, cache_ahead=0)  # fmt: skip
     assert proxied.pending() == 0 and proxied.requests == 4 + 2  # the manifest (4 tries), the statistics
-    proxied.reset_after(3000, 2)  # two shards' bodies cut (reset) after 3000 bytes
-    proxied.stall(1.5, 1)  # longer than the timeout: abandoned and tried again
+    proxied.reset_after(3000, 2, match=b".tar ")  # two shards' bodies cut (reset) after 3000 bytes
+    proxied.stall(1.5, 1, match=b".tar ")  # longer than the timeout: abandoned and tried again
     proxied.fail(2, 500)
     t = time.monotonic()
     assert_same(local, epochs(lo, 1))  # every sample once, bytes checked on arrival
