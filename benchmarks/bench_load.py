@@ -12,6 +12,8 @@
   dali decode      DALI's own webdataset reader + CPU image decoder, nothing else: the bound
   dali stock       NVIDIA's stock pipeline: DALI's reader, CPU decode, crop_mirror_normalize
                    (random 224 window, coin-flip mirror, per-channel mean/std), CHW float
+  timm, litdata    the peers' loaders (`load_peers.py`), run by `--peers-python PY` in an environment
+                   that has them, over an ImageFolder of the same stored JPEGs; skipped without it
 Every variant uses the same threads (`--workers`); the figures are steady state (after
 `--warmup` batches), the variants interleaved `--repeats` times.
 
@@ -77,6 +79,33 @@ def _loader_steady(make, warmup: int, steps: int) -> float:
     return time_loader(make(), steps=warmup + steps, warmup=warmup)["images_per_second"]
 
 
+def _image_folder(data: str, folder: str) -> str:
+    """The train shards' stored JPEGs as an ImageFolder (c<label>/<key>.jpg), for the peers."""
+    from imgprep.dataset import DatasetInfo
+    from imgprep.shards import iter_samples
+
+    if not os.path.isdir(folder):
+        for shard in DatasetInfo.load(data, "train").shards:
+            for key, c in iter_samples(shard):
+                d = os.path.join(folder, f"c{int(c['cls'])}")
+                os.makedirs(d, exist_ok=True)
+                with open(os.path.join(d, f"{key}.jpg"), "wb") as f:
+                    f.write(c["jpg"])
+    return folder
+
+
+def _peer_rates(py: str, folder: str, b: int, w: int, warmup: int, steps: int) -> dict:
+    import subprocess
+
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "load_peers.py")
+    args = [py, script, folder, "--batch-size", str(b), "--workers", str(w), "--warmup", str(warmup)]
+    r = subprocess.run([*args, "--steps", str(steps)], capture_output=True, text=True)
+    if r.returncode:
+        print(f"note: the peers failed ({r.stderr.strip().splitlines()[-1:]}); left out")
+        return {}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None, help="a prepared dataset (default: synthesize and prepare one)")
@@ -86,6 +115,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=5, help="batches before the timing starts")
     ap.add_argument("--steps", type=int, default=0, help="timed batches (0: about an epoch)")
+    ap.add_argument("--peers-python", default=None, help="an interpreter with timm and litdata installed")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json-out", default=None)
     a = ap.parse_args()
@@ -130,6 +160,10 @@ def main() -> None:
             runs[name].append(_loader_steady(make, a.warmup, steps))
         for name, stock in native.items():
             runs[name].append(_pipe_rate(_dali_native(data, b, w, stock), b, a.warmup, steps))
+        if a.peers_python:
+            folder = _image_folder(data, os.path.join(os.path.dirname(os.path.abspath(data)), "imagefolder"))
+            for name, rate in _peer_rates(a.peers_python, folder, b, w, a.warmup, steps).items():
+                runs.setdefault(name, []).append(rate)
     results = {}
     for name, rates in runs.items():
         results[name] = {"median_images_per_second": statistics.median(rates), "min": min(rates), "max": max(rates)}
