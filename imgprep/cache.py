@@ -241,7 +241,7 @@ class ShardCache:
             meta = self.meta(s)  # fetched by another process meanwhile?
             if meta is not None and self._fresh(s, meta):
                 return meta
-            self._make_room(self.records[s]["bytes"])
+            self._make_room(self.records[s]["bytes"], replacing=self.key(s))
             return self._fetch(s)
 
     def _fetch(self, s: int) -> dict:
@@ -351,10 +351,12 @@ class ShardCache:
         """Bytes the cache's entries take."""
         return sum(n for _, _, n in self._entries())
 
-    def _make_room(self, need: int) -> None:
-        """Evict least recently used entries, never pinned ones, until `need` more bytes fit."""
+    def _make_room(self, need: int, replacing: str = "") -> None:
+        """Evict least recently used entries, never pinned ones, until `need` more bytes fit. The
+        entry `replacing` (a stale one being fetched anew) does not count: its files are replaced,
+        so a cache sized to the dataset never evicts a good shard to refetch a changed one."""
         with _Flock(os.path.join(self.folder, ".lock"), None, self.folder):
-            entries = sorted(self._entries())
+            entries = sorted(e for e in self._entries() if e[1] != replacing)
             total = sum(n for _, _, n in entries)
             if total + need <= self.limit:
                 return

@@ -268,6 +268,21 @@ def test_a_stale_or_half_written_entry_is_refetched_and_leftovers_of_dead_proces
     assert lo2.cache.fetched == 2 and not os.path.exists(leftover)
 
 
+def test_a_changed_shard_refetched_into_a_full_cache_evicts_nothing(bucket, tmp_path):
+    """The cache holds the whole split (its default limit) and one entry is stale: fetching it anew
+    must not count the stale copy against the limit (it is replaced), so no good shard is evicted
+    and fetched again later in the epoch."""
+    cache_dir = str(tmp_path / "c")
+    lo = make_loader(bucket, "train", 28, "eval", backend="dali", workers=1, cache_dir=cache_dir)
+    first = epochs(lo, 1)
+    meta = lo.cache._file(0, "json")
+    json.dump({**json.load(open(meta)), "etag": '"something-else"'}, open(meta, "w"))
+    lo2 = make_loader(bucket, "train", 28, "eval", backend="dali", workers=1, cache_dir=cache_dir)
+    assert_same(first, epochs(lo2, 1))
+    assert lo2.cache.fetched == 1
+    assert len([f for f in os.listdir(cache_dir) if f.endswith(".json")]) == 7
+
+
 def test_torch_workers_share_the_cache_and_give_the_local_batches(seven, bucket, tmp_path):
     kw = dict(backend="torch", workers=2, seed=4)
     a = epochs(make_loader(seven, "train", 6, "train", **kw), 1)
