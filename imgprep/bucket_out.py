@@ -73,16 +73,14 @@ class BucketOut:
         self._lost = threading.Event()  # set when another run has taken the lock over
         from .cache import imgprep_home
 
-        key = hashlib.sha256(self.url.encode()).hexdigest()[:24]
-        self.home = imgprep_home()
-        self.stage = os.path.join(self.home, "stage", key)
+        self._stage_key = hashlib.sha256(self.url.encode()).hexdigest()[:24]
+        self.stage = os.path.join(imgprep_home(), "stage", self._stage_key)
 
     def make_stage(self) -> None:
         """The staging folder, and the folders above it up to imgprep's own, private to this user."""
-        from .cache import private_folder
+        from .cache import home_folder
 
-        for path in (self.home, os.path.dirname(self.stage), self.stage):
-            private_folder(path, "imgprep's staging folder", "XDG_CACHE_HOME")
+        home_folder("stage", self._stage_key, what="imgprep's staging folder")
 
     # -- what the prefix holds --------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ only). Each worker (or Ray task) GETs its own images: nothing is downloaded whol
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -171,17 +172,21 @@ class BucketPlace:
     def isfile(self, name: str) -> bool:
         return isinstance(self._tree.get(name), int)
 
-    def _open(self, name: str, base: int = 0, size: int | None = None) -> RangeFile:
+    def _stamp(self, name: str) -> tuple[int, str]:
+        """(size, ETag) of an archive, asked once (every later read is checked against it)."""
         if name not in self.stamps:
             info = self.store.head(name)
             self.stamps[name] = (info.size, info.etag)
-        full, etag = self.stamps[name]
+        return self.stamps[name]
+
+    def _open(self, name: str, base: int = 0, size: int | None = None) -> RangeFile:
+        full, etag = self._stamp(name)
         return RangeFile(self.store, name, base, full if size is None else size, etag)
 
     def scan_tar(self, name: str) -> list[tuple[str, int, int]]:
         from .sources import scan_tar
 
-        got = self._cached(name, "flat", lambda: {"": scan_tar(self.where(name), self._open(name))})
+        got = self._cached(name, "flat", lambda: ({"": scan_tar(self.where(name), self._open(name))}, 0))
         return got[0][""]
 
     def scan_nested(self, name: str) -> tuple[dict, int]:
@@ -194,48 +199,46 @@ class BucketPlace:
 
         return self._cached(name, "nested", scan)
 
-    def _cached(self, name: str, kind: str, scan):
+    def _cached(self, name: str, kind: str, scan) -> tuple[dict, int]:
         """A scan's result ({tar name: [(member, offset, size)]}, skipped), kept in imgprep's
         private folder under the archive's URL, size and ETag: a rerun (a resume, other settings)
-        does not read the archive again; a new upload (a new ETag) is scanned anew."""
+        does not read the archive again; a new upload (a new ETag) is scanned anew. Without an
+        ETag, or without a private folder to keep it in (one another user could write to), the
+        archive is scanned every time."""
         import gzip
         import hashlib
         import json
 
-        from .cache import imgprep_home, private_folder
+        from .cache import home_folder
         from .fileio import write_atomic
 
-        self._open(name)
-        size, etag = self.stamps[name]
+        size, etag = self._stamp(name)
+        try:
+            folder = home_folder("scans", what="imgprep's folder") if etag else None
+        except ImgprepError:
+            folder = None
+        if folder is None:
+            return scan()
         key = hashlib.sha256(f"{self.where(name)}\0{size}\0{etag}\0{kind}".encode()).hexdigest()[:32]
-        path = os.path.join(imgprep_home(), "scans", f"{key}.json.gz")
+        path = os.path.join(folder, f"{key}.json.gz")
         try:
             with gzip.open(path, "rt", encoding="utf-8") as f:
                 saved = json.load(f)
             out = {str(t): [(str(m), int(o), int(n)) for m, o, n in ms] for t, ms in saved["tars"].items()}
-            got = out, int(saved["skipped"])
+            return out, int(saved["skipped"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError):
-            got = None
-        if got is not None and etag:
-            return got
-        result = scan()
-        got = result if isinstance(result, tuple) else (result, 0)
-        if etag:
-            try:
-                for folder in (imgprep_home(), os.path.dirname(path)):
-                    private_folder(folder, "imgprep's folder", "XDG_CACHE_HOME")
-                write_atomic(path, gzip.compress(json.dumps({"tars": got[0], "skipped": got[1]}).encode(), 1))
-            except (OSError, ImgprepError):  # only a shortcut: the next run scans again
-                pass
+            pass  # none kept (or unreadable): scanned below
+        got = scan()
+        with contextlib.suppress(OSError):  # only a shortcut: the next run scans again
+            write_atomic(path, gzip.compress(json.dumps({"tars": got[0], "skipped": got[1]}).encode(), 1))
         return got
 
     def devkit(self, name: str):
         return self.where(name), io.BytesIO(self.store.get(name, limit=LABELS_MAX))
 
     def source(self, archives: list[str]) -> BucketSource:
-        for a in archives:
-            self._open(a)
-        return BucketSource(self.root, self._source.aws_env, tuple(archives), {a: self.stamps[a] for a in archives})
+        stamps = {a: self._stamp(a) for a in archives}
+        return BucketSource(self.root, self._source.aws_env, tuple(archives), stamps)
 
 
 def _tree(keys: list[tuple[str, int]]) -> dict:

@@ -39,7 +39,7 @@ from .fileio import write_atomic
 from .remote import RemoteError, Store
 from .shards import index_path
 
-__all__ = ["ShardCache", "default_cache_dir", "imgprep_home", "private_folder"]
+__all__ = ["ShardCache", "default_cache_dir", "home_folder", "imgprep_home", "private_folder"]
 
 _POLL = 0.05
 PREFETCH_CONNECTIONS = 2  # shards fetched at once per reader (each on its own connection)
@@ -79,6 +79,16 @@ def private_folder(path: str, what: str, flag: str) -> str:
         )
     if not os.access(path, os.W_OK | os.X_OK):
         raise ImgprepError(f"{path}: {what} is not writable; set {flag}")
+    return path
+
+
+def home_folder(*parts: str, what: str, flag: str = "XDG_CACHE_HOME") -> str:
+    """imgprep_home()/parts..., every level from imgprep's own folder down made and checked
+    private (`private_folder`): a folder inside one another user controls is not private."""
+    path = imgprep_home()
+    private_folder(path, what, flag)
+    for part in parts:
+        path = private_folder(os.path.join(path, part), what, flag)
     return path
 
 
@@ -157,8 +167,9 @@ class ShardCache:
         # what lies in it is handed to the decoder after one check; a folder others can write to
         # could be changed between the check and the read
         if self.folder == default_cache_dir():  # in a shared TMPDIR the folder above it is ours too
-            private_folder(imgprep_home(), "the cache folder", "--cache-dir")
-        private_folder(self.folder, "the cache folder", "--cache-dir")
+            home_folder(os.path.basename(self.folder), what="the cache folder", flag="--cache-dir")
+        else:
+            private_folder(self.folder, "the cache folder", "--cache-dir")
         private_folder(os.path.join(self.folder, "pins"), "the cache folder", "--cache-dir")
 
     def key(self, s: int) -> str:

@@ -218,3 +218,32 @@ def test_a_scan_is_kept_so_a_rerun_does_not_read_the_archive_again_until_it_chan
     third = discover_bucket(url, "train", "auto", None)
     assert spans.count("ILSVRC2012_img_train.tar") > 0 and third.splits == first.splits
     assert third.listing_digest() != first.listing_digest()  # a resume starts over: another archive
+
+
+def test_a_kept_scan_in_a_folder_others_can_write_to_is_not_trusted(tmp_path, s3, monkeypatch):
+    """With imgprep's folder group/world-writable (another user could plant a scan there, and its
+    offsets would pick the bytes read as images), the kept scan is neither read nor written."""
+    import glob
+    import gzip
+    import json
+
+    from imgprep.bucket_src import discover_bucket
+
+    src = str(tmp_path / "ilsvrc")
+    build_ilsvrc(src, images(2), val_set(3))
+    url = "s3://imgprep-test/ilsvrc-scan-planted"
+    _upload_tree(src, url)
+    first = discover_bucket(url, "train", "auto", None)
+    home = tmp_path / "xdg-cache" / "imgprep"  # the aws_env fixture's XDG_CACHE_HOME
+    kept = glob.glob(str(home / "scans" / "*.json.gz"))
+    assert len(kept) == 2  # the train tar's and the val tar's
+    for path in kept:
+        with gzip.open(path, "rt") as f:
+            saved = json.load(f)
+        planted = {t: [[m, o + 1, n] for m, o, n in ms] for t, ms in saved["tars"].items()}
+        with gzip.open(path, "wt") as f:
+            json.dump({"tars": planted, "skipped": saved["skipped"]}, f)
+    os.chmod(home, 0o777)
+    assert discover_bucket(url, "train", "auto", None).splits == first.splits  # scanned anew
+    os.chmod(home, 0o700)
+    assert discover_bucket(url, "train", "auto", None).splits != first.splits  # private again: the file is read
