@@ -433,16 +433,16 @@ class Store:
             )
         return md5
 
-    def put_file_checked(self, key: str, path: str) -> str:
+    def put_file_checked(self, key: str, path: str, md5: str | None = None) -> str:
         """Put the file at `path`: in one request up to MULTIPART_PART bytes (checked as
-        `put_checked`), else as a multipart upload of parts of that size, each retried on its own
-        and only one part in memory; the result is checked by size and by the ETag S3 gives a
-        multipart object (the MD5 of the parts' MD5s, "-" and their count). Returns the ETag
-        expected (the MD5 of a single-part object); a failed upload is aborted."""
+        `put_checked`; `md5`: the file's, where the caller has it), else as a multipart upload of
+        parts of that size, each retried on its own and only one part in memory; the result is
+        checked by size and by the ETag S3 gives a multipart object (`multipart_etag`). Returns
+        the ETag expected (the MD5 of a single-part object); a failed upload is aborted."""
         size = os.path.getsize(path)
         if size <= MULTIPART_PART:
             with open(path, "rb") as f:
-                return self.put_checked(key, f.read())
+                return self.put_checked(key, f.read(), md5)
         upload_id = self._multipart("POST", key, {"uploads": ""}).findtext("{*}UploadId") or ""
         if not upload_id:
             raise RemoteError(f"{self.url_of(key)}: the store gave no UploadId for a multipart upload")
@@ -452,7 +452,7 @@ class Store:
                 for n in range(1, -(-size // MULTIPART_PART) + 1):
                     data = f.read(MULTIPART_PART)
                     digests.append(hashlib.md5(data, usedforsecurity=False).digest())
-                    etag = self._part(key, upload_id, n, data)
+                    etag = self._part(key, upload_id, n, data, digests[-1].hex())
                     parts.append(f"<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>")
             body = f"<CompleteMultipartUpload>{''.join(parts)}</CompleteMultipartUpload>".encode()
             done = self._multipart("POST", key, {"uploadId": upload_id}, body)
@@ -465,7 +465,7 @@ class Store:
             with contextlib.suppress(ImgprepError):
                 self._multipart("DELETE", key, {"uploadId": upload_id})
             raise
-        want = f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
+        want = multipart_etag(digests)
         got = self.head(key)
         if got.size != size or got.etag.strip('"') != want:
             raise ImgprepError(
@@ -474,11 +474,11 @@ class Store:
             )
         return want
 
-    def _part(self, key: str, upload_id: str, n: int, data: bytes) -> str:
+    def _part(self, key: str, upload_id: str, n: int, data: bytes, md5: str) -> str:
         def handle(r):
             r.read()
             etag = r.getheader("ETag") or ""
-            if etag.strip('"') != hashlib.md5(data, usedforsecurity=False).hexdigest():
+            if etag.strip('"') != md5:
                 raise _Transient(f"part {n} stored with ETag {etag!r}, not its MD5")
             return etag
 
@@ -538,15 +538,21 @@ class Store:
 # --- reading bodies ------------------------------------------------------------------------------
 
 
+def multipart_etag(digests: list[bytes]) -> str:
+    """The ETag S3 gives a multipart object whose parts have these MD5 digests."""
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
+
+
 def file_etag(path: str) -> str:
-    """The ETag S3 gives the file at `path` once `Store.put_file_checked` has put it (quotes off)."""
+    """The ETag S3 gives the file at `path` once `Store.put_file_checked` has put it (quotes off):
+    its MD5, or for a file over MULTIPART_PART the multipart one."""
     digests = []
     with open(path, "rb") as f:
         while data := f.read(MULTIPART_PART):
-            digests.append(hashlib.md5(data, usedforsecurity=False))
+            digests.append(hashlib.md5(data, usedforsecurity=False).digest())
     if len(digests) <= 1:
-        return (digests[0] if digests else hashlib.md5(b"", usedforsecurity=False)).hexdigest()
-    return f"{hashlib.md5(b''.join(d.digest() for d in digests), usedforsecurity=False).hexdigest()}-{len(digests)}"
+        return (digests[0] if digests else hashlib.md5(b"", usedforsecurity=False).digest()).hex()
+    return multipart_etag(digests)
 
 
 def _copy(r, f, retry: Retry, n: int | None) -> int:
