@@ -11,6 +11,7 @@ and the driver writes each shard from its pieces' samples in order: the bytes ar
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
@@ -218,17 +219,27 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
     a unit (`job.piece`) writes nothing: its record holds its encoded samples, in order, for the
     driver to write into the unit's shard with the other pieces' (`_Pieces`).
     """
+    tally = _Tally(job)
     if job.piece is not None:
         start, stop = job.piece
-        tally = _Tally(job)
         samples = list(_samples(job, job.unit.items[start:stop], tally, progress))
         return {"unit": job.unit.name, "piece": [start, stop], "samples": samples, **tally.record()}
-    out = tempfile.mkdtemp(prefix="imgprep-unit-") if job.upload_to else job.out  # a bucket: private
+    with _unit_out(job) as out:
+        return _write_shard(job, out, _samples(job, job.unit.items, tally, progress), tally)
+
+
+@contextlib.contextmanager
+def _unit_out(job: UnitJob):
+    """Where a unit's shard is written: OUT, or (OUT in a bucket) a private temporary folder of
+    this process, removed once the shard is put."""
+    if not job.upload_to:
+        yield job.out
+        return
+    out = tempfile.mkdtemp(prefix="imgprep-unit-")
     try:
-        return _run_unit_into(job, out, progress)
+        yield out
     finally:
-        if job.upload_to:
-            shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _reads(source, items: list[Item], limit: int):
@@ -248,6 +259,16 @@ class _Tally:
     def __init__(self, job: UnitJob):
         self.rejects, self.skipped, self.converted, self.n_converted = [], 0, {}, 0
         self.acc = StatsAccumulator(job.size) if job.with_stats else None
+
+    def merge(self, rec: dict) -> None:
+        """Add a piece's record (its counts and sums) to this tally."""
+        self.rejects += rec["rejects"]
+        self.skipped += rec["skipped"]
+        self.n_converted += rec["converted_images"]
+        for t, n in rec["converted"].items():
+            self.converted[t] = self.converted.get(t, 0) + n
+        if self.acc is not None:
+            self.acc.merge(StatsAccumulator.from_arrays(rec["stats"]))
 
     def record(self) -> dict:
         return {
@@ -330,11 +351,6 @@ def _write_shard(job: UnitJob, out: str, samples, tally: _Tally) -> dict:
     return {"md5": md5, "unit": unit.name, "split": unit.split, "shard": shard, **tally.record()}
 
 
-def _run_unit_into(job: UnitJob, out: str, progress) -> dict:
-    tally = _Tally(job)
-    return _write_shard(job, out, _samples(job, job.unit.items, tally, progress), tally)
-
-
 # Work units finer than shards: with fewer than PIECES_PER_WORKER units per worker, each unit is cut
 # into pieces of at least MIN_PIECE images, run as jobs of their own; the driver writes each shard
 # when its last piece is in, from the pieces' samples in order, so the bytes are those of one job.
@@ -367,9 +383,7 @@ class _Pieces:
 
     def __init__(self, jobs: list[UnitJob], on_unit: Callable[[dict], None]):
         self.jobs = {j.unit.name: j for j in jobs}
-        self.expected = {}
-        for j in jobs:
-            self.expected[j.unit.name] = self.expected.get(j.unit.name, 0) + 1
+        self.expected = collections.Counter(j.unit.name for j in jobs)
         self.got: dict[str, list[dict]] = {}
         self.on_unit = on_unit
 
@@ -387,20 +401,10 @@ class _Pieces:
         job = replace(self.jobs[name], piece=None)
         tally = _Tally(job)
         for r in parts:
-            tally.rejects += r["rejects"]
-            tally.skipped += r["skipped"]
-            tally.n_converted += r["converted_images"]
-            for t, n in r["converted"].items():
-                tally.converted[t] = tally.converted.get(t, 0) + n
-            if tally.acc is not None:
-                tally.acc.merge(StatsAccumulator.from_arrays(r["stats"]))
-        samples = (s for r in parts for s in r["samples"])
-        out = tempfile.mkdtemp(prefix="imgprep-unit-") if job.upload_to else job.out
-        try:
-            self.on_unit(_write_shard(job, out, samples, tally))
-        finally:
-            if job.upload_to:
-                shutil.rmtree(out, ignore_errors=True)
+            tally.merge(r)
+        with _unit_out(job) as out:
+            rec = _write_shard(job, out, (s for r in parts for s in r["samples"]), tally)
+        self.on_unit(rec)
 
 
 # ---------------------------------------------------------------------------------------------
