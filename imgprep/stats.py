@@ -50,13 +50,9 @@ class StatsAccumulator:
 
     @property
     def sum_image(self) -> np.ndarray:
+        """int64 (size, size, 3): the per-position pixel sums (the partial ones folded in)."""
         self._fold()
         return self._sum
-
-    @sum_image.setter
-    def sum_image(self, value: np.ndarray) -> None:
-        self._part, self._in_part = None, 0
-        self._sum = value
 
     def _fold(self) -> None:
         if self._in_part:
@@ -83,7 +79,8 @@ class StatsAccumulator:
         """Add another accumulator's sums (exact)."""
         if other.size != self.size:
             raise ValueError(f"cannot merge statistics of size {other.size} into size {self.size}")
-        self.sum_image += other.sum_image
+        self._fold()
+        self._sum += other.sum_image
         self.gram += other.gram
         self.images += other.images
 
@@ -95,7 +92,7 @@ class StatsAccumulator:
     def from_arrays(cls, arrays) -> StatsAccumulator:
         """Inverse of `to_arrays`."""
         acc = cls(int(arrays["sum_image"].shape[0]))
-        acc.sum_image = np.array(arrays["sum_image"], np.int64)
+        acc._sum = np.array(arrays["sum_image"], np.int64)
         acc.gram = np.array(arrays["gram"], np.int64)
         acc.images = int(arrays["images"])
         return acc
