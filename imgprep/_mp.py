@@ -49,13 +49,33 @@ def resolve_workers(n: int, bound: bool = True) -> int:
     return n
 
 
-def pool_context():
-    """forkserver where available, else spawn.
+# imported here, they may have started native thread pools whose locks a forked child inherits held
+_THREADED = ("cv2", "torch", "nvidia.dali", "numba", "ray", "tensorflow", "jax", "grpc")
 
-    Workers fork from a clean single-threaded server that imported the decoding libraries (and
-    torch, when the caller uses it) once, so they start in milliseconds; a plain fork after the
-    caller has used OpenCV's, DALI's or torch's thread pools can deadlock the children.
+
+def fork_is_safe() -> bool:
+    """Whether this process can fork its workers directly: Linux, no thread but this one, and none
+    of the libraries that keep native thread pools imported (numpy's BLAS pool handles fork)."""
+    return (
+        sys.platform.startswith("linux")
+        and "fork" in mp.get_all_start_methods()
+        and threading.active_count() == 1
+        and not any(m in sys.modules for m in _THREADED)
+    )
+
+
+def pool_context(fork_ok: bool = False):
+    """fork where the caller allows it (`fork_ok`: no open connections a child could share) and
+    `fork_is_safe()`; else forkserver where available, else spawn.
+
+    A forked worker starts at once with what this process imported; a forkserver worker forks from
+    a clean single-threaded server that imported the decoding libraries (and torch, when the caller
+    uses it) once, which costs that server's start (about 0.35 s, before the first job) but is safe
+    after the caller has used OpenCV's, DALI's or torch's thread pools, where a plain fork can
+    deadlock the children.
     """
+    if fork_ok and fork_is_safe():
+        return mp.get_context("fork")
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
@@ -100,6 +120,7 @@ def init_worker(parent: int) -> None:
     (the pool already runs a process per core); Ctrl-C is the parent's to handle."""
     exit_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the caller's handler
     try:
         import cv2
 

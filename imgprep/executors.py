@@ -58,8 +58,9 @@ class LocalExecutor:
 
     max_attempts = 3
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, fork_ok: bool = False):
         self.workers = workers
+        self.fork_ok = fork_ok  # the caller holds no connection a forked worker could share (`pool_context`)
 
     def run(self, fn: JobFn, jobs: Sequence[Job], on_done: Callable[[Any], None], on_progress: Progress) -> None:
         """Call `fn(job, progress)` for every job; `on_done(result)` runs here as each one finishes."""
@@ -84,14 +85,16 @@ class LocalExecutor:
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         from concurrent.futures.process import BrokenProcessPool
 
-        from ._mp import pool_context
+        from ._mp import fork_is_safe, pool_context
 
-        ctx = pool_context()
+        ctx = pool_context(self.fork_ok)
         counter = ctx.Value("q", 0)
         attempts = [0] * len(jobs)
         pending = set(range(len(jobs)))
         seen = 0
         while pending:  # one pool per round: a pool whose worker died is broken for good
+            if ctx.get_start_method() == "fork" and not fork_is_safe():  # a thread left by the last round
+                ctx = pool_context()
             pool = ProcessPoolExecutor(
                 self.workers, mp_context=ctx, initializer=_init_worker, initargs=(counter, os.getpid())
             )
@@ -185,8 +188,8 @@ def _ray_task(fn: JobFn, job):
     return fn(job, None)
 
 
-def make_executor(kind: str, workers: int, ray_address: str | None = None):
-    """The executor named by `--executor`."""
+def make_executor(kind: str, workers: int, ray_address: str | None = None, fork_ok: bool = False):
+    """The executor named by `--executor` (`fork_ok`: see `LocalExecutor`)."""
     if kind == "ray":
         return RayExecutor(workers, ray_address)
-    return LocalExecutor(workers)
+    return LocalExecutor(workers, fork_ok)

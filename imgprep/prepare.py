@@ -53,7 +53,7 @@ from .executors import EXECUTORS, make_executor
 from .fileio import PARTIAL_SUFFIX, FolderLock, atomic_file, json_bytes, write_atomic
 from .geometry import resize_center_crop
 from .remote import is_url
-from .shards import ShardWriter, index_path, sha256_file
+from .shards import Fragment, ShardWriter, index_path, sha256_file
 from .sources import LAYOUTS, Item, Source, SourceIndex, discover
 from .stats import StatsAccumulator, finalize
 
@@ -216,16 +216,26 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
 
     The record holds the shard's path, count, bytes and sha256, the rejects, the skipped and
     converted counts, and (with_stats) the exact statistics sums of the stored pixels. A piece of
-    a unit (`job.piece`) writes nothing: its record holds its encoded samples, in order, for the
-    driver to write into the unit's shard with the other pieces' (`_Pieces`).
+    a unit (`job.piece`) writes nothing: its record holds its samples as tar members (a `Fragment`),
+    in order, for the driver to append to the unit's shard after the pieces before it (`_Pieces`).
     """
     tally = _Tally(job)
     if job.piece is not None:
         start, stop = job.piece
-        samples = list(_samples(job, job.unit.items[start:stop], tally, progress))
-        return {"unit": job.unit.name, "piece": [start, stop], "samples": samples, **tally.record()}
+        frag = Fragment()
+        for key, components in _samples(job, job.unit.items[start:stop], tally, progress):
+            frag.add(key, components)
+        return {"unit": job.unit.name, "piece": [start, stop], "fragment": frag, **tally.record()}
     with _unit_out(job) as out:
-        return _write_shard(job, out, _samples(job, job.unit.items, tally, progress), tally)
+        return _write_shard(job, out, _one_each(_samples(job, job.unit.items, tally, progress)), tally)
+
+
+def _one_each(samples):
+    """Each (key, components) as a fragment of its own: written as it comes."""
+    for key, components in samples:
+        frag = Fragment()
+        frag.add(key, components)
+        yield frag
 
 
 @contextlib.contextmanager
@@ -312,9 +322,9 @@ def _samples(job: UnitJob, rows: list[tuple[str, Item]], tally: _Tally, progress
             progress(1)
 
 
-def _write_shard(job: UnitJob, out: str, samples, tally: _Tally) -> dict:
-    """Write `samples` as the unit's shard (and index) under `out`, put it in the bucket where OUT
-    is one; the unit's record."""
+def _write_shard(job: UnitJob, out: str, fragments, tally: _Tally) -> dict:
+    """Write the samples of `fragments`, in order, as the unit's shard (and index) under `out`, put
+    it in the bucket where OUT is one; the unit's record."""
     unit = job.unit
     path = os.path.join(out, unit.path)
     try:
@@ -323,8 +333,8 @@ def _write_shard(job: UnitJob, out: str, samples, tally: _Tally) -> dict:
     except OSError as exc:
         raise _write_error(exc, path) from None
     try:
-        for key, sample in samples:
-            writer.write(key, sample)
+        for frag in fragments:
+            writer.write_fragment(frag)
         if writer.count == 0:
             writer.abort()
             shard = None
@@ -403,7 +413,7 @@ class _Pieces:
         for r in parts:
             tally.merge(r)
         with _unit_out(job) as out:
-            rec = _write_shard(job, out, (s for r in parts for s in r["samples"]), tally)
+            rec = _write_shard(job, out, (r["fragment"] for r in parts), tally)
         self.on_unit(rec)
 
 
@@ -706,7 +716,8 @@ def _run(cfg: PrepareConfig, index: SourceIndex, kind: str, progress: bool, log,
     workers = resolve_workers(cfg.workers, bound=local) if executor is None else getattr(executor, "workers", 1)
     jobs = split_jobs(jobs, workers)  # pieces where there are fewer units than the workers can share
     if executor is None:
-        executor = make_executor(cfg.executor, min(workers, max(1, len(jobs))), cfg.ray_address)
+        fork_ok = bucket is None and not is_url(cfg.src)  # no store connection a forked worker would share
+        executor = make_executor(cfg.executor, min(workers, max(1, len(jobs))), cfg.ray_address, fork_ok)
 
     def on_done(rec: dict) -> None:
         state.add(rec)

@@ -3,11 +3,13 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from helpers import tree, write_odd_files
+from helpers import cli_argv, tree, write_odd_files
 from imgprep.errors import ImgprepError
 from imgprep.prepare import PrepareConfig, prepare, process_image
 from imgprep.shards import iter_samples, sha256_file
@@ -132,6 +134,38 @@ def test_pieces_of_units_give_the_bytes_of_whole_units(synth_src, tmp_path, monk
     prepare(PrepareConfig(synth_src, two, size=64, shard_size=12, seed=3, workers=2), **QUIET)
     assert seen == [(3, 3), (3, 9)]  # 2 train units of 12 and a val unit of 8, each in 3 pieces
     assert tree(one) == tree(two)
+
+
+def test_workers_fork_from_the_cli_and_give_the_bytes_of_one_worker(synth_src, tmp_path):
+    """From the CLI (one thread, no thread-pool library imported) the pool forks its workers
+    directly; the shards, pieces included, are still those of one worker."""
+    args = ["--size", "64", "--shard-size", "12", "--seed", "3", "--no-progress"]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    subprocess.run(cli_argv("prepare", synth_src, one, *args, "--workers", "1"), check=True, capture_output=True)
+    subprocess.run(cli_argv("prepare", synth_src, two, *args, "--workers", "2"), check=True, capture_output=True)
+    assert tree(one) == tree(two)
+
+
+FORK_PROBE = r"""
+import sys, threading
+import imgprep.prepare
+from imgprep._mp import pool_context
+print(pool_context(True).get_start_method(), pool_context().get_start_method())
+if sys.argv[1] == "thread":
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+elif sys.argv[1] == "cv2":
+    import cv2
+print(pool_context(True).get_start_method())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is used on Linux only")
+@pytest.mark.parametrize("then", ["thread", "cv2"])
+def test_pool_forks_only_where_it_is_safe(then):
+    """fork only where the caller allows it, with no other thread and no thread-pool library
+    imported; forkserver otherwise."""
+    r = subprocess.run([sys.executable, "-c", FORK_PROBE, then], capture_output=True, text=True, check=True)
+    assert r.stdout.split() == ["fork", "forkserver", "forkserver"]
 
 
 def test_split_jobs_covers_each_unit_once_in_order():

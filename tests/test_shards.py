@@ -2,6 +2,7 @@
 
 import io
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from imgprep.shards import (
+    Fragment,
     ShardWriter,
     dali_index_text,
     iter_samples,
@@ -64,6 +66,23 @@ def test_index_offsets_point_at_the_data(tmp_path):
     for (key, comps), entry in zip(SAMPLES, index, strict=True):
         for ext, off, size, name in entry:
             assert name == f"{key}.{ext}" and data[off : off + size] == comps[ext]
+
+
+def test_fragments_give_the_bytes_of_samples_written_one_by_one(tmp_path):
+    """Samples built as fragments elsewhere (sent between processes: pickled) and appended make
+    the shard, index and checksums of writing each sample itself."""
+    one = write(tmp_path)
+    frags = [Fragment() for _ in range(3)]
+    for i, (k, c) in enumerate(SAMPLES):
+        frags[min(i // 2, 2)].add(k, c)
+    frags.insert(1, Fragment())  # an empty piece changes nothing
+    w = ShardWriter(str(tmp_path / "f-000000.tar"))
+    for f in frags:
+        w.write_fragment(pickle.loads(pickle.dumps(f)))
+    two = w.close()
+    assert (tmp_path / "f-000000.tar").read_bytes() == (tmp_path / "s-000000.tar").read_bytes()
+    assert (tmp_path / "f-000000.idx").read_bytes() == (tmp_path / "s-000000.idx").read_bytes()
+    assert (two.count, two.bytes, two.sha256, two.sample_crc32) == (one.count, one.bytes, one.sha256, one.sample_crc32)
 
 
 @pytest.mark.skipif(shutil.which("tar") is None, reason="wds2idx needs GNU tar")
