@@ -176,3 +176,63 @@ def test_animated_images_keep_their_first_frame_and_say_so_and_avif_decodes():
         pytest.skip("this Pillow writes no AVIF")
     img = decode_rgb(b.getvalue(), "a.avif")
     assert img.format == "avif" and abs(int(img.pixels.mean()) - 200) <= 4
+
+
+def _jpegs_of_every_header() -> dict[str, bytes]:
+    """JPEGs whose headers differ in what decode_rgb must notice."""
+    rgb = smooth_rgb(90, 120, 4)
+    out = {"plain": jpeg_bytes(rgb), "gray": jpeg_bytes(rgb[..., 0]), "progressive": jpeg_bytes(rgb, progressive=True)}
+    out["subsampled_444"] = jpeg_bytes(rgb, subsampling=0)
+    ex = Image.Exif()
+    ex[0x0112] = 6
+    out["exif_rotated"] = jpeg_bytes(rgb, exif=ex)
+    ex1 = Image.Exif()
+    ex1[0x010F] = "camera"
+    out["exif_no_rotation"] = jpeg_bytes(rgb, exif=ex1)
+    out["icc"] = jpeg_bytes(rgb, icc_profile=_adobe_rgb_icc())
+    b = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(b, "JPEG", quality=92)
+    out["cmyk"] = b.getvalue()
+    im2 = Image.fromarray(rgb[::-1].copy())
+    b = io.BytesIO()
+    Image.fromarray(rgb).save(b, "MPO", save_all=True, append_images=[im2])
+    out["mpo"] = b.getvalue()
+    out["truncated"] = out["plain"][: len(out["plain"]) // 2]
+    out["header_only"] = out["plain"][:300]
+    return out
+
+
+def test_the_plain_jpeg_header_walk_gives_what_pillow_gives(monkeypatch):
+    """Where the header walk answers (no EXIF, ICC, multi-picture or Adobe segment) it gives
+    Pillow's size and mode; decode_rgb gives the same image, size and notes either way."""
+    import imgprep.codec as codec
+
+    jpegs = _jpegs_of_every_header()
+    answered = {k for k, d in jpegs.items() if codec.plain_jpeg_size(d) is not None}
+    assert answered == {"plain", "gray", "progressive", "subsampled_444", "truncated", "header_only"}
+    for k in answered - {"truncated", "header_only"}:
+        im = Image.open(io.BytesIO(jpegs[k]))
+        assert codec.plain_jpeg_size(jpegs[k]) == (*im.size, {"L": 1, "RGB": 3}[im.mode])
+    fast = {}
+    for k, d in jpegs.items():
+        try:
+            fast[k] = decode_rgb(d, "x.jpg", max_pixels=10**8)
+        except DecodeError as exc:
+            fast[k] = str(exc)
+    monkeypatch.setattr(codec, "plain_jpeg_size", lambda data: None)  # every file through Pillow
+    for k, d in jpegs.items():
+        try:
+            slow = decode_rgb(d, "x.jpg", max_pixels=10**8)
+        except DecodeError as exc:
+            assert fast[k] == str(exc), k
+            continue
+        a = fast[k]
+        assert (a.width, a.height, a.format, a.converted) == (slow.width, slow.height, slow.format, slow.converted), k
+        assert np.array_equal(a.pixels, slow.pixels), k
+
+
+def test_the_header_walk_keeps_the_pixel_limit():
+    big = jpeg_bytes(smooth_rgb(300, 400, 1))
+    with pytest.raises(DecodeError, match="over the limit"):
+        decode_rgb(big, "big.jpg", max_pixels=300 * 400 - 1)
+    assert decode_rgb(big, "big.jpg", max_pixels=300 * 400).pixels.shape == (300, 400, 3)

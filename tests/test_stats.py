@@ -14,6 +14,21 @@ def images(n, size=16, seed=0):
     return base.astype(np.uint8)
 
 
+def test_gram_exact_on_every_size_and_extreme():
+    rng = np.random.default_rng(7)
+    for k in range(60):
+        h, w = (int(v) for v in rng.integers(1, 700, 2))
+        lo = int(rng.integers(0, 256))
+        img = rng.integers(lo, 256, (h, w, 3), dtype=np.uint8)
+        x = img.reshape(-1, 3).astype(np.int64)
+        assert np.array_equal(gram(img), x.T @ x), (h, w, lo)
+    for v in (0, 1, 254, 255):
+        big = np.full((2048, 2048, 3), v, np.uint8)
+        big[::2, :, 1] = 255 - v
+        x = big.reshape(-1, 3).astype(np.int64)
+        assert np.array_equal(gram(big), x.T @ x)
+
+
 def test_gram_exact():
     for img in images(3):
         x = img.reshape(-1, 3).astype(np.int64)
