@@ -16,7 +16,7 @@ def images(n, size=16, seed=0):
 
 def test_gram_exact_on_every_size_and_extreme():
     rng = np.random.default_rng(7)
-    for k in range(60):
+    for _ in range(60):
         h, w = (int(v) for v in rng.integers(1, 700, 2))
         lo = int(rng.integers(0, 256))
         img = rng.integers(lo, 256, (h, w, 3), dtype=np.uint8)
