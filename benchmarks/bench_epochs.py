@@ -1,7 +1,8 @@
-"""Training epochs of the DALI loader (CPU, full paper augmentation): the time from the start of
-each epoch to its first batch and each epoch's images/s, for this checkout and, with `--before
-DIR`, another checkout (e.g. `git worktree add /tmp/before COMMIT`), run in separate processes,
-interleaved; medians with min-max.
+"""Training epochs of the DALI loader (CPU, full paper augmentation): the loader's start-up (made
+and warmed up, as `imgprep train` does before its first epoch; torch imported before, timed
+apart), then the time from the start of each epoch to its first batch and each epoch's images/s,
+for this checkout and, with `--before DIR`, another checkout (e.g. `git worktree add /tmp/before
+COMMIT`), run in separate processes, interleaved; medians with min-max.
 
 Usage: python benchmarks/bench_epochs.py [--data DIR] [--images 1200] [--epochs 4] [--rounds 3]
        [--before DIR] [--json-out F]
@@ -21,10 +22,17 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _worker(data: str, epochs: int, batch: int) -> None:
+    t = time.perf_counter()
+    import torch  # noqa: F401  (a training process has it already: not the loader's start-up)
+
+    torch_s = time.perf_counter() - t
     from imgprep.loaders import make_loader
 
+    t = time.perf_counter()
     lo = make_loader(data, "train", batch, "train", backend="dali", device="cpu")
-    out = []
+    if hasattr(lo, "warm_up"):  # what `imgprep train` does before its first epoch (a checkout from before it: not)
+        lo.warm_up()
+    out = [{"import_torch_s": torch_s, "start_s": time.perf_counter() - t}]
     for _ in range(epochs):
         t = time.perf_counter()
         it = iter(lo)
@@ -78,7 +86,10 @@ def main() -> None:
                 runs[k].append(_run(root, data, a.epochs, a.batch_size))
     figures = {}
     for k, rs in runs.items():
+        starts, rs = [r[0] for r in rs], [r[1:] for r in rs]
         figures[k] = {
+            "import_torch_s": summarize([s["import_torch_s"] for s in starts]),
+            "loader_start_s": summarize([s["start_s"] for s in starts]),
             "first_epoch": {
                 "first_batch_s": summarize([r[0]["first_batch_s"] for r in rs]),
                 "images_per_s": summarize([r[0]["images_per_s"] for r in rs]),
@@ -89,7 +100,7 @@ def main() -> None:
             },
         }
     res = {
-        "what": "DALI training epochs on the CPU (full augmentation): time to the first batch and images/s",
+        "what": "DALI training epochs on the CPU (full augmentation): start-up, time to the first batch, images/s",
         "command": "python benchmarks/bench_epochs.py" + (" --before DIR" if a.before else ""),
         "machine": environment(),
         "images": a.images,

@@ -25,6 +25,7 @@ once per loader and fed with `feed_input` (see `reader` for why).
 from __future__ import annotations
 
 import functools
+import time
 
 import numpy as np
 
@@ -436,6 +437,36 @@ class DaliLoader(BaseLoader):
             while pending:  # stopped inside the epoch: the batches scheduled are taken and dropped,
                 pipe.outputs()  # so that the pipeline starts the next epoch empty (each batch's
                 pending.pop(0)  # fed arrays kept until then: no_copy)
+
+    def warm_up(self) -> float:
+        """Do the loader's one-time work now rather than in its first epoch: build the pipeline
+        (DALI's threads started, the CPU operator loaded, torch imported) and run one batch of a
+        grey stand-in image through it (buffers allocated, each thread's decoder used once), its
+        outputs dropped. The batch's draws come from a generator of its own and the pipeline
+        keeps no state between batches, so every epoch's batches are those of a loader that was
+        not warmed up. Returns the seconds it took."""
+        import io
+
+        from PIL import Image
+
+        t = time.perf_counter()
+        handover = self.handover and self.cfg.mode != "ten_crop"
+        pipe = self._pipeline(handover)
+        b, size = self.cfg.rank_batch, self.info.size
+        buf = io.BytesIO()
+        Image.new("RGB", (size, size), (128, 128, 128)).save(buf, "JPEG", quality=90)
+        jpg = np.frombuffer(buf.getvalue(), np.uint8)
+        feed = {"jpg": [jpg] * b, "label": np.zeros(b, np.int32)}
+        if self.cfg.mode == "train":
+            feed.update(self._draws(np.random.default_rng(0), b))
+        for name, data in feed.items():
+            pipe.feed_input(name, data)
+        pipe.schedule_run()
+        outs = pipe.outputs()  # the fed arrays (no_copy) are alive until here
+        images = _to_torch(outs[0], self.gpu, self.device_id)
+        if handover:
+            self._finish()(images, _to_torch(outs[2], self.gpu, self.device_id))
+        return time.perf_counter() - t
 
     def _pipeline(self, handover: bool):
         """The loader's DALI pipeline, built on first use and kept: it holds no file, order or

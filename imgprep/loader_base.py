@@ -292,6 +292,11 @@ class BaseLoader:
             images = images.contiguous(memory_format=torch.channels_last)
         return images
 
+    def warm_up(self) -> float:
+        """Do the one-time work of the first epoch now (the DALI backend: build and run its
+        pipeline once); the batches do not change. Returns the seconds it took."""
+        return 0.0
+
     def set_epoch(self, epoch: int) -> None:
         """Use the sample order of `epoch` for the next iteration."""
         self.epoch = epoch

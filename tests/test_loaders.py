@@ -436,7 +436,8 @@ def test_a_dataset_and_run_folder_whose_names_are_not_utf8(prepared128, tmp_path
 def test_a_dali_loader_builds_its_pipeline_once_and_each_epoch_is_its_own(prepared, monkeypatch, mode):
     """The pipeline is fed (samples, order and random draws made per epoch from seed, epoch and
     rank): one build serves every epoch, including after an epoch stopped inside, and epoch k of a
-    long-lived loader gives the batches, padding included, that a fresh loader set to epoch k gives."""
+    long-lived (and warmed-up) loader gives the batches, padding included, that a fresh loader set
+    to epoch k gives."""
     from imgprep import dali_loader
 
     builds = []
@@ -444,6 +445,7 @@ def test_a_dali_loader_builds_its_pipeline_once_and_each_epoch_is_its_own(prepar
     monkeypatch.setattr(dali_loader, "build_pipeline", lambda *a, **kw: builds.append(1) or real(*a, **kw))
     split = "train" if mode == "train" else "val"  # val: 8 samples, 3 batches, 1 padded
     lo = make_loader(prepared, split, 3, mode, backend="dali", workers=1)
+    assert lo.warm_up() > 0 and len(builds) == 1  # the first epoch's start-up, done before it
     epochs = [collect(lo) for _ in range(3)]
     next(iter(lo))  # epoch 3 stopped after one batch...
     stopped = collect(lo)  # ...and run again whole

@@ -176,6 +176,9 @@ def _loaders(cfg: TrainConfig, dataset, normalize: str, rank: int, world: int, g
     train_loader = make_loader(dataset, "train", cfg.batch_size, "train", lighting_std=cfg.lighting_std, **kw)
     val_batch = dataset.batch_within("val", cfg.batch_size // world, world) * world  # global, like --batch-size
     val_loader = make_loader(dataset, "val", val_batch, "eval", **kw) if "val" in dataset.splits else None
+    for loader in (train_loader, val_loader):  # their start-up here, so that epoch 1 runs as fast as the rest
+        if loader is not None:
+            loader.warm_up()
     return train_loader, val_loader
 
 
