@@ -440,11 +440,13 @@ class DaliLoader(BaseLoader):
 
     def warm_up(self) -> float:
         """Do the loader's one-time work now rather than in its first epoch: build the pipeline
-        (DALI's threads started, the CPU operator loaded, torch imported) and run one batch of a
-        grey stand-in image through it (buffers allocated, each thread's decoder used once), its
-        outputs dropped. The batch's draws come from a generator of its own and the pipeline
-        keeps no state between batches, so every epoch's batches are those of a loader that was
-        not warmed up. Returns the seconds it took."""
+        (DALI's threads started, the CPU operator loaded, torch imported), run as many batches of
+        a grey stand-in image through it at once as an epoch keeps in flight (its buffers
+        allocated: on a VM whose page faults cost ~8 us, the first epoch's fresh memory took
+        over a second of system time), outputs dropped, and check the next epoch's shards
+        (`integrity`; a local dataset's). The batches' draws come from a generator of their own
+        and the pipeline keeps no state between batches, so every epoch's batches are those of a
+        loader that was not warmed up. Returns the seconds it took."""
         import io
 
         from PIL import Image
@@ -459,13 +461,19 @@ class DaliLoader(BaseLoader):
         feed = {"jpg": [jpg] * b, "label": np.zeros(b, np.int32)}
         if self.cfg.mode == "train":
             feed.update(self._draws(np.random.default_rng(0), b))
-        for name, data in feed.items():
-            pipe.feed_input(name, data)
-        pipe.schedule_run()
-        outs = pipe.outputs()  # the fed arrays (no_copy) are alive until here
-        images = _to_torch(outs[0], self.gpu, self.device_id)
-        if handover:
-            self._finish()(images, _to_torch(outs[2], self.gpu, self.device_id))
+        inflight = max(1, self.cfg.prefetch) + 1  # as many batches at once as an epoch has: DALI's pools full size
+        for _ in range(inflight):
+            for name, data in feed.items():
+                pipe.feed_input(name, data)
+            pipe.schedule_run()
+        for _ in range(inflight):
+            outs = pipe.outputs()  # the fed arrays (no_copy) are alive until here
+            images = _to_torch(outs[0], self.gpu, self.device_id)
+            if handover:
+                self._finish()(images, _to_torch(outs[2], self.gpu, self.device_id))
+        if self.cache is None:  # the next epoch's shards checked now (kept per shard; counted when read)
+            for s, _, _ in self.plan().segments(self.info.counts):
+                self.checker.bad_samples(self.info.shards[s])
         return time.perf_counter() - t
 
     def _pipeline(self, handover: bool):
