@@ -53,6 +53,7 @@ def environment() -> dict:
         "machine": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_model": cpu_model(),
+        "cpu": cpu_details(),
         "cores": cpu_count(),
         "python": platform.python_version(),
         "gpus": gpu,
@@ -70,6 +71,35 @@ def cpu_model() -> str | None:
     except OSError:
         pass
     return platform.processor() or None
+
+
+# the vector and matrix extensions that change what the codecs and inductor's kernels run
+_ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "neon", "asimd", "sve")
+
+
+def cpu_details() -> dict:
+    """What tells two CPUs of one model name apart (Linux: /proc/cpuinfo): vendor, family and
+    model numbers, and which of the vector extensions in `_ISA` it has; {} elsewhere. A VM's
+    "AMD EPYC" may be a Zen 3 with AVX2 only or a Zen 5 with AVX-512."""
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("vendor_id", "cpu family", "model", "flags", "Features") and key not in info:
+                    info[key] = value.strip()
+                if not line.strip() and info:
+                    break  # the first processor's block is enough
+    except OSError:
+        return {}
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    return {
+        "vendor": info.get("vendor_id"),
+        "family": info.get("cpu family"),
+        "model": info.get("model"),
+        "extensions": [x for x in _ISA if x in flags],
+    }
 
 
 def summarize(values: list[float]) -> dict:
