@@ -55,7 +55,7 @@ def test_bench_prepare(synth_src, tmp_path):
         assert len(r["runs"]) == 2 and r["images_per_second"] == pytest.approx(statistics.median(r["runs"]), abs=0.01)
         assert (r["min"], r["max"]) == pytest.approx((min(r["runs"]), max(r["runs"])), abs=0.01)
     assert "imgprep w=2" in out
-    cpu = res["machine"]["cpu"]  # the CPU told apart beyond its model name
+    cpu = res["environment"]["cpu"]  # the CPU told apart beyond its model name
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             first = f.read().split("\n\n")[0]
