@@ -118,6 +118,7 @@ def main() -> None:
     ap.add_argument("--peers-python", default=None, help="an interpreter with timm and litdata installed")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--plot", default=None, help="a PNG chart of the figures")
     a = ap.parse_args()
     from imgprep._mp import resolve_workers
     from imgprep.bench import baseline_loader
@@ -189,6 +190,11 @@ def main() -> None:
             out = {"command": cmd, "machine": environment(), "batch_size": b, "workers": w, "device": device,
                    "warmup": a.warmup, "steps": steps, "results": results, "ratios": ratios}  # fmt: skip
             json.dump(out, f, indent=2)
+    if a.plot:
+        from imgprep.report import environment, variants_chart
+
+        figures = {k: v for k, v in results.items() if isinstance(v, dict)}
+        variants_chart(a.plot, figures, "baseline", f"loaders, train mode, batch {b}, {w} workers", environment())
 
 
 if __name__ == "__main__":

@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=1000)
     ap.add_argument("--workdir", default=None, help="keep the images here between runs")
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--plot", default=None, help="a PNG chart of the figures")
     ap.add_argument("--peers-python", default=None, help="an interpreter with img2dataset and litdata installed")
     a = ap.parse_args()
     # as an installed copy runs: its bytecode compiled once (with this set, as on our CI machines, an
@@ -220,6 +221,10 @@ def main() -> None:
                 f,
                 indent=2,
             )
+    if a.plot:
+        from imgprep.report import environment, variants_chart
+
+        variants_chart(a.plot, results, "bare chain", f"prepare, {a.images} images, whole process", environment())
     if not a.workdir:
         shutil.rmtree(work, ignore_errors=True)
 

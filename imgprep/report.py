@@ -189,10 +189,17 @@ def bar_chart(
 
 
 def machine_line(env: dict) -> str:
-    """'2 cores (x86_64), no GPU' or '16 cores (x86_64), NVIDIA H200' from `environment()`."""
+    """'2 cores (x86_64), no GPU' or '16 cores (x86_64), NVIDIA H200' from `environment()`, with
+    the CPU where it was recorded: '2 cores AMD EPYC (family 26 model 2; avx2, avx512f), no GPU'."""
     gpus = env.get("gpus")
     gpu = ", ".join(sorted(set(gpus))) if gpus else "no GPU"
-    return f"{env.get('cores')} cores ({env.get('processor')}), {gpu}"
+    cpu = env.get("cpu") or {}
+    if not env.get("cpu_model"):
+        return f"{env.get('cores')} cores ({env.get('processor')}), {gpu}"
+    facts = [f"family {cpu['family']} model {cpu['model']}"] if cpu.get("family") else []
+    facts += [", ".join(x for x in cpu.get("extensions", []) if x in ("avx2", "avx512f", "amx_tile"))]
+    detail = "; ".join(f for f in facts if f)
+    return f"{env.get('cores')} cores {env['cpu_model']}" + (f" ({detail})" if detail else "") + f", {gpu}"
 
 
 # per benchmark: (group columns, variant column, value, low, high, speed-up column, baseline's name)
@@ -205,6 +212,19 @@ _TRAIN_SERIES = {
     "training fed by the loader": "training_with_loader",
     "loader alone": "loader_only",
 }
+
+
+def variants_chart(path: str, results: dict[str, dict], reference: str, title: str, env: dict) -> None:
+    """The chart of a `benchmarks/` script's results ({variant: {median_images_per_second, min,
+    max}}): one bar per variant with its min-max, its ratio to `reference` on the bar, the
+    machine and its CPU in the subtitle."""
+    names = list(results)
+    med = [results[n]["median_images_per_second"] for n in names]
+    ref = results[reference]["median_images_per_second"]
+    errors = {"images/s": ([results[n]["min"] for n in names], [results[n]["max"] for n in names])}
+    notes = {"images/s": [f"{m:,.0f}\n{m / ref:.2f}x" for m in med]}
+    bar_chart(path, names, {"images/s": med}, "images per second", f"{title} (ratio to {reference})", errors, notes,
+              machine_line(env))  # fmt: skip
 
 
 def _group_label(row: dict, keys) -> str:

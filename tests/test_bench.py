@@ -207,6 +207,11 @@ def test_bench_chart_groups_and_machine_line(tmp_path):
     assert (
         machine_line({"cores": 16, "processor": "x86_64", "gpus": ["NVIDIA H200"]}) == "16 cores (x86_64), NVIDIA H200"
     )
+    zen5 = {"vendor": "AuthenticAMD", "family": "26", "model": "2", "extensions": ["avx2", "avx512f", "avx512_bf16"]}
+    assert (
+        machine_line({"cores": 2, "cpu_model": "AMD EPYC", "cpu": zen5, "gpus": None})
+        == "2 cores AMD EPYC (family 26 model 2; avx2, avx512f), no GPU"
+    )
     rows = [
         {
             "loader": v,
@@ -221,4 +226,14 @@ def test_bench_chart_groups_and_machine_line(tmp_path):
         for v, r in (("dali (cpu)", 40.0), ("baseline", 10.0))
     ]
     bench_chart({"benchmark": "load", "results": rows, "environment": {"cores": 2}}, str(tmp_path / "c.png"), "t")
+    assert (tmp_path / "c.png").read_bytes().startswith(PNG)
+
+
+def test_a_benchmark_scripts_chart(tmp_path):
+    """benchmarks/*.py --plot: one bar per variant, the ratio to the reference, the machine."""
+    from imgprep.report import environment, variants_chart
+
+    res = {"bare chain": {"median_images_per_second": 300.0, "min": 280.0, "max": 320.0}}
+    res["imgprep w=1"] = {"median_images_per_second": 330.0, "min": 300.0, "max": 350.0}
+    variants_chart(str(tmp_path / "c.png"), res, "bare chain", "prepare", environment())
     assert (tmp_path / "c.png").read_bytes().startswith(PNG)
