@@ -189,6 +189,10 @@ def _jpegs_of_every_header() -> dict[str, bytes]:
     ex1 = Image.Exif()
     ex1[0x010F] = "camera"
     out["exif_no_rotation"] = jpeg_bytes(rgb, exif=ex1)
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+    plain = out["plain"]  # APP1 with XMP after SOI: Pillow takes the orientation from it too
+    app1 = b"http://ns.adobe.com/xap/1.0/\0" + xmp
+    out["xmp_rotated"] = plain[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + plain[2:]
     out["icc"] = jpeg_bytes(rgb, icc_profile=_adobe_rgb_icc())
     b = io.BytesIO()
     Image.fromarray(rgb).convert("CMYK").save(b, "JPEG", quality=92)
