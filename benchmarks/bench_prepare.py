@@ -55,9 +55,9 @@ import cv2, numpy as np, simplejpeg
 cv2.setNumThreads(1)
 src, dst = sys.argv[1], sys.argv[2]
 files = sorted(glob.glob(os.path.join(src, "*", "*", "*.jpg")))
-a, b = (int(x) for x in (sys.argv[3] if len(sys.argv) > 3 else f"0:{len(files)}").split(":"))
+lo, hi = (int(x) for x in (sys.argv[3] if len(sys.argv) > 3 else f"0:{len(files)}").split(":"))
 os.makedirs(dst, exist_ok=True)
-for i, f in enumerate(files[a:b], start=a):
+for i, f in enumerate(files[lo:hi], start=lo):
     with open(f, "rb") as fh:
         a = simplejpeg.decode_jpeg(fh.read(), "RGB")
     h, w = a.shape[:2]

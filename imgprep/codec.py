@@ -197,11 +197,12 @@ def decode_rgb(data: bytes, name: str = "", min_side: int = 0, max_pixels: int |
     if ext in _EXT_FORMAT and _EXT_FORMAT[ext] != fmt:
         converted.append(f"{fmt}_as_{_EXT_FORMAT[ext]}")
     plain = plain_jpeg_size(data) if fmt == "jpeg" and max_pixels is not None else None
+    tried = False  # the fast decode was tried (its result in `fast`): not run twice on one file
     if plain is not None and plain[0] * plain[1] <= max_pixels and (min_side <= 0 or min(plain[:2]) < 2 * min_side):
         w0, h0, comps = plain  # what Pillow would find, without opening the file with it
-        pixels = _fast_jpeg(data)  # None: the decoder saw a problem, and Pillow decides below
-        if pixels is not None and pixels.shape[:2] == (h0, w0):
-            return DecodedImage(pixels, w0, h0, fmt, converted + ["grayscale"] * (comps == 1))
+        fast, tried = _fast_jpeg(data), True  # None: the decoder saw a problem, and Pillow decides below
+        if fast is not None and fast.shape[:2] == (h0, w0):
+            return DecodedImage(fast, w0, h0, fmt, converted + ["grayscale"] * (comps == 1))
     try:
         im = _open(data, max_pixels)
         orientation = im.getexif().get(0x0112, 1) if fmt in ("jpeg", "tiff", "png", "webp") else 1
@@ -214,7 +215,7 @@ def decode_rgb(data: bytes, name: str = "", min_side: int = 0, max_pixels: int |
             converted.append("first_frame")
         icc = im.info.get("icc_profile")
         if fmt == "jpeg" and im.mode in ("RGB", "L") and not icc and (min_side <= 0 or short < 2 * min_side):
-            pixels = _fast_jpeg(data)
+            pixels = fast if tried else _fast_jpeg(data)
         if pixels is not None:
             if im.mode == "L":
                 converted.append("grayscale")

@@ -404,8 +404,6 @@ class DaliLoader(BaseLoader):
         raise ImgprepError(f"{self.cfg.root}: every sample this rank reads was left out (--on-corrupt skip)")
 
     def _run_epoch(self, plan: EpochPlan, source: LocalShards):
-        import torch
-
         handover = self.handover and self.cfg.mode != "ten_crop"
         pipe = self._pipeline(handover)
         ahead = max(1, self.cfg.prefetch)  # batches kept scheduled ahead of the one taken
@@ -413,20 +411,11 @@ class DaliLoader(BaseLoader):
         taken = 0
 
         def take():
-            outs = pipe.outputs()
-            images, labels_tl = _to_torch(outs[0], self.gpu, self.device_id), outs[1]
-            if handover:
-                images = self._finish()(images, _to_torch(outs[2], self.gpu, self.device_id))
-            labels = _to_torch(labels_tl, False).to(torch.int64)
-            if self.gpu:
-                labels = labels.to(images.device, non_blocking=True)
-            return images, labels, pending.pop(0)[0]
+            return *self._take(pipe, handover), pending.pop(0)[0]
 
         try:
             for feed, valid in self._inputs(plan, source):
-                for name, data in feed.items():
-                    pipe.feed_input(name, data)
-                pipe.schedule_run()
+                self._schedule(pipe, feed)
                 pending.append((valid, feed))
                 if len(pending) > min(ahead, taken):  # ramps up: the first batch is taken as soon as it
                     taken += 1  # is scheduled, not after `ahead` more were read (a shard each, over a network)
@@ -438,15 +427,36 @@ class DaliLoader(BaseLoader):
                 pipe.outputs()  # so that the pipeline starts the next epoch empty (each batch's
                 pending.pop(0)  # fed arrays kept until then: no_copy)
 
+    @staticmethod
+    def _schedule(pipe, feed: dict) -> None:
+        """Feed one batch's inputs ({input name: data}) and schedule its run."""
+        for name, data in feed.items():
+            pipe.feed_input(name, data)
+        pipe.schedule_run()
+
+    def _take(self, pipe, handover: bool):
+        """The oldest scheduled batch's images (finished, with the hand-over) and int64 labels,
+        as torch tensors on the loader's device."""
+        import torch
+
+        outs = pipe.outputs()
+        images = _to_torch(outs[0], self.gpu, self.device_id)
+        if handover:
+            images = self._finish()(images, _to_torch(outs[2], self.gpu, self.device_id))
+        labels = _to_torch(outs[1], False).to(torch.int64)
+        if self.gpu:
+            labels = labels.to(images.device, non_blocking=True)
+        return images, labels
+
     def warm_up(self) -> float:
         """Do the loader's one-time work now rather than in its first epoch: build the pipeline
         (DALI's threads started, the CPU operator loaded, torch imported), run as many batches of
         a grey stand-in image through it at once as an epoch keeps in flight (its buffers
-        allocated: on a VM whose page faults cost ~8 us, the first epoch's fresh memory took
-        over a second of system time), outputs dropped, and check the next epoch's shards
-        (`integrity`; a local dataset's). The batches' draws come from a generator of their own
-        and the pipeline keeps no state between batches, so every epoch's batches are those of a
-        loader that was not warmed up. Returns the seconds it took."""
+        allocated: on a VM whose page faults cost 3-5 us, the first epoch's fresh memory took
+        over a second of system time), outputs dropped, then the shard check of
+        `BaseLoader.warm_up`. The batches' draws come from a generator of their own and the
+        pipeline keeps no state between batches, so every epoch's batches are those of a loader
+        that was not warmed up. Returns the seconds it took."""
         import io
 
         from PIL import Image
@@ -458,23 +468,15 @@ class DaliLoader(BaseLoader):
         buf = io.BytesIO()
         Image.new("RGB", (size, size), (128, 128, 128)).save(buf, "JPEG", quality=90)
         jpg = np.frombuffer(buf.getvalue(), np.uint8)
-        feed = {"jpg": [jpg] * b, "label": np.zeros(b, np.int32)}
+        feed = {"jpg": [jpg] * b, "label": np.zeros(b, np.int32)}  # alive until the outputs are taken (no_copy)
         if self.cfg.mode == "train":
             feed.update(self._draws(np.random.default_rng(0), b))
         inflight = max(1, self.cfg.prefetch) + 1  # as many batches at once as an epoch has: DALI's pools full size
         for _ in range(inflight):
-            for name, data in feed.items():
-                pipe.feed_input(name, data)
-            pipe.schedule_run()
+            self._schedule(pipe, feed)
         for _ in range(inflight):
-            outs = pipe.outputs()  # the fed arrays (no_copy) are alive until here
-            images = _to_torch(outs[0], self.gpu, self.device_id)
-            if handover:
-                self._finish()(images, _to_torch(outs[2], self.gpu, self.device_id))
-        if self.cache is None:  # the next epoch's shards checked now (kept per shard; counted when read)
-            for s, _, _ in self.plan().segments(self.info.counts):
-                self.checker.bad_samples(self.info.shards[s])
-        return time.perf_counter() - t
+            self._take(pipe, handover)
+        return time.perf_counter() - t + super().warm_up()
 
     def _pipeline(self, handover: bool):
         """The loader's DALI pipeline, built on first use and kept: it holds no file, order or

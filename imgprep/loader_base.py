@@ -16,6 +16,7 @@ the backends.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -293,9 +294,15 @@ class BaseLoader:
         return images
 
     def warm_up(self) -> float:
-        """Do the one-time work of the first epoch now (the DALI backend: build and run its
-        pipeline once); the batches do not change. Returns the seconds it took."""
-        return 0.0
+        """Do the one-time work of the first epoch now: here, check the next epoch's shards of a
+        local dataset (`integrity`: kept per shard; samples left out are counted when read), and
+        in the DALI backend also build and run its pipeline once. The batches do not change.
+        Returns the seconds it took."""
+        t = time.perf_counter()
+        if self.cache is None:
+            for s, _, _ in self.plan().segments(self.info.counts):
+                self.checker.bad_samples(self.info.shards[s])
+        return time.perf_counter() - t
 
     def set_epoch(self, epoch: int) -> None:
         """Use the sample order of `epoch` for the next iteration."""

@@ -227,15 +227,8 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
             frag.add(key, components)
         return {"unit": job.unit.name, "piece": [start, stop], "fragment": frag, **tally.record()}
     with _unit_out(job) as out:
-        return _write_shard(job, out, _one_each(_samples(job, job.unit.items, tally, progress)), tally)
-
-
-def _one_each(samples):
-    """Each (key, components) as a fragment of its own: written as it comes."""
-    for key, components in samples:
-        frag = Fragment()
-        frag.add(key, components)
-        yield frag
+        samples = _samples(job, job.unit.items, tally, progress)
+        return _write_shard(job, out, (Fragment.of(key, components) for key, components in samples), tally)
 
 
 @contextlib.contextmanager

@@ -61,16 +61,26 @@ def environment() -> dict:
     }
 
 
-def cpu_model() -> str | None:
-    """The CPU's model name (Linux: /proc/cpuinfo), e.g. 'AMD EPYC' or 'Intel(R) Xeon(R) ...'."""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's block of /proc/cpuinfo as {key: value}; {} where there is none."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    if info:
+                        break  # the first processor's block is enough
+                    continue
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or None
+    return info
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux: /proc/cpuinfo), e.g. 'AMD EPYC' or 'Intel(R) Xeon(R) ...'."""
+    return _cpuinfo().get("model name") or platform.processor() or None
 
 
 # the vector and matrix extensions that change what the codecs and inductor's kernels run
@@ -81,17 +91,8 @@ def cpu_details() -> dict:
     """What tells two CPUs of one model name apart (Linux: /proc/cpuinfo): vendor, family and
     model numbers, and which of the vector extensions in `_ISA` it has; {} elsewhere. A VM's
     "AMD EPYC" may be a Zen 3 with AVX2 only or a Zen 5 with AVX-512."""
-    info: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("vendor_id", "cpu family", "model", "flags", "Features") and key not in info:
-                    info[key] = value.strip()
-                if not line.strip() and info:
-                    break  # the first processor's block is enough
-    except OSError:
+    info = _cpuinfo()
+    if not info:
         return {}
     flags = set((info.get("flags") or info.get("Features") or "").split())
     return {

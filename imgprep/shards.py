@@ -123,6 +123,13 @@ class Fragment:
         self.index: list[list[tuple[str, int, int, str]]] = []  # offsets from the fragment's start
         self.crcs: list[str] = []
 
+    @classmethod
+    def of(cls, key: str, components: dict[str, bytes]) -> Fragment:
+        """A fragment of one sample."""
+        frag = cls()
+        frag.add(key, components)
+        return frag
+
     def _put(self, b: bytes) -> None:
         self.parts.append(b)
         self.pos += len(b)
@@ -170,9 +177,7 @@ class ShardWriter:
 
     def write(self, key: str, components: dict[str, bytes]) -> None:
         """Add one sample: `components` maps extension (jpg, cls, json) to bytes."""
-        frag = Fragment()
-        frag.add(key, components)
-        self.write_fragment(frag)
+        self.write_fragment(Fragment.of(key, components))
 
     def write_fragment(self, frag: Fragment) -> None:
         """Append a fragment's samples (the same bytes as writing them one by one)."""
