@@ -1,8 +1,11 @@
 """Training epochs of the DALI loader (CPU, full paper augmentation): the loader's start-up (made
 and warmed up, as `imgprep train` does before its first epoch; torch imported before, timed
-apart), then the time from the start of each epoch to its first batch and each epoch's images/s,
-for this checkout and, with `--before DIR`, another checkout (e.g. `git worktree add /tmp/before
-COMMIT`), run in separate processes, interleaved; medians with min-max.
+apart), then the time from the start of each epoch to its first batch, each epoch's images/s and
+its minor page faults and system CPU seconds (fresh memory: on a VM whose page faults cost 3-10 us
+the first epoch's growth of the process by ~300 MB shows as system time), and per round the first
+epoch's images/s over the median of the later ones; for this checkout and, with `--before DIR`,
+another checkout (a clone with a venv of its own), run in separate processes, interleaved;
+medians with min-max.
 
 Usage: python benchmarks/bench_epochs.py [--data DIR] [--images 1200] [--epochs 4] [--rounds 3]
        [--before DIR] [--json-out F]
@@ -13,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,13 +39,23 @@ def _worker(data: str, epochs: int, batch: int) -> None:
         lo.warm_up()
     out = [{"import_torch_s": torch_s, "start_s": time.perf_counter() - t}]
     for _ in range(epochs):
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         t = time.perf_counter()
         it = iter(lo)
         n = len(next(it)[1])
         first = time.perf_counter() - t
         for _, y in it:
             n += len(y)
-        out.append({"first_batch_s": first, "images_per_s": n / (time.perf_counter() - t)})
+        dt = time.perf_counter() - t
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        out.append(
+            {
+                "first_batch_s": first,
+                "images_per_s": n / dt,
+                "minor_faults": r1.ru_minflt - r0.ru_minflt,
+                "system_s": r1.ru_stime - r0.ru_stime,
+            }
+        )
     print(json.dumps(out))
 
 
@@ -85,20 +100,23 @@ def main() -> None:
             for k, root in variants.items():
                 runs[k].append(_run(root, data, a.epochs, a.batch_size))
     figures = {}
+
+    def per_epoch(rs: list[list[dict]], later: bool) -> dict:
+        es = [e for r in rs for e in (r[1:] if later else r[:1])]
+        return {m: summarize([e[m] for e in es]) for m in ("first_batch_s", "images_per_s", "minor_faults", "system_s")}
+
     for k, rs in runs.items():
         starts, rs = [r[0] for r in rs], [r[1:] for r in rs]
         figures[k] = {
             "import_torch_s": summarize([s["import_torch_s"] for s in starts]),
             "loader_start_s": summarize([s["start_s"] for s in starts]),
-            "first_epoch": {
-                "first_batch_s": summarize([r[0]["first_batch_s"] for r in rs]),
-                "images_per_s": summarize([r[0]["images_per_s"] for r in rs]),
-            },
-            "later_epochs": {
-                "first_batch_s": summarize([e["first_batch_s"] for r in rs for e in r[1:]]),
-                "images_per_s": summarize([e["images_per_s"] for r in rs for e in r[1:]]),
-            },
+            "first_epoch": per_epoch(rs, later=False),
+            "later_epochs": per_epoch(rs, later=True),
         }
+        if a.epochs > 1:
+            figures[k]["first_over_later_per_round"] = summarize(
+                [r[0]["images_per_s"] / statistics.median(e["images_per_s"] for e in r[1:]) for r in rs]
+            )
     res = {
         "what": "DALI training epochs on the CPU (full augmentation): start-up, time to the first batch, images/s",
         "command": "python benchmarks/bench_epochs.py" + (" --before DIR" if a.before else ""),
