@@ -49,8 +49,8 @@ from .dataset import (
     write_stats,
 )
 from .errors import DecodeError, ImgprepError, NotAnImage
-from .executors import EXECUTORS, make_executor
-from .fileio import PARTIAL_SUFFIX, FolderLock, atomic_file, json_bytes, write_atomic
+from .executors import EXECUTORS, LocalExecutor, make_executor
+from .fileio import PARTIAL_SUFFIX, FolderLock, atomic_file, json_bytes, partial_path, write_atomic
 from .geometry import resize_center_crop
 from .remote import is_url
 from .shards import Fragment, ShardWriter, index_path, sha256_file
@@ -179,6 +179,7 @@ class UnitJob:
     upload_to: str = ""  # OUT in a bucket: the shard is written in a private folder, then put there
     aws_env: dict | None = None  # the driver's AWS_* settings: a worker started earlier, or elsewhere, has them too
     piece: tuple[int, int] | None = None  # [start, stop) of unit.items, for a piece of the unit (`split_jobs`)
+    spill: bool = False  # a piece's bytes go to a file beside its shard (`piece_path`), not back in the record
 
     @property
     def name(self) -> str:
@@ -216,8 +217,9 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
 
     The record holds the shard's path, count, bytes and sha256, the rejects, the skipped and
     converted counts, and (with_stats) the exact statistics sums of the stored pixels. A piece of
-    a unit (`job.piece`) writes nothing: its record holds its samples as tar members (a `Fragment`),
-    in order, for the driver to append to the unit's shard after the pieces before it (`_Pieces`).
+    a unit (`job.piece`) writes no shard: its record holds its samples as tar members (a `Fragment`,
+    its bytes in a file at `piece_path` with `job.spill`), in order, for the driver to append to
+    the unit's shard after the pieces before it (`_Pieces`).
     """
     tally = _Tally(job)
     if job.piece is not None:
@@ -225,10 +227,24 @@ def run_unit(job: UnitJob, progress: Callable[[int], None] | None = None) -> dic
         frag = Fragment()
         for key, components in _samples(job, job.unit.items[start:stop], tally, progress):
             frag.add(key, components)
+        if job.spill:
+            path = piece_path(job)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                frag.spill(path)
+            except OSError as exc:
+                raise _write_error(exc, path) from None
         return {"unit": job.unit.name, "piece": [start, stop], "fragment": frag, **tally.record()}
     with _unit_out(job) as out:
         samples = _samples(job, job.unit.items, tally, progress)
         return _write_shard(job, out, (Fragment.of(key, components) for key, components in samples), tally)
+
+
+def piece_path(job: UnitJob) -> str:
+    """Where a spilled piece's bytes wait for the driver: beside the unit's shard, hidden and named
+    as a partial file (a run stopped before its shard was written leaves it for the resume to remove)."""
+    d, base = os.path.split(os.path.join(job.out, job.unit.path))
+    return partial_path(os.path.join(d, f"{base}.piece-{job.piece[0]:07d}"))
 
 
 @contextlib.contextmanager
@@ -361,9 +377,9 @@ PIECES_PER_WORKER = 4
 MIN_PIECE = 16
 
 
-def split_jobs(jobs: list[UnitJob], workers: int) -> list[UnitJob]:
+def split_jobs(jobs: list[UnitJob], workers: int, spill: bool = False) -> list[UnitJob]:
     """The jobs to run: `jobs` as they are where there are enough of them for `workers`, else
-    each cut into pieces (`UnitJob.piece`)."""
+    each cut into pieces (`UnitJob.piece`; `spill`: `UnitJob.spill`)."""
     want = PIECES_PER_WORKER * max(1, workers)
     if workers <= 1 or len(jobs) >= want:
         return jobs
@@ -376,7 +392,7 @@ def split_jobs(jobs: list[UnitJob], workers: int) -> list[UnitJob]:
             out.append(job)
             continue
         bounds = [n * i // k for i in range(k + 1)]
-        out += [replace(job, piece=(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)]
+        out += [replace(job, piece=(a, b), spill=spill) for a, b in zip(bounds, bounds[1:], strict=False)]
     return out
 
 
@@ -405,8 +421,14 @@ class _Pieces:
         tally = _Tally(job)
         for r in parts:
             tally.merge(r)
-        with _unit_out(job) as out:
-            rec = _write_shard(job, out, (r["fragment"] for r in parts), tally)
+        try:
+            with _unit_out(job) as out:
+                rec = _write_shard(job, out, (r["fragment"] for r in parts), tally)
+        finally:
+            for r in parts:
+                if r["fragment"].path is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(r["fragment"].path)
         self.on_unit(rec)
 
 
@@ -707,7 +729,10 @@ def _run(cfg: PrepareConfig, index: SourceIndex, kind: str, progress: bool, log,
     total = sum(job.weight for job in jobs)
     local = cfg.executor == "local"
     workers = resolve_workers(cfg.workers, bound=local) if executor is None else getattr(executor, "workers", 1)
-    jobs = split_jobs(jobs, workers)  # pieces where there are fewer units than the workers can share
+    # pieces where there are fewer units than the workers can share; their bytes spilled to files
+    # where the workers are processes of this machine writing into the OUT folder
+    spill = bucket is None and (isinstance(executor, LocalExecutor) if executor is not None else local)
+    jobs = split_jobs(jobs, workers, spill)
     if executor is None:
         fork_ok = bucket is None and not is_url(cfg.src)  # no store connection a forked worker would share
         executor = make_executor(cfg.executor, min(workers, max(1, len(jobs))), cfg.ray_address, fork_ok)

@@ -123,17 +123,33 @@ def test_pieces_of_units_give_the_bytes_of_whole_units(synth_src, tmp_path, monk
     monkeypatch.setattr(prep, "MIN_PIECE", 2)
     split, seen = prep.split_jobs, []
 
-    def counted(jobs, workers):
-        out = split(jobs, workers)
-        seen.append((len(jobs), len(out)))
+    def counted(jobs, workers, spill=False):
+        out = split(jobs, workers, spill)
+        seen.append((len(jobs), len(out), spill))
         return out
 
     monkeypatch.setattr(prep, "split_jobs", counted)
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     prepare(PrepareConfig(synth_src, one, size=64, shard_size=12, seed=3, workers=1), **QUIET)
     prepare(PrepareConfig(synth_src, two, size=64, shard_size=12, seed=3, workers=2), **QUIET)
-    assert seen == [(3, 3), (3, 9)]  # 2 train units of 12 and a val unit of 8, each in 3 pieces
-    assert tree(one) == tree(two)
+    assert seen == [(3, 3, True), (3, 9, True)]  # 2 train units of 12 and a val unit of 8, each in 3 pieces
+    assert tree(one) == tree(two)  # the pieces' files (spilled beside the shards) removed too
+
+
+def test_a_spilled_piece_waits_beside_its_shard_as_a_partial_file(tmp_path):
+    """A piece's file is a hidden partial file in the shard's folder, so the partial clean-up of a
+    resume removes what a stopped run left."""
+    from imgprep.fileio import PARTIAL_SUFFIX
+    from imgprep.prepare import Unit, UnitJob, _remove_partials, piece_path
+
+    job = UnitJob(None, Unit("val", 3, []), [], str(tmp_path), 8, 90, False, piece=(32, 48), spill=True)
+    path = piece_path(job)
+    assert os.path.dirname(path) == str(tmp_path / "val") and path.endswith(PARTIAL_SUFFIX)
+    assert os.path.basename(path).startswith(".") and "val-000003" in path and "0000032" in path
+    os.makedirs(tmp_path / "val")
+    open(path, "wb").close()
+    _remove_partials(str(tmp_path))
+    assert not os.path.exists(path)
 
 
 def test_workers_fork_from_the_cli_and_give_the_bytes_of_one_worker(synth_src, tmp_path):

@@ -68,14 +68,20 @@ def test_index_offsets_point_at_the_data(tmp_path):
             assert name == f"{key}.{ext}" and data[off : off + size] == comps[ext]
 
 
-def test_fragments_give_the_bytes_of_samples_written_one_by_one(tmp_path):
-    """Samples built as fragments elsewhere (sent between processes: pickled) and appended make
-    the shard, index and checksums of writing each sample itself."""
+@pytest.mark.parametrize("spilled", [False, True])
+def test_fragments_give_the_bytes_of_samples_written_one_by_one(tmp_path, spilled):
+    """Samples built as fragments elsewhere (sent between processes: pickled; spilled: their bytes
+    in a file, only its name pickled) and appended make the shard, index and checksums of writing
+    each sample itself."""
     one = write(tmp_path)
     frags = [Fragment() for _ in range(3)]
     for i, (k, c) in enumerate(SAMPLES):
         frags[min(i // 2, 2)].add(k, c)
     frags.insert(1, Fragment())  # an empty piece changes nothing
+    if spilled:
+        for i, f in enumerate(frags):
+            f.spill(str(tmp_path / f"piece-{i}"))
+        assert all(len(pickle.dumps(f)) < 2000 for f in frags)  # the bytes stay in the file
     w = ShardWriter(str(tmp_path / "f-000000.tar"))
     for f in frags:
         w.write_fragment(pickle.loads(pickle.dumps(f)))
@@ -159,3 +165,21 @@ def test_prepared_shards_read_with_dali_cpu(prepared):
         assert np.array(imgs.at(i)).shape == (64, 64, 3)
         label = int(bytes(np.array(cls.at(i))).decode())
         assert label == json.loads(bytes(np.array(meta.at(i))))["label"]
+
+
+def test_a_spilled_fragment_replaces_what_lies_at_its_path_and_its_file_is_checked(tmp_path):
+    """A file or link left at the piece's path (a worker that died) is replaced, the link's target
+    untouched; a spilled file whose size changed before it was appended is an error, not a shard."""
+    target = tmp_path / "target"
+    target.write_bytes(b"keep")
+    (tmp_path / "piece").symlink_to(target)
+    frag = Fragment()
+    frag.add(*SAMPLES[0])
+    frag.spill(str(tmp_path / "piece"))
+    assert target.read_bytes() == b"keep" and not (tmp_path / "piece").is_symlink()
+    with open(tmp_path / "piece", "ab") as f:
+        f.write(b"x")
+    w = ShardWriter(str(tmp_path / "g-000000.tar"))
+    with pytest.raises(OSError, match="bytes where"):
+        w.write_fragment(frag)
+    w.abort()
