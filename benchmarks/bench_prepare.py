@@ -159,6 +159,7 @@ def main() -> None:
     ap.add_argument("--json-out", default=None)
     ap.add_argument("--plot", default=None, help="a PNG chart of the figures")
     ap.add_argument("--peers-python", default=None, help="an interpreter with img2dataset and litdata installed")
+    ap.add_argument("--only", default=None, help="comma-separated variants to run (the bare chain, w=1 and w=2 always)")
     a = ap.parse_args()
     # as an installed copy runs: its bytecode compiled once (with this set, as on our CI machines, an
     # editable checkout compiles imgprep's modules again in every process, ~0.1 s of each start)
@@ -180,6 +181,9 @@ def main() -> None:
         "imgprep w=2": (imgprep + ["--workers", "2"], out),
         **_peers(a.peers_python, src, out, work),
     }
+    if a.only:
+        keep = {"bare chain", "imgprep w=1", "imgprep w=2", *(v.strip() for v in a.only.split(","))}
+        variants = {k: v for k, v in variants.items() if k in keep}
     times = {name: [] for name in variants}
     for _ in range(a.repeats):  # interleaved: a slow spell of the machine touches every variant alike
         for name, (cmd, clean) in variants.items():
@@ -187,22 +191,31 @@ def main() -> None:
     results = {}
     for name, ts in times.items():
         rates = [a.images / t for t in ts]
-        results[name] = {"median_images_per_second": statistics.median(rates), "min": min(rates), "max": max(rates)}
-    base = results["naive (bicubic)"]["median_images_per_second"]
+        results[name] = {
+            "median_images_per_second": statistics.median(rates),
+            "min": min(rates),
+            "max": max(rates),
+            "runs": [round(r, 1) for r in rates],
+        }
+    base_name = "naive (bicubic)" if "naive (bicubic)" in results else "bare chain"
+    base = results[base_name]["median_images_per_second"]
     bare = results["bare chain"]["median_images_per_second"]
     print(f"{a.images} images (shorter side 300-500), {a.repeats} interleaved runs each, {os.cpu_count()} cores")
-    print(f"{'variant':18s} {'img/s':>8s} {'min':>8s} {'max':>8s} {'vs naive':>9s}")
+    print(f"{'variant':18s} {'img/s':>8s} {'min':>8s} {'max':>8s} {'vs ' + base_name.split()[0]:>9s}")
     for name, r in results.items():
         m = r["median_images_per_second"]
         print(f"{name:18s} {m:8.0f} {r['min']:8.0f} {r['max']:8.0f} {m / base:8.2f}x")
     w1, w2 = results["imgprep w=1"]["median_images_per_second"], results["imgprep w=2"]["median_images_per_second"]
-    pair = results["bare chain x2"]["median_images_per_second"]
-    print(f"scaling 1 -> 2 workers: {w2 / w1:.2f}x (the bare chain in 2 processes: {pair / bare:.2f}x); "
-          f"imgprep w=1 at {w1 / bare:.0%} of the bare chain")  # fmt: skip
+    pair = results.get("bare chain x2", {}).get("median_images_per_second", float("nan"))
+    # the same round's runs paired: a slow spell of the machine moves both of a pair
+    paired = statistics.median(b / a for a, b in zip(times["imgprep w=2"], times["imgprep w=1"], strict=True))
+    print(f"scaling 1 -> 2 workers: {w2 / w1:.2f}x (per round: {paired:.2f}x; the bare chain in 2 processes: "
+          f"{pair / bare:.2f}x); imgprep w=1 at {w1 / bare:.0%} of the bare chain")  # fmt: skip
     if a.json_out:
         from imgprep.report import environment
 
         cmd = f"python benchmarks/bench_prepare.py --images {a.images} --repeats {a.repeats}"
+        cmd += f" --only {a.only!r}" if a.only else ""
         with open(a.json_out, "w") as f:
             json.dump(
                 {
@@ -215,6 +228,7 @@ def main() -> None:
                     "ratios": {
                         "w1 / bare chain": w1 / bare,
                         "w2 / w1": w2 / w1,
+                        "w2 / w1, median of the rounds' own": paired,
                         "bare chain x2 / bare chain": pair / bare,
                     },
                 },
