@@ -140,6 +140,10 @@ def main() -> None:
             log=lambda s: None,
         )
     b = a.batch_size
+    if a.data is not None:  # about an epoch of the dataset given, not of --images
+        from imgprep.dataset import open_dataset
+
+        a.images = open_dataset(data).info("train", need_stats=False).total
     steps = a.steps or max(2, (a.images // b) - 1)
     variants = {
         "dali full": lambda: make_loader(data, "train", b, backend="dali", device=a.device, workers=w),
