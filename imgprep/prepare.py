@@ -614,6 +614,7 @@ def _open_state(cfg: PrepareConfig, kind: str, units: list[Unit], listing: str, 
         # (an interrupted run of a version that recorded no listing starts over too: nothing proves its plan)
         shutil.rmtree(os.path.join(cfg.out, STATE_DIR))
         _remove_shards(cfg.out)
+        _remove_partials(cfg.out)  # hidden: a shard or piece that run was writing when it stopped
         kind = "new"
     os.makedirs(os.path.join(cfg.out, STATE_DIR), exist_ok=True)
     write_atomic(state_cfg, json_bytes({**cfg.dataset_settings(), "source_listing_sha256": listing}))

@@ -174,6 +174,9 @@ def test_a_resume_after_src_changed_starts_over_and_equals_a_fresh_run(synth_src
     cls = sorted(os.listdir(os.path.join(src, "train")))[0]
     first = sorted(os.listdir(os.path.join(src, "train", cls)))[0]
     shutil.copy(os.path.join(src, "train", cls, first), os.path.join(src, "train", cls, "added.jpg"))
+    # what a run stopped mid-shard leaves: a piece's spilled file, a shard being written
+    for name in (".train-000004.tar.piece-0000002.partial", ".train-000006.tar.partial"):
+        open(os.path.join(out, "train", name), "wb").close()
     lines = []
     summary = prepare(cfg, progress=False, log=lines.append)
     assert any("files changed since the interrupted run (the listing differs); starting over" in x for x in lines)
