@@ -1,0 +1,107 @@
+"""How much of the DALI CPU loader's time is its Python side: the same pipeline (full paper
+augmentation) fed an epoch's batches read in advance, against the loader reading the shards,
+shuffling and drawing as it goes, interleaved in one process; with the feeding thread's own CPU
+time per image.
+
+Usage: python benchmarks/bench_feed.py DATA [--rounds 3] [--batch-size 128] [--json-out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _epoch_feeds(lo) -> list[dict]:
+    """One epoch's feeds, as the loader schedules them (the pipeline run and its outputs taken)."""
+    feeds, schedule = [], lo._schedule
+
+    def grab(pipe, feed):
+        feeds.append(feed)
+        schedule(pipe, feed)
+
+    lo._schedule = grab
+    try:
+        for _ in lo:
+            pass
+    finally:
+        lo._schedule = schedule
+    return feeds
+
+
+def _run_feeds(lo, feeds: list[dict]) -> tuple[float, float]:
+    """images/s and the calling thread's CPU us per image of running `feeds` through the pipeline,
+    as many scheduled ahead as the loader keeps."""
+    pipe, ahead = lo._pipeline(lo.handover), max(1, lo.cfg.prefetch)
+    t, c, pending = time.perf_counter(), time.thread_time(), 0
+    for feed in feeds:
+        lo._schedule(pipe, feed)
+        pending += 1
+        if pending > ahead:
+            lo._take(pipe, lo.handover)
+            pending -= 1
+    for _ in range(pending):
+        lo._take(pipe, lo.handover)
+    n = len(feeds) * lo.cfg.rank_batch
+    return n / (time.perf_counter() - t), (time.thread_time() - c) / n * 1e6
+
+
+def _run_loader(lo) -> tuple[float, float]:
+    t, c, n = time.perf_counter(), time.thread_time(), 0
+    for _, y in lo:
+        n += len(y)
+    return n / (time.perf_counter() - t), (time.thread_time() - c) / n * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--json-out", default=None)
+    a = ap.parse_args()
+    import torch  # noqa: F401  (imported before the loader, as a training process has it)
+
+    from imgprep.loaders import make_loader
+    from imgprep.report import environment, summarize, write_json
+
+    lo = make_loader(a.data, "train", a.batch_size, "train", backend="dali", device="cpu")
+    lo.warm_up()
+    feeds = _epoch_feeds(lo)  # also the first epoch, out of the timing
+    runs = {"fed in advance": [], "loader": []}
+    for _ in range(a.rounds):
+        runs["fed in advance"].append(_run_feeds(lo, feeds))
+        runs["loader"].append(_run_loader(lo))
+    figures = {
+        k: {"images_per_s": summarize([r for r, _ in v]), "feeding_thread_us_per_image": summarize([u for _, u in v])}
+        for k, v in runs.items()
+    }
+    share = 1 - statistics.median(r for r, _ in runs["loader"]) / statistics.median(
+        r for r, _ in runs["fed in advance"]
+    )
+    for k, f in figures.items():
+        print(f"{k:15s} {f['images_per_s']['median']:7.0f} images/s, feeding thread "
+              f"{f['feeding_thread_us_per_image']['median']:.0f} us/image")  # fmt: skip
+    print(f"the Python side's share of the loader's time: {share:.1%}")
+    if a.json_out:
+        write_json(
+            a.json_out,
+            {
+                "what": "DALI CPU loader, full augmentation: fed an epoch read in advance vs reading as it goes",
+                "command": f"python benchmarks/bench_feed.py DATA --rounds {a.rounds}",
+                "machine": environment(),
+                "batch_size": a.batch_size,
+                "batches": len(feeds),
+                "figures": figures,
+                "python_side_share": share,
+            },
+        )
+
+
+if __name__ == "__main__":
+    main()
