@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import mmap
 import os
 import tarfile
 import zlib
@@ -183,17 +182,23 @@ class Fragment:
             self.parts, self.path, self.pos = [st["data"]], None, len(st["data"])
 
 
-@contextlib.contextmanager
-def _mapped(path: str, size: int):
-    """The first `size` bytes of the file at `path`, mapped (not copied into this process's heap)."""
+_CHUNK = 1 << 20  # bytes a spilled fragment is read back in at a time
+
+
+def _spilled_chunks(path: str, size: int) -> Iterator[memoryview]:
+    """The `size` bytes of a spilled fragment's file, in chunks of one reused buffer (read, not
+    mapped: a file cut short under a mapping would kill the process; here it is an OSError)."""
+    buf = bytearray(min(_CHUNK, max(1, size)))
+    left = size
     with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size != size:
-            raise OSError(f"{path}: {os.fstat(f.fileno()).st_size} bytes where {size} were written")
-        if size == 0:
-            yield b""
-            return
-        with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as m, memoryview(m) as view:
-            yield view
+        while left:
+            n = f.readinto(memoryview(buf)[: min(left, len(buf))])
+            if not n:
+                break
+            left -= n
+            yield memoryview(buf)[:n]
+        if left or f.read(1):
+            raise OSError(f"{path}: not the {size} bytes its worker wrote")
 
 
 class ShardWriter:
@@ -223,8 +228,8 @@ class ShardWriter:
             for part in frag.parts:
                 self._h.write(part)
         else:
-            with _mapped(frag.path, frag.pos) as data:
-                self._h.write(data)
+            for chunk in _spilled_chunks(frag.path, frag.pos):
+                self._h.write(chunk)
         self._index += [[(e, base + o, n, name) for e, o, n, name in entry] for entry in frag.index]
         self._crcs += frag.crcs
         self.count += len(frag)
