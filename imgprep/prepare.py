@@ -751,6 +751,8 @@ def _run(cfg: PrepareConfig, index: SourceIndex, kind: str, progress: bool, log,
             state.save()
             if bucket is not None:
                 bucket.push_state()
+        with contextlib.suppress(OSError):  # the pool has stopped: the pieces of unfinished shards go too
+            _remove_partials(cfg.out)
         if isinstance(exc, KeyboardInterrupt):
             raise ImgprepError(
                 f"interrupted; {len(state.records)} of {len(units)} shards are done; "

@@ -165,9 +165,14 @@ class Fragment:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-        with os.fdopen(fd, "wb") as f:
-            for part in self.parts:
-                f.write(part)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for part in self.parts:
+                    f.write(part)
+        except BaseException:  # a full disk: no half-written piece is left to fill it
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
         self.parts, self.path = [], path
 
     def __getstate__(self) -> dict:  # sent between processes as one bytes object, or the file's name

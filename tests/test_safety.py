@@ -452,6 +452,19 @@ def test_a_real_full_disk_is_one_line_and_the_rerun_after_freeing_space_is_ident
     assert tree(out) == tree(prepared)
 
 
+def test_a_full_disk_while_pieces_are_written_leaves_no_piece_behind(synth_src, tiny_disk, monkeypatch):
+    """Units cut into pieces whose bytes wait in files beside their shards: the disk fills, the run
+    stops with the error, and neither the piece that failed nor those already written stay behind
+    to keep the disk full."""
+    import imgprep.prepare
+
+    monkeypatch.setattr(imgprep.prepare, "MIN_PIECE", 2)
+    out = tiny_disk / "out"
+    with pytest.raises(ImgprepError, match="No space left on device"):
+        prepare(PrepareConfig(synth_src, str(out), size=64, shard_size=12, seed=3, workers=2), **QUIET)
+    assert not partials(out)
+
+
 # --- 10. epochs; 11. label files in odd encodings ------------------------------------------------
 
 
