@@ -22,7 +22,8 @@ def _epoch_feeds(lo) -> list[dict]:
     feeds, schedule = [], lo._schedule
 
     def grab(pipe, feed):
-        feeds.append(feed)
+        # copied: the loader reads each batch into one of a few buffers it reuses
+        feeds.append({k: [a.copy() for a in v] if isinstance(v, list) else v.copy() for k, v in feed.items()})
         schedule(pipe, feed)
 
     lo._schedule = grab

@@ -25,6 +25,7 @@ once per loader and fed with `feed_input` (see `reader` for why).
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 
 import numpy as np
@@ -34,8 +35,8 @@ from .augment import lighting_shift, normalization, ten_crop_offsets
 from .dataset import DatasetInfo
 from .errors import ImgprepError
 from .geometry import center_crop_offset
-from .loader_base import PAD_LABEL, BaseLoader, EpochPlan, LoaderConfig
-from .reader import LocalShards, buffer_shuffle, epoch_samples
+from .loader_base import BaseLoader, EpochPlan, LoaderConfig
+from .reader import BatchReader, EpochPositions, LocalShards, buffer_shuffle, epoch_samples
 
 __all__ = ["DaliLoader", "build_pipeline"]
 
@@ -317,6 +318,7 @@ class DaliLoader(BaseLoader):
         self.handover = {"on": True, "off": False}.get(cfg.handover, self.gpu)  # uint8 windows + one fused op
         self._finisher = None
         self._pipe, self._pipe_key = None, None  # the pipeline, built on first use (key: handover)
+        self._batch_reader = None  # reads each batch into reused buffers (`_reader`)
 
     def _finish(self):
         """The WindowFinisher of this loader's device, dtype and layout (built once)."""
@@ -338,43 +340,37 @@ class DaliLoader(BaseLoader):
             self.corrupt_skipped += source.skipped
 
     def _inputs(self, plan: EpochPlan, source: LocalShards):
-        """The epoch's feeds, one dict per batch ({input name: list per sample}), and the number
-        of real samples in it. Samples left out (on_corrupt="skip") decode a stand-in (the
-        previous good sample) with the padding label; the last batch is padded with its last sample."""
+        """The epoch's feeds, one dict per batch ({input name: batch data}), and the number of real
+        samples in it. The shuffle buffer holds sample positions; each batch is read from the
+        shards when it leaves the buffer (`reader.BatchReader`). Samples left out
+        (on_corrupt="skip") decode a stand-in (the previous good sample) with the padding label;
+        the last batch is padded with its last sample."""
         cfg, info = self.cfg, self.info
         b, train = cfg.rank_batch, cfg.mode == "train"
         shuffle_rng, draw_rng = (np.random.default_rng([cfg.seed, self.epoch, cfg.rank, k]) for k in (0, 1))
-        stream = epoch_samples(plan.segments(info.counts), source)
-        if train:
-            size = max(1, min(cfg.shuffle_buffer, plan.stop - plan.start))
-            stream = buffer_shuffle(stream, size, shuffle_rng, initial=2 * b)
-        standin = None
-        jpgs, labels = [], []
-
-        def batch():
-            n = len(jpgs)
-            feed = {
-                "jpg": jpgs + [jpgs[-1]] * (b - n),
-                "label": np.array(labels + [labels[-1]] * (b - n), np.int32),  # (b,): one dense tensor
-            }
+        reader = self._reader()
+        reader.new_epoch()
+        with EpochPositions(plan.segments(info.counts), source) as positions:
+            stream = iter(positions)
             if train:
-                feed.update(self._draws(draw_rng, b))
-            return feed, n
+                size = max(1, min(cfg.shuffle_buffer, plan.stop - plan.start))
+                stream = buffer_shuffle(stream, size, shuffle_rng, initial=2 * b)
+            first_good = functools.partial(self._first_good, plan, source)
+            while items := list(itertools.islice(stream, b)):
+                jpgs, labels = reader.read(items, first_good)
+                feed = {"jpg": jpgs, "label": labels}  # labels: (b,), one dense tensor
+                if train:
+                    feed.update(self._draws(draw_rng, b))
+                yield feed, len(items)
 
-        for _, jpg, label, left_out in stream:
-            if left_out:
-                if standin is None:
-                    standin = self._first_good(plan, source)
-                jpg, label = standin, PAD_LABEL
-            else:
-                standin = jpg
-            jpgs.append(np.frombuffer(jpg, np.uint8))
-            labels.append(label)
-            if len(jpgs) == b:
-                yield batch()
-                jpgs, labels = [], []
-        if jpgs:
-            yield batch()
+    def _reader(self):
+        """The loader's `BatchReader`, kept across epochs (its buffers reused): one buffer for each
+        batch that can be in flight (`_run_epoch`: `prefetch` scheduled, one being taken) and the
+        one being read. JPEGs go to DALI's CPU decoder as one dense tensor; the GPU's decoders get
+        them with exact lengths."""
+        if self._batch_reader is None:
+            self._batch_reader = BatchReader(self.cfg.rank_batch, max(1, self.cfg.prefetch) + 2, dense=not self.gpu)
+        return self._batch_reader
 
     def _draws(self, rng: np.random.Generator, b: int) -> dict[str, np.ndarray]:
         """A batch's random augmentation: lighting coefficients a ~ N(0, sigma) (b, 3), then the

@@ -21,7 +21,16 @@ import numpy as np
 from .errors import ImgprepError
 from .shards import index_path, read_dali_index, split_key
 
-__all__ = ["ShardIndex", "LocalShards", "CachedShards", "read_segment", "buffer_shuffle", "epoch_samples"]
+__all__ = [
+    "ShardIndex",
+    "LocalShards",
+    "CachedShards",
+    "read_segment",
+    "buffer_shuffle",
+    "epoch_samples",
+    "EpochPositions",
+    "BatchReader",
+]
 
 
 class ShardIndex:
@@ -171,3 +180,175 @@ def epoch_samples(segments: list[tuple[int, int, int]], source: LocalShards) -> 
             keys = source.left_out(s, first, count)
             for key, jpg, label in read_segment(source.path(s), source.index(s), first, count):
                 yield key, jpg, label, key in keys
+
+
+class _OpenShard:
+    """A shard of the epoch whose samples are being read by position: its file stays open until
+    its last sample has been read (`remaining`), so a cached shard replaced or evicted meanwhile
+    (renamed over, unlinked) is still read whole from the file the index describes."""
+
+    __slots__ = ("path", "fd", "rows", "keys", "remaining")
+
+    def __init__(self, path: str, index: ShardIndex, count: int):
+        self.path, self.rows, self.keys, self.remaining = path, index.rows, index.keys, count
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def done_one(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class EpochPositions:
+    """Where each sample of `segments` lies, in order, without its bytes: (shard, sample, left_out)
+    tuples for the shuffle buffer, read later by `BatchReader`. A buffer of positions holds a few
+    hundred kilobytes where one of samples held the samples (~140 MB at 4096 samples), so nothing
+    churns through the heap; the price is a read per sample, out of file order, which the page
+    cache serves. Use as a context manager: files still open at the end (an epoch stopped early,
+    `drop` samples never read) are closed on exit."""
+
+    def __init__(self, segments: list[tuple[int, int, int]], source: LocalShards):
+        self.segments, self.source = segments, source
+        self._open: list[_OpenShard] = []
+
+    def __iter__(self) -> Iterator[tuple[_OpenShard, int, bool]]:
+        source = self.source
+        with source.reading([s for s, _, _ in self.segments]) as at:
+            for k, (s, first, count) in enumerate(self.segments):
+                at(k)
+                left = source.left_out(s, first, count)
+                index = source.index(s)
+                sh = _OpenShard(source.path(s), index, count)
+                self._open = [o for o in self._open if o.fd >= 0] + [sh]
+                if left:
+                    keys = index.keys
+                    for i in range(first, first + count):
+                        yield sh, i, keys[i] in left
+                else:
+                    for i in range(first, first + count):
+                        yield sh, i, False
+
+    def __enter__(self) -> EpochPositions:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sh in self._open:
+            sh.close()
+        self._open = []
+
+
+_GAP = 4096  # bytes between a sample's cls and jpg members read in the same call (a tar header: 512)
+_MAX_LABEL = 32  # bytes of a cls member
+_ROW_ALIGN = 64
+
+
+class BatchReader:
+    """Reads a batch of sample positions into one of a ring of `slots` reused uint8 buffers,
+    straight from the files (`os.preadv`: no bytes object per sample, no fresh memory once the
+    ring is grown).
+
+    With `dense` the JPEGs lie in rows of one (B, L) array, L the batch's longest JPEG rounded up,
+    zeros after each JPEG's end (its decoder stops at the JPEG's end marker): DALI takes such a
+    batch as one tensor, where a list of arrays costs a conversion per sample (~5 us each). A
+    batch whose longest JPEG would make that array over twice the batch's bytes (an odd dataset)
+    is fed as a list of views of one packed buffer instead, as it is without `dense` (the GPU's
+    decoders get exact lengths). A buffer is reused `slots` batches later: its batch must have
+    been run by then (DALI reads fed arrays in place)."""
+
+    def __init__(self, batch: int, slots: int, dense: bool):
+        self.batch, self.dense = batch, dense
+        self._bufs = [np.zeros(0, np.uint8) for _ in range(max(2, slots))]
+        self._next = 0
+        self._scratch = bytearray(_GAP + _MAX_LABEL)
+        self._prev = None  # the last batch's last JPEG (buffer, offset, length): the next stand-in
+
+    def new_epoch(self) -> None:
+        self._prev = None
+
+    def read(self, items: list[tuple[_OpenShard, int, bool]], first_good) -> tuple[object, np.ndarray]:
+        """The feed of one batch: (jpgs, labels int32 (B,)) for `items` (at most B positions; the
+        rest of the batch repeats the last one). A left-out item gets the previous good sample's
+        JPEG (`first_good()` gives it where none came before) and PAD_LABEL; `shard.done_one` is
+        called for every item read."""
+        from .loader_base import PAD_LABEL
+
+        b, n = self.batch, len(items)
+        standin = None  # the first good sample's JPEG, where a left-out one comes before any good one
+        last = self._prev[2] if self._prev is not None else None
+        sizes = []  # of each item's JPEG, or of its stand-in's
+        for sh, i, left_out in items:
+            if not left_out:
+                last = sh.rows[i][1]
+            elif last is None:
+                standin = first_good()
+                last = len(standin)
+            sizes.append(last)
+        stride = -(-max(sizes) // _ROW_ALIGN) * _ROW_ALIGN
+        dense = self.dense and stride * n <= 2 * sum(sizes) + _ROW_ALIGN * n
+        if dense:
+            offsets, need = [k * stride for k in range(b)], stride * b
+        else:
+            offsets, need = [], 0
+            for z in sizes:
+                offsets.append(need)
+                need += -(-z // _ROW_ALIGN) * _ROW_ALIGN
+        buf = self._bufs[self._next]
+        if buf.size < need:
+            buf = self._bufs[self._next] = np.empty(need + need // 4 + 4096, np.uint8)
+        self._next = (self._next + 1) % len(self._bufs)
+        mv, scratch = memoryview(buf), memoryview(self._scratch)
+        labels = np.empty(b, np.int32)
+        prev = self._prev  # (buffer, offset, size) of the last good JPEG read (or its copy)
+        for k, (sh, i, left_out) in enumerate(items):
+            at, size = offsets[k], sizes[k]
+            if not left_out:
+                labels[k] = _read_sample(sh, i, mv[at : at + size], scratch)
+            else:
+                if prev is None:
+                    buf[at : at + size] = np.frombuffer(standin, np.uint8)
+                else:
+                    buf[at : at + size] = prev[0][prev[1] : prev[1] + size]
+                labels[k] = PAD_LABEL
+                sh.done_one()
+            if dense:
+                buf[at + size : at + stride] = 0
+            prev = (buf, at, size)
+        self._prev = prev
+        if dense:
+            rows = buf[: stride * b].reshape(b, stride)
+            if n < b:
+                rows[n:] = rows[n - 1]
+            jpgs = rows
+        else:
+            jpgs = [buf[offsets[k] : offsets[k] + sizes[k]] for k in range(n)]
+            jpgs += [jpgs[-1]] * (b - n)
+        if n < b:
+            labels[n:] = labels[n - 1]
+        return jpgs, labels
+
+
+def _read_sample(sh: _OpenShard, i: int, into: memoryview, scratch: memoryview) -> int:
+    """Read sample `i` of `sh`: its jpg into `into` (its exact size), its label returned; one
+    `preadv` where the members are neighbours (a tar header apart), two reads otherwise."""
+    jo, js, co, cs = sh.rows[i]
+    if cs > _MAX_LABEL:
+        raise ImgprepError(f"{sh.path}: sample {sh.keys[i]} has a label that is not a number")
+    label = scratch[:cs]
+    if co + cs <= jo and jo - co - cs <= _GAP:
+        want, got = jo + js - co, os.preadv(sh.fd, [label, scratch[cs : jo - co], into], co)
+    elif jo + js <= co and co - jo - js <= _GAP:
+        want, got = co + cs - jo, os.preadv(sh.fd, [into, scratch[cs : cs + co - jo - js], label], jo)
+    else:
+        want, got = js + cs, os.preadv(sh.fd, [into], jo) + os.preadv(sh.fd, [label], co)
+    if got != want:
+        raise ImgprepError(f"{sh.path}: ends inside sample {sh.keys[i]}; run `imgprep verify`")
+    cls = bytes(label)
+    if not cls.isdigit():
+        raise ImgprepError(f"{sh.path}: sample {sh.keys[i]} has a label that is not a number")
+    sh.done_one()
+    return int(cls)

@@ -458,3 +458,29 @@ def test_a_dali_loader_builds_its_pipeline_once_and_each_epoch_is_its_own(prepar
         np.testing.assert_array_equal(images, want[0])
     if mode == "train":
         assert not np.array_equal(epochs[0][1], epochs[1][1])  # a new order every epoch
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_dali_feeds_are_the_epoch_plan_through_the_shuffle_buffer(prepared, mode):
+    """The DALI backend shuffles positions and reads each batch as it leaves the buffer: its feeds
+    hold, in order, the samples of the documented scheme (the epoch's segments through
+    `buffer_shuffle` seeded by (seed, epoch, rank, 0)), the last batch padded with its last."""
+    from imgprep.reader import LocalShards, buffer_shuffle, epoch_samples
+
+    lo = make_loader(prepared, "train", 4, mode, backend="dali", workers=1, seed=3, shuffle_buffer=7)
+    lo.set_epoch(2)
+    plan = lo.plan()
+    stream = epoch_samples(plan.segments(lo.info.counts), LocalShards(lo.info.shards, {}))
+    if mode == "train":
+        stream = buffer_shuffle(stream, 7, np.random.default_rng([3, 2, 0, 0]), initial=8)
+    want = [(jpg, y) for _, jpg, y, _ in stream]
+    got = []
+    for feed, valid in lo._inputs(plan, LocalShards(lo.info.shards, {})):
+        jpgs = feed["jpg"]
+        assert isinstance(jpgs, np.ndarray) and jpgs.shape[0] == 4  # one dense tensor for the CPU decoder
+        rows = [bytes(r) for r in jpgs]
+        for k in range(valid):
+            assert rows[k].startswith(want[len(got)][0]) and not rows[k][len(want[len(got)][0]) :].strip(b"\0")
+            got.append((want[len(got)][0], int(feed["label"][k])))
+        assert rows[valid:] == [rows[valid - 1]] * (4 - valid)
+    assert got == want and len(got) == lo.info.total
