@@ -147,9 +147,8 @@ def _normalize_fused(op, img, info: DatasetInfo, window, shift, norm):
     if shift is not None:
         offset = offset + shift * types.Constant(inv)
     params = fn.cat(_as_param(top), _as_param(left), _as_param(mirror), types.Constant(inv), offset)  # (9,)
-    plane = (info.mean_image * inv).transpose(2, 0, 1) if sub_mean else np.zeros((3, 1, 1))
-    plane = np.stack([plane, plane[:, :, ::-1]])  # (2, 3, S, S): as is, mirrored
-    return op(img, types.Constant(np.ascontiguousarray(plane, np.float32)), params)
+    plane = (info.mean_image * inv).transpose(2, 0, 1) if sub_mean else np.zeros((3, 1, 1))  # (3, S, S)
+    return op(img, types.Constant(np.ascontiguousarray(plane[None], np.float32)), params)
 
 
 def _normalize_chain(img, info: DatasetInfo, crop: int, window, shift, norm, gpu: bool):
