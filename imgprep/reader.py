@@ -48,6 +48,8 @@ class ShardIndex:
             j, c = by_ext["jpg"], by_ext["cls"]
             table[i] = (j[1], j[2], c[1], c[2])
             keys.append(split_key(j[3])[0])
+        if len(table) and table.min() < 0:
+            raise ImgprepError(f"{path}: a negative offset or size; prepare the dataset again")
         self.table, self.keys = table, keys
         self.rows = table.tolist()  # the same as Python ints: read per sample without numpy scalars
 
@@ -187,11 +189,12 @@ class _OpenShard:
     its last sample has been read (`remaining`), so a cached shard replaced or evicted meanwhile
     (renamed over, unlinked) is still read whole from the file the index describes."""
 
-    __slots__ = ("path", "fd", "rows", "keys", "remaining")
+    __slots__ = ("path", "fd", "size", "rows", "keys", "remaining")
 
     def __init__(self, path: str, index: ShardIndex, count: int):
         self.path, self.rows, self.keys, self.remaining = path, index.rows, index.keys, count
         self.fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size  # no buffer is sized by a sample that cannot be in the file
 
     def done_one(self) -> None:
         self.remaining -= 1
@@ -283,7 +286,9 @@ class BatchReader:
         sizes = []  # of each item's JPEG, or of its stand-in's
         for sh, i, left_out in items:
             if not left_out:
-                last = sh.rows[i][1]
+                jo, last, co, cs = sh.rows[i]
+                if max(jo + last, co + cs) > sh.size:
+                    raise ImgprepError(f"{sh.path}: ends inside sample {sh.keys[i]}; run `imgprep verify`")
             elif last is None:
                 standin = first_good()
                 last = len(standin)

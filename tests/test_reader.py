@@ -232,3 +232,23 @@ def test_reading_positions_of_a_cut_short_shard_or_a_bad_label_is_one_line(tmp_p
         reader.read(items[4:6], None)
         with pytest.raises(ImgprepError, match="ends inside sample 000008"):
             reader.read(items[8:], None)
+
+
+def test_an_index_with_a_negative_offset_or_a_sample_beyond_the_file_is_one_line(tmp_path):
+    """A forged index: no read at a negative offset, no buffer sized by a sample the file cannot hold."""
+    path = _shard(tmp_path, 3)
+    idx = path[: -len(".tar")] + ".idx"
+    text = open(idx).read()
+    lines = text.splitlines()
+    t = lines[2].split()
+    t[t.index("jpg") + 1] = "-512"
+    open(idx, "w").write("\n".join([*lines[:2], " ".join(t), *lines[3:]]) + "\n")
+    with pytest.raises(ImgprepError, match="a negative offset or size"):
+        ShardIndex.of_shard(path)
+    t[t.index("jpg") + 1], t[t.index("jpg") + 2] = "2048", str(1 << 40)
+    open(idx, "w").write("\n".join([*lines[:2], " ".join(t), *lines[3:]]) + "\n")
+    with (
+        EpochPositions([(0, 0, 3)], LocalShards([path], {})) as positions,
+        pytest.raises(ImgprepError, match="ends inside sample 000001"),
+    ):
+        BatchReader(3, 2, True).read(list(positions), None)
