@@ -9,7 +9,8 @@ Graph (train and eval modes), per sample; every step a DALI operator, no Python 
           the loader finishes the batch in the training process with one fused op
           (`finish.WindowFinisher`: float, lighting, mean-image window, std, dtype, layout)
     CPU:  one fused operator (numba_function: compiled native code, run per sample on DALI's
-          threads) computing the same in a single pass: img[h, w'] / std + offset - M[top+h, left+w'] / std
+          threads) computing the same in a single pass: img[h, w'] / std + offset - M[top+h, left+w'] / std,
+          its parameters fed per batch (train mode)
 Lighting shift = sum_i (a_i * s_i) * eigvec[i], a ~ N(0, sigma) drawn per image.
 
 Why the GPU hand-over: DALI's stock operators need two crop_mirror_normalize passes and a
@@ -38,7 +39,7 @@ from .geometry import center_crop_offset
 from .loader_base import BaseLoader, EpochPlan, LoaderConfig
 from .reader import BatchReader, EpochPositions, LocalShards, buffer_shuffle, epoch_samples
 
-__all__ = ["DaliLoader", "build_pipeline"]
+__all__ = ["DaliLoader", "build_pipeline", "fused_params"]
 
 
 @functools.cache
@@ -147,8 +148,31 @@ def _normalize_fused(op, img, info: DatasetInfo, window, shift, norm):
     if shift is not None:
         offset = offset + shift * types.Constant(inv)
     params = fn.cat(_as_param(top), _as_param(left), _as_param(mirror), types.Constant(inv), offset)  # (9,)
+    return op(img, _mean_plane(info, norm), params)
+
+
+def _mean_plane(info: DatasetInfo, norm):
+    """The fused operator's mean input: the mean image / std as a constant (1, 3, S, S), or (1, 3, 1, 1) zeros."""
+    from nvidia.dali import types
+
+    sub_mean, _, ch_std = norm
+    inv = (1.0 / ch_std).astype(np.float32)
     plane = (info.mean_image * inv).transpose(2, 0, 1) if sub_mean else np.zeros((3, 1, 1))  # (3, S, S)
-    return op(img, types.Constant(np.ascontiguousarray(plane[None], np.float32)), params)
+    return types.Constant(np.ascontiguousarray(plane[None], np.float32))
+
+
+def fused_params(top, left, mirror, shift, norm) -> np.ndarray:
+    """The fused operator's parameters of a batch, float32 (B, 9): top, left, mirror, 1/std (3),
+    (shift - channel mean) / std (3), computed in float32 in the order the pipeline's own
+    arithmetic used (`_normalize_fused`), so both give the same numbers. shift: (B, 3) or None."""
+    _, ch_mean, ch_std = norm
+    inv = (1.0 / ch_std).astype(np.float32)
+    offset = np.broadcast_to((-ch_mean * inv).astype(np.float32), (len(mirror), 3))
+    if shift is not None:
+        offset = offset + np.asarray(shift, np.float32) * inv
+    p = np.empty((len(mirror), 9), np.float32)
+    p[:, 0], p[:, 1], p[:, 2], p[:, 3:6], p[:, 6:9] = top, left, mirror, inv, offset
+    return p
 
 
 def _normalize_chain(img, info: DatasetInfo, crop: int, window, shift, norm, gpu: bool):
@@ -229,7 +253,12 @@ def build_pipeline(
 ):
     """The DALI pipeline of one loader, for all its epochs: fed per batch (`feed_input`) with
     "jpg" (uint8 [L]) and "label" (int32 scalar), and in train mode "top", "left", "mirror"
-    (int32 scalars) and "shift" (float32 (3,), where lighting is on).
+    (int32 scalars) and "shift" (float32 (3,), where lighting is on), or on the fused CPU
+    operator's graph its parameters "params" (float32 (9,), `fused_params`) and the decoder's
+    window "crop_x", "crop_y" (float32 fractions of the span): drawn in NumPy, a batch at a time,
+    in place of about a dozen small DALI operators per sample (casts, reshapes, a concatenation, the
+    arithmetic of the offset), which left DALI's threads waiting between the decoder and the
+    fused operator. `imgprep_feeds` (set on the pipeline) names the inputs it has.
 
     Outputs (images, labels), or with `handover` (train and eval modes) (uint8 windows, labels,
     parameters) for `finish.WindowFinisher`.
@@ -257,10 +286,16 @@ def build_pipeline(
         # no_copy: DALI reads the fed arrays in place (the loader keeps each batch's alive until
         # its outputs are taken); a copy of 128 JPEGs cost the feeding thread ~10 ms a batch
         jpg, label = fn.external_source(name="jpg", no_copy=True), fn.external_source(name="label", no_copy=True)
-        shift = _lighting_shift(cfg)
         if cfg.mode == "ten_crop":
             return _ten_views(jpg, info, crop, norm, gpu, decode), label
         span = info.size - crop
+        if op is not None and cfg.mode == "train":  # all per-sample numbers drawn and fed (`DaliLoader._draws`)
+            pos = {"crop_pos_x": fn.external_source(name="crop_x"), "crop_pos_y": fn.external_source(name="crop_y")}
+            img = fn.decoders.image_crop(
+                jpg, output_type=types.RGB, crop=(crop, crop), **(pos if span else {}), **decode
+            )
+            return op(img, _mean_plane(info, norm), fn.external_source(name="params")), label
+        shift = _lighting_shift(cfg)
         window = _window(cfg, span)
         top, left, _ = window
         img = fn.decoders.image_crop(
@@ -280,7 +315,19 @@ def build_pipeline(
 
     p = pipe()
     p.build()
+    p.imgprep_feeds = frozenset(n for n in FEEDS if _has_input(p, n))  # the loader feeds these
     return p
+
+
+FEEDS = ("jpg", "label", "top", "left", "mirror", "shift", "crop_x", "crop_y", "params")  # what `_draws` may make
+
+
+def _has_input(pipe, name: str) -> bool:
+    try:
+        pipe.input_feed_count(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _to_torch(tl, gpu: bool, device_id: int | None = None):
@@ -318,6 +365,7 @@ class DaliLoader(BaseLoader):
         self._finisher = None
         self._pipe, self._pipe_key = None, None  # the pipeline, built on first use (key: handover)
         self._batch_reader = None  # reads each batch into reused buffers (`_reader`)
+        self._norm = normalization(cfg.normalize, info.stats)  # (subtract the mean image, channel mean, channel std)
 
     def _finish(self):
         """The WindowFinisher of this loader's device, dtype and layout (built once)."""
@@ -327,8 +375,7 @@ class DaliLoader(BaseLoader):
             from .finish import WindowFinisher
 
             dev = torch.device("cuda", self.device_id) if self.gpu else torch.device("cpu")
-            norm = normalization(self.cfg.normalize, self.info.stats)
-            self._finisher = WindowFinisher(self.info.mean_image, norm, dev, self.dtype, self.cfg.channels_last)
+            self._finisher = WindowFinisher(self.info.mean_image, self._norm, dev, self.dtype, self.cfg.channels_last)
         return self._finisher
 
     def _batches(self, plan: EpochPlan):
@@ -378,15 +425,25 @@ class DaliLoader(BaseLoader):
         (a third of the feeding thread's time at batch 128)."""
         cfg, info = self.cfg, self.info
         feed = {}
+        shift = None
         if cfg.lighting_std > 0:
             a = rng.normal(0.0, cfg.lighting_std, (b, 3))
             shift = lighting_shift(a, info.stats["eigval"], info.stats["eigvec"], cfg.lighting_scale)  # (b, 3)
-            feed["shift"] = np.ascontiguousarray(shift, np.float32)
+            feed["shift"] = shift = np.ascontiguousarray(shift, np.float32)
         span = info.size - cfg.crop
         tl = rng.integers(0, span + 1, (b, 2)).astype(np.int32)
+        top, left = np.ascontiguousarray(tl[:, 0]), np.ascontiguousarray(tl[:, 1])
         if span:
-            feed.update(top=np.ascontiguousarray(tl[:, 0]), left=np.ascontiguousarray(tl[:, 1]))
-        feed["mirror"] = (rng.random(b) < 0.5).astype(np.int32)
+            feed.update(top=top, left=left)
+        feed["mirror"] = mirror = (rng.random(b) < 0.5).astype(np.int32)
+        # the fused CPU operator's form of the same draws: its parameter vectors and the decoder's
+        # window as fractions of the span (what `_fraction` computes in the other graphs)
+        feed["params"] = fused_params(top, left, mirror, shift, self._norm)
+        if span:
+            feed["crop_x"], feed["crop_y"] = (
+                left.astype(np.float32) / np.float32(span),
+                top.astype(np.float32) / np.float32(span),
+            )
         return feed
 
     def _first_good(self, plan: EpochPlan, source: LocalShards) -> bytes:
@@ -426,7 +483,8 @@ class DaliLoader(BaseLoader):
     def _schedule(pipe, feed: dict) -> None:
         """Feed one batch's inputs ({input name: data}) and schedule its run."""
         for name, data in feed.items():
-            pipe.feed_input(name, data)
+            if name in pipe.imgprep_feeds:
+                pipe.feed_input(name, data)
         pipe.schedule_run()
 
     def _take(self, pipe, handover: bool):

@@ -484,3 +484,15 @@ def test_dali_feeds_are_the_epoch_plan_through_the_shuffle_buffer(prepared, mode
             got.append((want[len(got)][0], int(feed["label"][k])))
         assert rows[valid:] == [rows[valid - 1]] * (4 - valid)
     assert got == want and len(got) == lo.info.total
+
+
+def test_the_fused_cpu_graph_is_fed_its_parameters_and_the_others_their_draws(prepared):
+    """Train mode on the fused CPU operator: the parameters and the decoder's window come fed (no
+    small DALI operators per sample); the operator chain and the hand-over take the draws."""
+    fused = make_loader(prepared, "train", 4, backend="dali", workers=1)
+    assert fused._pipeline(False).imgprep_feeds == {"jpg", "label", "params", "crop_x", "crop_y"}
+    for backend, handover in (("dali-ops", False), ("dali-handover", True)):
+        lo = make_loader(prepared, "train", 4, backend=backend, workers=1)
+        assert lo._pipeline(handover).imgprep_feeds == {"jpg", "label", "top", "left", "mirror", "shift"}
+    ev = make_loader(prepared, "val", 4, "eval", backend="dali", workers=1)
+    assert ev._pipeline(False).imgprep_feeds == {"jpg", "label"}
