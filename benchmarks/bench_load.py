@@ -171,7 +171,12 @@ def main() -> None:
                 runs.setdefault(name, []).append(rate)
     results = {}
     for name, rates in runs.items():
-        results[name] = {"median_images_per_second": statistics.median(rates), "min": min(rates), "max": max(rates)}
+        results[name] = {
+            "median_images_per_second": statistics.median(rates),
+            "min": min(rates),
+            "max": max(rates),
+            "runs": [round(r, 1) for r in rates],
+        }
     base = results["baseline"]["median_images_per_second"]
     print(f"train mode, batch {b}, {w} workers, {steps} timed batches, {a.repeats} runs; DALI on {device}")
     print(f"{'variant':16s} {'img/s':>8s} {'min':>8s} {'max':>8s} {'vs baseline':>12s}")
@@ -185,12 +190,23 @@ def main() -> None:
     results["lighting_and_mean_image_extra_time_percent"] = round(100 * (basic / full - 1), 1)
     dec, stock = results["dali decode"]["median_images_per_second"], results["dali stock"]["median_images_per_second"]
     ratios = {"dali full / dali decode": full / dec, "dali full / dali stock": full / stock}
+    # the same ratios within each round (the variants of a round ran minutes apart, not hours):
+    # on a VM whose speed drifts by 1.5x this is the steadier figure
+    for other in ("dali decode", "dali stock"):
+        per = [f / o for f, o in zip(runs["dali full"], runs[other], strict=True)]
+        ratios[f"dali full / {other} per round"] = {"median": statistics.median(per), "min": min(per), "max": max(per)}
     print(f"dali full at {full / dec:.0%} of decoding alone, {full / stock:.2f}x the stock pipeline")
+    pd, ps = ratios["dali full / dali decode per round"], ratios["dali full / dali stock per round"]
+    print(
+        f"per round: {pd['median']:.0%} of decoding alone ({pd['min']:.0%}-{pd['max']:.0%}), "
+        f"{ps['median']:.2f}x the stock pipeline ({ps['min']:.2f}-{ps['max']:.2f})"
+    )
     if a.json_out:
         from imgprep.report import environment
 
         with open(a.json_out, "w") as f:
-            cmd = f"python benchmarks/bench_load.py --images {a.images} --batch-size {b} --repeats {a.repeats}"
+            cmd = f"python benchmarks/bench_load.py --batch-size {b} --repeats {a.repeats}"
+            cmd += f" --data DIR ({a.images} images)" if a.data else f" --images {a.images}"
             out = {"command": cmd, "machine": environment(), "batch_size": b, "workers": w, "device": device,
                    "warmup": a.warmup, "steps": steps, "results": results, "ratios": ratios}  # fmt: skip
             json.dump(out, f, indent=2)

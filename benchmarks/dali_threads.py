@@ -1,5 +1,6 @@
-"""Where DALI on the CPU stops scaling: pipe.run() images/s per thread count, for the reader
-alone, reader + window decode, and the whole train pipeline (fused operator).
+"""Where DALI on the CPU stops scaling: images/s per thread count, for DALI's reader alone
+(pipe.run()), reader + window decode, and imgprep's whole train loader (fed by its Python
+reader, fused operator), iterated as a training loop does.
 
 Usage: python benchmarks/dali_threads.py [--data DIR] [--threads 2,4,8,16] [--images 6000]
 It synthesizes and prepares its own data unless --data is given, and prints one JSON object.
@@ -27,6 +28,44 @@ def _rate(pipe, batch: int, seconds: float = 2.0) -> float:
     return timer.images_per_second
 
 
+def _native(kind: str, paths: list[str], b: int, threads: int, crop: int):
+    """DALI's own webdataset reader over the shards: alone ("reader") or with the window decode."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from imgprep.shards import index_path
+
+    @pipeline_def(batch_size=b, num_threads=threads, device_id=None, seed=1, exec_dynamic=True)
+    def p():
+        jpg, cls = fn.readers.webdataset(
+            paths=paths, index_paths=[index_path(s) for s in paths], ext=["jpg", "cls"],
+            random_shuffle=True, initial_fill=4096,
+        )  # fmt: skip
+        cls = fn.pad(cls, axes=[0], shape=[7])
+        if kind == "reader":
+            return jpg.shape(), cls
+        return fn.decoders.image_crop(jpg, crop=(crop, crop), output_type=types.RGB), cls
+
+    pipe = p()
+    pipe.build()
+    return pipe
+
+
+def _loader_rate(lo, seconds: float = 2.0) -> float:
+    """Images/s of a loader's batches over `seconds` (epochs run on as needed), after 3 warm-up batches."""
+    from imgprep.timing import Throughput
+
+    timer, epoch = Throughput(warmup=3), 0
+    lo.warm_up()
+    while timer.steps < 3 or timer.seconds < seconds:
+        lo.set_epoch(epoch)
+        for _, y in lo:
+            timer.step(len(y))
+            if timer.steps >= 3 and timer.seconds >= seconds:
+                break
+        epoch += 1
+    return timer.images_per_second
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None)
@@ -34,13 +73,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=6000)
     ap.add_argument("--batch-size", type=int, default=128)
     a = ap.parse_args()
-    from nvidia.dali import fn, pipeline_def, types
-
     from imgprep._mp import cpu_count
-    from imgprep.dali_loader import build_pipeline
     from imgprep.loaders import make_loader
     from imgprep.prepare import PrepareConfig, prepare
-    from imgprep.shards import index_path
     from imgprep.synth import SynthConfig, synthesize
 
     data = a.data
@@ -56,31 +91,15 @@ def main() -> None:
     report = {"cpu_cores": cpu_count(), "batch_size": b}
     for threads in [int(t) for t in a.threads.split(",")]:
         lo = make_loader(data, "train", b, device="cpu", workers=threads)
-        paths = lo.info.shards
         for kind in ("reader", "decode", "full"):
             if kind == "full":
-                pipe = build_pipeline(lo.cfg, lo.info, paths, False, None, 1, threads)
+                rate = _loader_rate(lo)
             else:
-                # built and run within this iteration, so reading the loop variables is safe
-                @pipeline_def(batch_size=b, num_threads=threads, device_id=None, seed=1, exec_dynamic=True)
-                def p():
-                    jpg, cls = fn.readers.webdataset(
-                        paths=paths,
-                        index_paths=[index_path(s) for s in paths],
-                        ext=["jpg", "cls"],
-                        random_shuffle=True,
-                        initial_fill=4096,
-                    )
-                    cls = fn.pad(cls, axes=[0], shape=[7])
-                    if kind == "reader":
-                        return jpg.shape(), cls
-                    return fn.decoders.image_crop(jpg, crop=(lo.cfg.crop, lo.cfg.crop), output_type=types.RGB), cls
-
-                pipe = p()
-                pipe.build()
-            report[f"{kind}_threads{threads}"] = round(_rate(pipe, b))
-            print(f"{kind} threads {threads}: {report[f'{kind}_threads{threads}']} img/s", file=sys.stderr, flush=True)
-            del pipe
+                pipe = _native(kind, lo.info.shards, b, threads, lo.cfg.crop)
+                rate = _rate(pipe, b)
+                del pipe
+            report[f"{kind}_threads{threads}"] = round(rate)
+            print(f"{kind} threads {threads}: {round(rate)} img/s", file=sys.stderr, flush=True)
     print(json.dumps(report, indent=2))
 
 
