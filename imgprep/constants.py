@@ -28,3 +28,5 @@ MAX_PIXELS = 89_478_485
 MAX_PIXELS_CEILING = 2 * MAX_PIXELS
 # Largest stored side: a stored image stays within MAX_PIXELS, and a manifest claiming more is refused.
 MAX_STORED_SIZE = 9459  # floor(sqrt(MAX_PIXELS))
+# Label of a padding sample (and of one left out as changed since prepare): the loss and the metrics skip it.
+PAD_LABEL = -1

@@ -23,7 +23,7 @@ import numpy as np
 
 from .augment import LIGHTING_SCALES, NORMALIZE
 from .config import SEED_MIN, Settings, check_settings, setting
-from .constants import PCA_LIGHTING_STD, SPLITS
+from .constants import PAD_LABEL, PCA_LIGHTING_STD, SPLITS
 from .dataset import DatasetInfo
 from .errors import ImgprepError
 from .integrity import ON_CORRUPT, ShardChecker, left_out
@@ -48,7 +48,6 @@ BACKENDS = ("auto", "dali", "torch")  # auto: DALI where it imports (Linux), els
 DEVICES = ("auto", "cpu", "gpu")
 LAST_BATCH = ("pad", "drop")
 DTYPES = ("float32", "bfloat16", "float16")  # of the images a loader yields
-PAD_LABEL = -1  # label of a padding sample: the loss and the metrics skip it
 CPU_OPERATORS = ("auto", "fused", "chain")
 HANDOVERS = ("auto", "on", "off")
 

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from .constants import PAD_LABEL
 from .errors import ImgprepError
 from .shards import index_path, read_dali_index, split_key
 
@@ -278,8 +279,6 @@ class BatchReader:
         rest of the batch repeats the last one). A left-out item gets the previous good sample's
         JPEG (`first_good()` gives it where none came before) and PAD_LABEL; `shard.done_one` is
         called for every item read."""
-        from .loader_base import PAD_LABEL
-
         b, n = self.batch, len(items)
         standin = None  # the first good sample's JPEG, where a left-out one comes before any good one
         last = self._prev[2] if self._prev is not None else None
