@@ -496,3 +496,19 @@ def test_the_fused_cpu_graph_is_fed_its_parameters_and_the_others_their_draws(pr
         assert lo._pipeline(handover).imgprep_feeds == {"jpg", "label", "top", "left", "mirror", "shift"}
     ev = make_loader(prepared, "val", 4, "eval", backend="dali", workers=1)
     assert ev._pipeline(False).imgprep_feeds == {"jpg", "label"}
+
+
+def test_jpegs_fed_as_exact_length_views_give_the_dense_feeds_batches(prepared):
+    """The GPU's decoders get each JPEG as an exact-length view of the batch buffer, the CPU's one
+    dense tensor with zeros after each JPEG: the same batch either way (run here on the CPU)."""
+    from imgprep.reader import BatchReader
+
+    dense = make_loader(prepared, "train", 4, backend="dali", workers=1, seed=1)
+    views = make_loader(prepared, "train", 4, backend="dali", workers=1, seed=1)
+    views._batch_reader = BatchReader(4, views.cfg.prefetch + 2, dense=False)
+    for epoch in range(2):
+        dense.set_epoch(epoch)
+        views.set_epoch(epoch)
+        a, b = collect(dense), collect(views)
+        np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_array_equal(a[0], b[0])
