@@ -137,20 +137,6 @@ def _as_param(v):
     return fn.reshape(fn.cast(types.Constant(v) if isinstance(v, int) else v, dtype=types.FLOAT), shape=[1])
 
 
-def _normalize_fused(op, img, info: DatasetInfo, window, shift, norm):
-    """CPU: the one-pass operator: (3, c, c) float32 of the decoded window (c, c, 3) uint8."""
-    from nvidia.dali import fn, types
-
-    top, left, mirror = window
-    sub_mean, ch_mean, ch_std = norm
-    inv = (1.0 / ch_std).astype(np.float32)
-    offset = types.Constant((-ch_mean * inv).astype(np.float32))
-    if shift is not None:
-        offset = offset + shift * types.Constant(inv)
-    params = fn.cat(_as_param(top), _as_param(left), _as_param(mirror), types.Constant(inv), offset)  # (9,)
-    return op(img, _mean_plane(info, norm), params)
-
-
 def _mean_plane(info: DatasetInfo, norm):
     """The fused operator's mean input: the mean image / std as a constant (1, 3, S, S), or (1, 3, 1, 1) zeros."""
     from nvidia.dali import types
@@ -163,8 +149,8 @@ def _mean_plane(info: DatasetInfo, norm):
 
 def fused_params(top, left, mirror, shift, norm) -> np.ndarray:
     """The fused operator's parameters of a batch, float32 (B, 9): top, left, mirror, 1/std (3),
-    (shift - channel mean) / std (3), computed in float32 in the order the pipeline's own
-    arithmetic used (`_normalize_fused`), so both give the same numbers. shift: (B, 3) or None."""
+    (shift - channel mean) / std (3), in float32 (the order of DALI's own arithmetic when the
+    graph made them: the same numbers). shift: (B, 3) or None."""
     _, ch_mean, ch_std = norm
     inv = (1.0 / ch_std).astype(np.float32)
     offset = np.broadcast_to((-ch_mean * inv).astype(np.float32), (len(mirror), 3))
@@ -254,8 +240,9 @@ def build_pipeline(
     """The DALI pipeline of one loader, for all its epochs: fed per batch (`feed_input`) with
     "jpg" (uint8 [L]) and "label" (int32 scalar), and in train mode "top", "left", "mirror"
     (int32 scalars) and "shift" (float32 (3,), where lighting is on), or on the fused CPU
-    operator's graph its parameters "params" (float32 (9,), `fused_params`) and the decoder's
-    window "crop_x", "crop_y" (float32 fractions of the span): drawn in NumPy, a batch at a time,
+    operator's graph its parameters "params" (float32 (9,), `fused_params`; in eval mode the
+    centre window's, fixed) and in train mode the decoder's window "crop_x", "crop_y" (float32
+    fractions of the span): made in NumPy, a batch at a time,
     in place of about a dozen small DALI operators per sample (casts, reshapes, a concatenation, the
     arithmetic of the offset), which left DALI's threads waiting between the decoder and the
     fused operator. `imgprep_feeds` (set on the pipeline) names the inputs it has.
@@ -289,11 +276,14 @@ def build_pipeline(
         if cfg.mode == "ten_crop":
             return _ten_views(jpg, info, crop, norm, gpu, decode), label
         span = info.size - crop
-        if op is not None and cfg.mode == "train":  # all per-sample numbers drawn and fed (`DaliLoader._draws`)
-            pos = {"crop_pos_x": fn.external_source(name="crop_x"), "crop_pos_y": fn.external_source(name="crop_y")}
-            img = fn.decoders.image_crop(
-                jpg, output_type=types.RGB, crop=(crop, crop), **(pos if span else {}), **decode
-            )
+        if op is not None:  # every per-sample number fed (`DaliLoader._draws`, `DaliLoader._fixed_params`)
+            if cfg.mode == "train":
+                pos = {"crop_pos_x": fn.external_source(name="crop_x"), "crop_pos_y": fn.external_source(name="crop_y")}
+                pos = pos if span else {}
+            else:
+                top, left, _ = _window(cfg, span)
+                pos = {"crop_pos_x": _fraction(left, span), "crop_pos_y": _fraction(top, span)}
+            img = fn.decoders.image_crop(jpg, output_type=types.RGB, crop=(crop, crop), **pos, **decode)
             return op(img, _mean_plane(info, norm), fn.external_source(name="params")), label
         shift = _lighting_shift(cfg)
         window = _window(cfg, span)
@@ -309,8 +299,6 @@ def build_pipeline(
         if handover:
             img, params = _handover(img, window, shift, gpu)
             return img, label, params
-        if op is not None:
-            return _normalize_fused(op, img, info, window, shift, norm), label
         return _normalize_chain(img, info, crop, window, shift, norm, gpu), label
 
     p = pipe()
@@ -365,7 +353,8 @@ class DaliLoader(BaseLoader):
         self._finisher = None
         self._pipe, self._pipe_key = None, None  # the pipeline, built on first use (key: handover)
         self._batch_reader = None  # reads each batch into reused buffers (`_reader`)
-        self._norm = normalization(cfg.normalize, info.stats)  # (subtract the mean image, channel mean, channel std)
+        self._norm = normalization(cfg.normalize, info.stats)
+        self._eval_params = None  # `_fixed_params`  # (subtract the mean image, channel mean, channel std)
 
     def _finish(self):
         """The WindowFinisher of this loader's device, dtype and layout (built once)."""
@@ -405,8 +394,7 @@ class DaliLoader(BaseLoader):
             while items := list(itertools.islice(stream, b)):
                 jpgs, labels = reader.read(items, first_good)
                 feed = {"jpg": jpgs, "label": labels}  # labels: (b,), one dense tensor
-                if train:
-                    feed.update(self._draws(draw_rng, b))
+                feed.update(self._draws(draw_rng, b) if train else self._fixed_params())
                 yield feed, len(items)
 
     def _reader(self):
@@ -445,6 +433,16 @@ class DaliLoader(BaseLoader):
                 top.astype(np.float32) / np.float32(span),
             )
         return feed
+
+    def _fixed_params(self) -> dict[str, np.ndarray]:
+        """Eval mode: the fused CPU operator's parameters of every batch (the centre window, no
+        flip, no lighting), made once."""
+        if self._eval_params is None:
+            b, span = self.cfg.rank_batch, self.info.size - self.cfg.crop
+            top, left = center_crop_offset(span, span, 0)
+            full = functools.partial(np.full, b, dtype=np.int32)
+            self._eval_params = {"params": fused_params(full(top), full(left), full(0), None, self._norm)}
+        return self._eval_params
 
     def _first_good(self, plan: EpochPlan, source: LocalShards) -> bytes:
         """The jpg of this rank's first sample that is not left out (the stand-in's stand-in)."""
@@ -522,8 +520,7 @@ class DaliLoader(BaseLoader):
         Image.new("RGB", (size, size), (128, 128, 128)).save(buf, "JPEG", quality=90)
         jpg = np.frombuffer(buf.getvalue(), np.uint8)
         feed = {"jpg": [jpg] * b, "label": np.zeros(b, np.int32)}  # alive until the outputs are taken (no_copy)
-        if self.cfg.mode == "train":
-            feed.update(self._draws(np.random.default_rng(0), b))
+        feed.update(self._draws(np.random.default_rng(0), b) if self.cfg.mode == "train" else self._fixed_params())
         inflight = max(1, self.cfg.prefetch) + 1  # as many batches at once as an epoch has: DALI's pools full size
         for _ in range(inflight):
             self._schedule(pipe, feed)

@@ -495,7 +495,9 @@ def test_the_fused_cpu_graph_is_fed_its_parameters_and_the_others_their_draws(pr
         lo = make_loader(prepared, "train", 4, backend=backend, workers=1)
         assert lo._pipeline(handover).imgprep_feeds == {"jpg", "label", "top", "left", "mirror", "shift"}
     ev = make_loader(prepared, "val", 4, "eval", backend="dali", workers=1)
-    assert ev._pipeline(False).imgprep_feeds == {"jpg", "label"}
+    assert ev._pipeline(False).imgprep_feeds == {"jpg", "label", "params"}  # the centre window's, fixed
+    ev_chain = make_loader(prepared, "val", 4, "eval", backend="dali-ops", workers=1)
+    assert ev_chain._pipeline(False).imgprep_feeds == {"jpg", "label"}
 
 
 def test_jpegs_fed_as_exact_length_views_give_the_dense_feeds_batches(prepared):
