@@ -5,8 +5,9 @@ The work is split into independent units, one per output shard. A unit decodes, 
 re-encodes its images, writes its shard and index, and returns its counts and exact statistics
 sums; the driver merges those, records each finished unit in a state file (so a rerun resumes),
 and writes the statistics, the reject list and the manifest at the end. Where there are fewer
-units than the workers can share, each is cut into pieces run as jobs of their own (`split_jobs`),
-and the driver writes each shard from its pieces' samples in order: the bytes are the same.
+units than the workers can share, they are cut into pieces run as jobs of their own, shrinking as
+the run goes (`split_jobs`), and the driver writes each shard from its pieces' samples in order:
+the bytes are the same.
 """
 
 from __future__ import annotations
@@ -370,29 +371,52 @@ def _write_shard(job: UnitJob, out: str, fragments, tally: _Tally) -> dict:
     return {"md5": md5, "unit": unit.name, "split": unit.split, "shard": shard, **tally.record()}
 
 
-# Work units finer than shards: with fewer than PIECES_PER_WORKER units per worker, each unit is cut
-# into pieces of at least MIN_PIECE images, run as jobs of their own; the driver writes each shard
-# when its last piece is in, from the pieces' samples in order, so the bytes are those of one job.
+# Work units finer than shards: with fewer than PIECES_PER_WORKER units per worker, the units are cut
+# into pieces run as jobs of their own; the driver writes each shard when its last piece is in, from
+# the pieces' samples in order, so the bytes are those of one job. The pieces shrink as the run goes
+# (guided self-scheduling): each is half of an equal share of what is left, down to 1/(2 *
+# PIECES_PER_WORKER) of a worker's share, so the first ones are few and large and the workers end
+# within a small piece of each other; the largest units go first, so the shard the driver writes
+# alone at the end is the smallest.
 PIECES_PER_WORKER = 4
 MIN_PIECE = 16
 
 
+def piece_bounds(sizes: list[int], workers: int) -> list[list[tuple[int, int]]]:
+    """Per unit of `sizes` images (in the order they run), its pieces' [start, stop): the guided
+    sizes laid over all the units' images end to end and cut at the units' ends, no piece under
+    MIN_PIECE (a unit under 2 * MIN_PIECE stays whole)."""
+    total = sum(sizes)
+    floor = max(MIN_PIECE, total // (2 * PIECES_PER_WORKER * workers))
+    cuts, at = [], 0
+    while at < total:  # the global cut points of the guided sizes
+        at = min(total, at + max(floor, (total - at) // (2 * workers)))
+        cuts.append(at)
+    out, start = [], 0
+    for n in sizes:
+        keep = [0]
+        for c in cuts:
+            b = max(c - start, keep[-1] + MIN_PIECE)  # a bit left over from the unit before: moved
+            if start < c < start + n and n - b >= MIN_PIECE:  # a bit before the next unit: joined
+                keep.append(b)
+        out.append(list(zip(keep, keep[1:] + [n], strict=True)))
+        start += n
+    return out
+
+
 def split_jobs(jobs: list[UnitJob], workers: int, spill: bool = False) -> list[UnitJob]:
     """The jobs to run: `jobs` as they are where there are enough of them for `workers`, else
-    each cut into pieces (`UnitJob.piece`; `spill`: `UnitJob.spill`)."""
-    want = PIECES_PER_WORKER * max(1, workers)
-    if workers <= 1 or len(jobs) >= want:
+    the largest units first, each cut into the pieces of `piece_bounds` (`UnitJob.piece`; `spill`:
+    `UnitJob.spill`)."""
+    if workers <= 1 or len(jobs) >= PIECES_PER_WORKER * workers:
         return jobs
-    per = -(-want // max(1, len(jobs)))
+    jobs = sorted(jobs, key=lambda j: -len(j.unit.items))  # stable: equal units keep their order
     out = []
-    for job in jobs:
-        n = len(job.unit.items)
-        k = max(1, min(per, n // MIN_PIECE))
-        if k == 1:
+    for job, pieces in zip(jobs, piece_bounds([len(j.unit.items) for j in jobs], workers), strict=True):
+        if len(pieces) == 1:
             out.append(job)
-            continue
-        bounds = [n * i // k for i in range(k + 1)]
-        out += [replace(job, piece=(a, b), spill=spill) for a, b in zip(bounds, bounds[1:], strict=False)]
+        else:
+            out += [replace(job, piece=p, spill=spill) for p in pieces]
     return out
 
 

@@ -132,7 +132,7 @@ def test_pieces_of_units_give_the_bytes_of_whole_units(synth_src, tmp_path, monk
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     prepare(PrepareConfig(synth_src, one, size=64, shard_size=12, seed=3, workers=1), **QUIET)
     prepare(PrepareConfig(synth_src, two, size=64, shard_size=12, seed=3, workers=2), **QUIET)
-    assert seen == [(3, 3, True), (3, 9, True)]  # 2 train units of 12 and a val unit of 8, each in 3 pieces
+    assert seen[0] == (3, 3, True) and seen[1][0] == 3 and seen[1][1] > 3 and seen[1][2]  # cut into pieces
     assert tree(one) == tree(two)  # the pieces' files (spilled beside the shards) removed too
 
 
@@ -188,15 +188,34 @@ def test_split_jobs_covers_each_unit_once_in_order():
     from imgprep.prepare import Unit, UnitJob, split_jobs
 
     jobs = [UnitJob(None, Unit("train", i, [(f"{k:08d}", None) for k in range(n)]), [], "", 8, 90, True)
-            for i, n in enumerate([100, 17, 40])]  # fmt: skip
+            for i, n in enumerate([17, 100, 40])]  # fmt: skip
     out = split_jobs(jobs, 4)
     for job in jobs:
         pieces = [j.piece or (0, len(j.unit.items)) for j in out if j.unit is job.unit]
         assert [a for a, _ in pieces] == sorted(a for a, _ in pieces) and pieces[0][0] == 0
         assert all(b == c for (_, b), (c, _) in zip(pieces, pieces[1:], strict=False))
         assert pieces[-1][1] == len(job.unit.items) and all(b - a >= 16 for a, b in pieces)
-    assert len(out) == 6 + 1 + 2 and split_jobs(jobs, 1) == jobs  # one worker: whole units
+    assert [j.unit.index for j in out] == [1] * 6 + [2] * 2 + [0]  # the largest unit first, the smallest last
+    assert split_jobs(jobs, 1) == jobs  # one worker: whole units
     assert split_jobs(jobs * 6, 4) == jobs * 6  # enough units: whole units
+
+
+def test_pieces_shrink_so_the_workers_end_together():
+    """Guided sizes: the first piece is half of a worker's equal share, the later ones shrink to
+    1/8 of it, cut at the units' ends; handed out in order to equal workers, they end within the
+    smallest piece of each other, and no piece is under MIN_PIECE."""
+    from imgprep.prepare import MIN_PIECE, piece_bounds
+
+    for sizes, workers in [([1000, 200], 2), ([600, 600], 2), ([1000] * 3, 16), ([5000], 8), ([40, 33], 2)]:
+        pieces = [b - a for unit in piece_bounds(sizes, workers) for a, b in unit]
+        assert sum(pieces) == sum(sizes) and min(pieces) >= MIN_PIECE
+        share = sum(sizes) / workers
+        assert pieces[0] == max(MIN_PIECE, sum(sizes) // (2 * workers)) or len(pieces) == len(sizes)
+        ends = [0.0] * workers
+        for p in pieces:  # each piece to the worker free first
+            ends[ends.index(min(ends))] += p
+        tail = max(pieces[-2 * workers :])
+        assert max(ends) - min(ends) <= tail <= max(2 * MIN_PIECE, share / 8 + MIN_PIECE), (sizes, workers, pieces)
 
 
 def test_other_settings_into_existing_out_refused(prepared, synth_src):
