@@ -396,8 +396,10 @@ def piece_bounds(sizes: list[int], workers: int) -> list[list[tuple[int, int]]]:
     for n in sizes:
         keep = [0]
         for c in cuts:
+            if not start < c < start + n:
+                continue
             b = max(c - start, keep[-1] + MIN_PIECE)  # a bit left over from the unit before: moved
-            if start < c < start + n and n - b >= MIN_PIECE:  # a bit before the next unit: joined
+            if n - b >= MIN_PIECE:  # a bit before the next unit: joined
                 keep.append(b)
         out.append(list(zip(keep, keep[1:] + [n], strict=True)))
         start += n
