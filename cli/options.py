@@ -7,11 +7,15 @@ field's type, default, help, choices and range, so that the command body is `Con
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
 import typing
 
 import click
 
-__all__ = ["config_options", "workers_option", "parse_list"]
+from imgprep.errors import ImgprepError
+
+__all__ = ["config_options", "workers_option", "parse_list", "user_errors"]
 
 
 def parse_list(value, item_type: type, sep: str = ","):
@@ -113,3 +117,23 @@ def workers_option(fn):
     return click.option(
         "--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Worker processes (0: all cores)."
     )(fn)
+
+
+def user_errors(fn):
+    """Turn library errors, and file-system errors nothing else caught, into a one-line message and
+    exit code 1 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ImgprepError as exc:
+            raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a path the library did not name itself: an --out in a missing or read-only folder
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}; check the path and its permissions") from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper

@@ -15,6 +15,7 @@ from typing import IO
 from .errors import ImgprepError
 
 __all__ = [
+    "is_url",
     "PARTIAL_SUFFIX",
     "partial_path",
     "AtomicWriter",
@@ -26,6 +27,14 @@ __all__ = [
 ]
 
 PARTIAL_SUFFIX = ".partial"
+
+# Here, not in `remote`, so that telling a local path from a URL does not import the HTTP client
+URL_SCHEMES = ("s3", "http", "https")
+
+
+def is_url(s) -> bool:
+    """Whether `s` names a dataset at a URL (s3://, http://, https://) rather than a local path."""
+    return isinstance(s, str) and s.split("://", 1)[0].lower() in URL_SCHEMES and "://" in s
 
 
 def is_utf8(path: str) -> bool:

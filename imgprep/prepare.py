@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from . import bucket_out
 from ._mp import resolve_workers
 from .codec import decode_rgb, encode_jpeg
 from .config import SEED_MIN, Settings, check_settings, setting
@@ -51,9 +50,8 @@ from .dataset import (
 )
 from .errors import DecodeError, ImgprepError, NotAnImage
 from .executors import EXECUTORS, LocalExecutor, make_executor
-from .fileio import PARTIAL_SUFFIX, FolderLock, atomic_file, json_bytes, partial_path, write_atomic
+from .fileio import PARTIAL_SUFFIX, FolderLock, atomic_file, is_url, json_bytes, partial_path, write_atomic
 from .geometry import resize_center_crop
-from .remote import is_url
 from .shards import Fragment, ShardWriter, index_path, sha256_file
 from .sources import LAYOUTS, Item, Source, SourceIndex, discover
 from .stats import StatsAccumulator, finalize
@@ -365,6 +363,8 @@ def _write_shard(job: UnitJob, out: str, fragments, tally: _Tally) -> dict:
         raise
     md5 = None
     if job.upload_to and shard is not None:  # from this process straight to the bucket, checked there
+        from . import bucket_out  # here: a local run never imports the HTTP client
+
         md5 = bucket_out.upload_shard(
             job.upload_to, out, unit.path, os.path.relpath(index_path(path), out), job.aws_env or {}
         )
@@ -699,6 +699,8 @@ def _sources(cfg: PrepareConfig, out: str) -> SourceIndex:
 def _prepare_to_bucket(cfg: PrepareConfig, progress: bool, log, executor) -> dict:
     """OUT at an s3:// URL (`bucket_out`): the run in a local staging folder, shards put by the
     processes that make them, the manifest put last."""
+    from . import bucket_out
+
     bucket = bucket_out.BucketOut(cfg.out)
     stage = replace(cfg, out=bucket.stage)
     try:

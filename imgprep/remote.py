@@ -37,17 +37,12 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from .errors import ImgprepError
+from .fileio import is_url  # re-exported: `remote.is_url` is the name callers know
 
 __all__ = ["is_url", "RemoteError", "Store", "Retry"]
 
-URL_SCHEMES = ("s3", "http", "https")
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 MULTIPART_PART = 64 << 20  # a file larger than this is put in parts of this size (S3: 5 MiB to 5 GiB)
-
-
-def is_url(s) -> bool:
-    """Whether `s` names a dataset at a URL (s3://, http://, https://) rather than a local path."""
-    return isinstance(s, str) and s.split("://", 1)[0].lower() in URL_SCHEMES and "://" in s
 
 
 class RemoteError(ImgprepError):

@@ -3,6 +3,7 @@
 import json
 import os
 
+import click
 from click.testing import CliRunner
 
 from imgprep.cli.main import main
@@ -85,3 +86,42 @@ def test_prepare_refuses_other_dataset_in_out(tmp_path):
 def test_verify_and_stats_on_non_dataset(tmp_path):
     assert "no manifest.json" in one_line_error(run("verify", tmp_path))
     assert "no such folder" in one_line_error(run("stats", tmp_path / "nope"))
+
+
+def test_every_listed_command_loads_under_its_own_name():
+    """The group imports each command's module only when asked for it: every name it lists gives
+    that command (a wrong entry in COMMANDS would surface only when a user ran it)."""
+    from imgprep.cli.main import COMMANDS
+
+    ctx = click.Context(main, info_name="imgprep")
+    assert main.list_commands(ctx) == list(COMMANDS)
+    for name in COMMANDS:
+        assert main.get_command(ctx, name).name == name
+    assert main.get_command(ctx, "no-such-command") is None
+    one_line_error(run("no-such-command"), code=2)
+
+
+def test_a_local_prepare_imports_no_trainer_loader_or_network_code(synth_src, tmp_path):
+    """`imgprep prepare` SRC OUT runs with click and imgprep.prepare only: the start is paid whole
+    by every run, and a worker forked from it inherits what it imported."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from imgprep.cli.main import main\n"
+        f"main(['prepare', {str(synth_src)!r}, {str(tmp_path / 'out')!r}, '--size', '48', '--workers', '1',"
+        " '--no-progress'], standalone_mode=False)\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    loaded = set(r.stdout.split())
+    assert "imgprep.prepare" in loaded and os.path.exists(tmp_path / "out" / "manifest.json")
+    heavy = {"http.client", "ssl", "torch", "imgprep.remote", "imgprep.loader_base", "imgprep.trainer.config"}
+    assert not heavy & loaded, sorted(heavy & loaded)
+    assert not {
+        m
+        for m in loaded
+        if m.startswith("imgprep.cli.") and m not in ("imgprep.cli.main", "imgprep.cli.options", "imgprep.cli.prepare")
+    }

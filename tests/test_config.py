@@ -100,11 +100,11 @@ def test_every_loader_setting_is_an_option_of_every_command_that_loads():
     from imgprep.loader_base import LoaderSettings
 
     commands = {
-        "load": main.commands["load"],
-        "train": main.commands["train"],
-        "eval": main.commands["eval"],
-        "experiment": main.commands["experiment"],
-        "bench train": main.commands["bench"].commands["train"],
+        "load": main.get_command(None, "load"),
+        "train": main.get_command(None, "train"),
+        "eval": main.get_command(None, "eval"),
+        "experiment": main.get_command(None, "experiment"),
+        "bench train": main.get_command(None, "bench").commands["train"],
     }
     for f in dataclasses.fields(LoaderSettings):
         for name, cmd in commands.items():
@@ -153,7 +153,7 @@ def test_every_model_setting_is_an_option_of_train_and_bench_train():
     from imgprep.cli.main import main
     from imgprep.trainer.config import ModelSettings
 
-    for cmd in (main.commands["train"], main.commands["bench"].commands["train"]):
+    for cmd in (main.get_command(None, "train"), main.get_command(None, "bench").commands["train"]):
         for f in dataclasses.fields(ModelSettings):
             (opt,) = [p for p in cmd.params if p.name == f.name]
             assert opt.help == f.metadata["help"], (cmd.name, f.name)
@@ -183,8 +183,8 @@ def test_the_cache_and_request_settings_are_declared_once_for_bench_load_and_upl
 
     assert issubclass(LoaderSettings, CacheSettings) and issubclass(CacheSettings, RemoteSettings)
     for cls, cmd in (
-        (CacheSettings, main.commands["bench"].commands["load"]),
-        (RemoteSettings, main.commands["upload"]),
+        (CacheSettings, main.get_command(None, "bench").commands["load"]),
+        (RemoteSettings, main.get_command(None, "upload")),
     ):
         for f in dataclasses.fields(cls):
             (opt,) = [p for p in cmd.params if p.name == f.name]
