@@ -62,21 +62,25 @@ def _dali_native(data: str, batch: int, threads: int, stock: bool):
     return p
 
 
-def _pipe_rate(p, batch: int, warmup: int, steps: int) -> float:
+def _pipe_rate(p, batch: int, warmup: int, steps: int) -> tuple[float, float | None]:
+    """Images/s of a DALI pipeline run in a loop, and the machine's cores busy meanwhile."""
     import time
+
+    from imgprep.timing import cores_busy, machine_ticks
 
     for _ in range(warmup):
         p.run()
-    t = time.perf_counter()
+    t, ticks = time.perf_counter(), machine_ticks()
     for _ in range(steps):
         p.run()
-    return batch * steps / (time.perf_counter() - t)
+    return batch * steps / (time.perf_counter() - t), cores_busy(ticks, machine_ticks())
 
 
-def _loader_steady(make, warmup: int, steps: int) -> float:
+def _loader_steady(make, warmup: int, steps: int) -> tuple[float, float | None]:
     from imgprep.timing import time_loader
 
-    return time_loader(make(), steps=warmup + steps, warmup=warmup)["images_per_second"]
+    r = time_loader(make(), steps=warmup + steps, warmup=warmup)
+    return r["images_per_second"], r["cores_busy"]
 
 
 def _image_folder(data: str, folder: str) -> str:
@@ -158,13 +162,18 @@ def main() -> None:
     }
     native = {"dali decode": False, "dali stock": True}
     runs, device = {k: [] for k in [*variants, *native]}, None
+    busy: dict[str, list] = {k: [] for k in runs}  # the machine's cores busy during each timed run
     for _ in range(a.repeats):  # interleaved
         for name, make in variants.items():
             if name == "dali full":
                 device = getattr(make(), "device", device)
-            runs[name].append(_loader_steady(make, a.warmup, steps))
+            rate, cores = _loader_steady(make, a.warmup, steps)
+            runs[name].append(rate)
+            busy[name].append(cores)
         for name, stock in native.items():
-            runs[name].append(_pipe_rate(_dali_native(data, b, w, stock), b, a.warmup, steps))
+            rate, cores = _pipe_rate(_dali_native(data, b, w, stock), b, a.warmup, steps)
+            runs[name].append(rate)
+            busy[name].append(cores)
         if a.peers_python:
             folder = _image_folder(data, os.path.join(os.path.dirname(os.path.abspath(data)), "imagefolder"))
             for name, rate in _peer_rates(a.peers_python, folder, b, w, a.warmup, steps).items():
@@ -177,13 +186,17 @@ def main() -> None:
             "max": max(rates),
             "runs": [round(r, 1) for r in rates],
         }
+        seen = [c for c in busy.get(name, []) if c is not None]  # the peers run elsewhere: not measured
+        if seen:
+            results[name]["cores_busy_median"] = statistics.median(seen)
     base = results["baseline"]["median_images_per_second"]
     print(f"train mode, batch {b}, {w} workers, {steps} timed batches, {a.repeats} runs; DALI on {device}")
-    print(f"{'variant':16s} {'img/s':>8s} {'min':>8s} {'max':>8s} {'vs baseline':>12s}")
+    print(f"{'variant':16s} {'img/s':>8s} {'min':>8s} {'max':>8s} {'vs baseline':>12s} {'cores busy':>11s}")
     for k, r in results.items():
+        cores = f"{r['cores_busy_median']:.2f}" if "cores_busy_median" in r else "-"
         print(
             f"{k:16s} {r['median_images_per_second']:8.0f} {r['min']:8.0f} {r['max']:8.0f} "
-            f"{r['median_images_per_second'] / base:11.2f}x"
+            f"{r['median_images_per_second'] / base:11.2f}x {cores:>11s}"
         )
     full, basic = results["dali full"]["median_images_per_second"], results["dali basic"]["median_images_per_second"]
     print(f"lighting + mean image cost vs crop+flip+normalize: {100 * (basic / full - 1):.1f}% more time")

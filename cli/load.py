@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -50,4 +51,5 @@ def load(data, epochs, steps, as_json, **options) -> None:
         f"{r['images_per_second'] or 0:,.0f} img/s, batch latency median {lat.get('median', 0):.1f} ms "
         f"(p90 {lat.get('p90', 0):.1f} ms); first batch {r['first_batch_seconds']:.2f} s after "
         f"{r['import_seconds']:.2f} s of imports"
+        + (f"; {r['cores_busy']:.2f} of the machine's {os.cpu_count()} cores busy" if r["cores_busy"] else "")
     )

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["Throughput", "real_samples", "time_loader"]
+__all__ = ["Throughput", "machine_ticks", "cores_busy", "real_samples", "time_loader"]
+
+
+def machine_ticks(path: str = "/proc/stat") -> tuple[int, int] | None:
+    """(busy, all) clock ticks of this machine's CPUs since boot, from the first line of
+    /proc/stat (busy: all but idle and iowait; steal counts as busy, as it is time this machine's
+    work wanted and did not get); None where there is no /proc/stat."""
+    try:
+        with open(path) as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 4:
+        return None
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return total - idle, total
+
+
+def cores_busy(start: tuple[int, int] | None, end: tuple[int, int] | None, cores: int | None = None) -> float | None:
+    """How many of the machine's cores were busy on average between two `machine_ticks` readings
+    (whatever ran: this process, its workers and anything else), or None."""
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    cores = cores or os.cpu_count() or 1
+    return round(cores * (end[0] - start[0]) / (end[1] - start[1]), 2)
 
 
 class Throughput:
@@ -27,8 +53,10 @@ class Throughput:
         self.created = time.perf_counter()
         self.first_step_at: float | None = None  # perf_counter at the end of the first step
         self._start = self._last = None
+        self._ticks = None  # machine_ticks() when the clock started
         if warmup == 0:
             self._start = self._last = self._now()
+            self._ticks = machine_ticks()
 
     def _now(self) -> float:
         if self.sync is not None:
@@ -44,6 +72,7 @@ class Throughput:
         if self.steps <= self.warmup:
             if self.steps == self.warmup:
                 self._start = self._last = self._now()
+                self._ticks = machine_ticks()
             return
         now = time.perf_counter()
         self.latencies.append(now - self._last)
@@ -61,13 +90,16 @@ class Throughput:
         return self.timed_images / s if s > 0 else None
 
     def result(self) -> dict:
-        """images, batches, images_per_second and the median and p90 batch latency (ms)."""
+        """images, batches, images_per_second, the median and p90 batch latency (ms), and how many
+        of the machine's cores were busy while the clock ran (`cores_busy`: a loader that leaves
+        cores idle is waiting on something other than decoding)."""
         ips = self.images_per_second
         lat = self.latencies
         return {
             "images": self.images,
             "batches": self.steps,
             "images_per_second": round(ips, 1) if ips else None,
+            "cores_busy": cores_busy(self._ticks, machine_ticks()) if lat else None,
             "batch_latency_ms": {
                 "median": round(1000 * float(np.median(lat)), 2),
                 "p90": round(1000 * float(np.percentile(lat, 90)), 2),
