@@ -63,17 +63,16 @@ def _dali_native(data: str, batch: int, threads: int, stock: bool):
 
 
 def _pipe_rate(p, batch: int, warmup: int, steps: int) -> tuple[float, float | None]:
-    """Images/s of a DALI pipeline run in a loop, and the machine's cores busy meanwhile."""
-    import time
+    """Images/s of a DALI pipeline run in a loop, and the machine's cores busy meanwhile, timed
+    as the loaders are (`Throughput`: the clock starts after `warmup` runs)."""
+    from imgprep.timing import Throughput
 
-    from imgprep.timing import cores_busy, machine_ticks
-
-    for _ in range(warmup):
+    timer = Throughput(warmup)
+    for _ in range(warmup + steps):
         p.run()
-    t, ticks = time.perf_counter(), machine_ticks()
-    for _ in range(steps):
-        p.run()
-    return batch * steps / (time.perf_counter() - t), cores_busy(ticks, machine_ticks())
+        timer.step(batch)
+    r = timer.result()
+    return r["images_per_second"], r["cores_busy"]
 
 
 def _loader_steady(make, warmup: int, steps: int) -> tuple[float, float | None]:

@@ -221,7 +221,7 @@ def _make_bench_loader(cfg: LoadBenchConfig, name: str, batch_size: int, workers
 def bench_load(cfg: LoadBenchConfig, log=print) -> dict:
     """Images/s of the DALI pipeline, the torch fallback and the torchvision-style baseline."""
 
-    from .remote import is_url
+    from .fileio import is_url
 
     if is_url(cfg.data) and "baseline" in cfg.loaders:
         raise ImgprepError(f"{cfg.data}: the baseline loader reads local files only; pass --loaders dali,torch")

@@ -279,7 +279,7 @@ class Dataset:
     @classmethod
     def open(cls, root: str, retry=None) -> Dataset:
         """Read and validate the manifest of the prepared dataset at `root` (a folder or a URL)."""
-        from .remote import is_url
+        from .fileio import is_url  # not `remote`'s: a local dataset never imports the HTTP client
 
         if not is_url(root):
             return cls(root, read_manifest(root))
