@@ -93,50 +93,50 @@ def _fused_kernel(out, img, mean, p):
     out[ch, h, w'] = img[h, w, ch] / std + offset[ch] - mean[ch, top + h, left + w],
     w' = c - 1 - w when mirrored, else w.
 
-    Each row is made in a small buffer that stays in L1 and then copied to `out` front to back.
-    The loops read forwards, the pixels as one flat row, which is a stride-3 group that LLVM
-    vectorizes (AVX2 or AVX-512). A mirrored row is stored backwards into the small buffer
-    through an unsigned index: a signed one brings numba's negative-index wraparound, which keeps
-    the loop scalar. The copy keeps the stores to the batch's cold output running forwards,
-    where backwards stores there cost twice as much. Measured on one Zen 4 core: 21-25 us a
-    224 view into a cached output; 70-90 us against 95-145 us before (when a row was first split
-    into channel planes) into a cold 77 MB batch output.
+    The loops read each row's pixels forwards as one flat row: a stride-3 gather that LLVM
+    vectorizes (AVX2 or AVX-512). A forward row is one loop per channel, straight into its output
+    plane: one load and one store stream a loop, which LLVM vectorizes well on both CPU kinds
+    (three channels in one loop took 2-3x as long on an Intel Xeon). A mirrored row is made in a
+    small buffer that stays in L1, stored backwards through an unsigned index (a signed one brings
+    numba's negative-index wraparound, which keeps the loop scalar), then copied to `out` front to
+    back: backwards stores into the batch's cold output cost 2-3x. `benchmarks/bench_fused.py`
+    measures it against the former form (every row through the buffer).
     """
     top, left, mirror = int(p[0]), int(p[1]), p[2] > 0.5
     hh, ww = img.shape[0], img.shape[1]
     i0, i1, i2, o0, o1, o2 = p[3], p[4], p[5], p[6], p[7], p[8]
     has_mean = mean.shape[3] > 1
     flat = img.reshape(-1)
-    row = np.empty((3, ww), np.float32)  # this row's (3, c), in L1
+    row = np.empty((3, ww), np.float32)  # a mirrored row's (3, c), in L1
     t0, t1, t2 = row[0], row[1], row[2]
     last = ww - 1
     for h in range(hh):
         src = flat[h * ww * 3 : (h + 1) * ww * 3]
+        if not mirror:
+            for ch in range(3):
+                inv, off, dst = p[3 + ch], p[6 + ch], out[ch, h]
+                if has_mean:
+                    m = mean[0, ch, top + h, left : left + ww]
+                    for w in range(ww):
+                        dst[w] = src[3 * w + ch] * inv + off - m[w]
+                else:
+                    for w in range(ww):
+                        dst[w] = src[3 * w + ch] * inv + off
+            continue
         if has_mean:
             y, z = top + h, left + ww
             m0, m1, m2 = mean[0, 0, y, left:z], mean[0, 1, y, left:z], mean[0, 2, y, left:z]
-            if mirror:
-                for w in range(ww):
-                    k = np.uint64(last - w)
-                    t0[k] = src[3 * w] * i0 + o0 - m0[w]
-                    t1[k] = src[3 * w + 1] * i1 + o1 - m1[w]
-                    t2[k] = src[3 * w + 2] * i2 + o2 - m2[w]
-            else:
-                for w in range(ww):
-                    t0[w] = src[3 * w] * i0 + o0 - m0[w]
-                    t1[w] = src[3 * w + 1] * i1 + o1 - m1[w]
-                    t2[w] = src[3 * w + 2] * i2 + o2 - m2[w]
-        elif mirror:
+            for w in range(ww):
+                k = np.uint64(last - w)
+                t0[k] = src[3 * w] * i0 + o0 - m0[w]
+                t1[k] = src[3 * w + 1] * i1 + o1 - m1[w]
+                t2[k] = src[3 * w + 2] * i2 + o2 - m2[w]
+        else:
             for w in range(ww):
                 k = np.uint64(last - w)
                 t0[k] = src[3 * w] * i0 + o0
                 t1[k] = src[3 * w + 1] * i1 + o1
                 t2[k] = src[3 * w + 2] * i2 + o2
-        else:
-            for w in range(ww):
-                t0[w] = src[3 * w] * i0 + o0
-                t1[w] = src[3 * w + 1] * i1 + o1
-                t2[w] = src[3 * w + 2] * i2 + o2
         d0, d1, d2 = out[0, h], out[1, h], out[2, h]
         for w in range(ww):
             d0[w] = t0[w]
