@@ -130,6 +130,9 @@ def main() -> None:
     from imgprep.synth import SynthConfig, synthesize
 
     w = resolve_workers(a.workers)
+    from imgprep.dali_loader import use_host_pool
+
+    use_host_pool()  # every DALI variant of this process with the loader's host pool (DALI reads it once)
     data = a.data
     if data is None:
         work = tempfile.mkdtemp(prefix="imgprep-bench-")
@@ -220,7 +223,8 @@ def main() -> None:
             cmd = f"python benchmarks/bench_load.py --batch-size {b} --repeats {a.repeats}"
             cmd += f" --data DIR ({a.images} images)" if a.data else f" --images {a.images}"
             out = {"command": cmd, "machine": environment(), "batch_size": b, "workers": w, "device": device,
-                   "warmup": a.warmup, "steps": steps, "results": results, "ratios": ratios}  # fmt: skip
+                   "warmup": a.warmup, "steps": steps, "results": results, "ratios": ratios,
+                   "dali_malloc_pool_threshold": os.environ.get("DALI_MALLOC_POOL_THRESHOLD")}  # fmt: skip
             json.dump(out, f, indent=2)
     if a.plot:
         from imgprep.report import environment, variants_chart

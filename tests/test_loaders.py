@@ -514,3 +514,22 @@ def test_jpegs_fed_as_exact_length_views_give_the_dense_feeds_batches(prepared):
         a, b = collect(dense), collect(views)
         np.testing.assert_array_equal(a[1], b[1])
         np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_dali_host_buffers_come_from_dalis_pool_unless_the_user_chose(prepared, monkeypatch):
+    """A batch-sized host buffer (a CPU batch of decoded windows: 19 MB at 128 x 224 px) is under
+    DALI's default malloc threshold (32 MB), and glibc maps it afresh for every batch. The loader
+    sets DALI's threshold to 2 MB before its pipeline is built, unless the user set it or glibc's
+    mmap settings (from which DALI derives it): a user's value stays as it is."""
+    from imgprep import dali_loader
+
+    assert dali_loader.host_pool_setting({}) == "2M"
+    for key in ("DALI_MALLOC_POOL_THRESHOLD", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_"):
+        assert dali_loader.host_pool_setting({key: "0"}) is None
+    for key in ("DALI_MALLOC_POOL_THRESHOLD", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_"):
+        monkeypatch.delenv(key, raising=False)
+    collect(make_loader(prepared, "train", 4, backend="dali", workers=1))
+    assert os.environ["DALI_MALLOC_POOL_THRESHOLD"] == "2M"
+    monkeypatch.setenv("DALI_MALLOC_POOL_THRESHOLD", "64k")
+    collect(make_loader(prepared, "train", 4, backend="dali", workers=1))
+    assert os.environ["DALI_MALLOC_POOL_THRESHOLD"] == "64k"
