@@ -76,10 +76,11 @@ def fused_operator():
 
 # DALI takes its host buffers under DALI_MALLOC_POOL_THRESHOLD (default 32 MB) from malloc and
 # larger ones from a pool of its own. A CPU batch of decoded windows (128 x 224 x 224 x 3 bytes,
-# 19 MB) is under the default: glibc maps it afresh for each batch and the decoder faults its
-# pages in (10 faults an image at steady state, 35-48 us of system time, 7% of the loader's CPU on
-# a Zen 4 core). From 2 MB up (the value NVIDIA's MLPerf training scripts set) every batch-sized
-# buffer is pooled and reused. Set where the user chose neither it nor glibc's mmap threshold
+# 19 MB) is under the default: glibc maps it afresh for many batches and the decoder faults its
+# pages in (`benchmarks/bench_host_pool.py`, Zen 4: 4.7 faults and 29 us of system time an image
+# at steady state, against 0 and 15 with the pool; the first epoch 39k faults instead of 128k).
+# At 2 MB (the value NVIDIA's MLPerf training scripts set) every buffer of a batch's size comes
+# from the pool and is reused. Set where the user chose neither it nor glibc's mmap settings
 # (which DALI derives it from), before DALI's first host allocation: DALI reads it once.
 HOST_POOL_THRESHOLD = "2M"
 _MALLOC_ENV = ("DALI_MALLOC_POOL_THRESHOLD", "MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_")
