@@ -15,6 +15,7 @@ import numpy as np
 
 from .constants import MAX_PIXELS
 from .errors import DecodeError, NotAnImage
+from .geometry import Scratch
 
 __all__ = ["sniff_format", "DecodedImage", "decode_rgb", "encode_jpeg", "apply_orientation", "IMAGE_EXTENSIONS"]
 
@@ -100,15 +101,16 @@ def apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
     return a
 
 
-def _fast_jpeg(data: bytes) -> np.ndarray | None:
+def _fast_jpeg(data: bytes, out: np.ndarray | None = None) -> np.ndarray | None:
     """Full-size RGB decode of a plain (YCbCr or gray) JPEG with libjpeg-turbo straight into
-    numpy; None when the decoder reports any problem, so that Pillow decides."""
+    numpy (into `out`, uint8 (H, W, 3) of the header's size, where given); None when the decoder
+    reports any problem, so that Pillow decides."""
     try:
         import simplejpeg
     except ImportError:
         return None
     try:
-        return simplejpeg.decode_jpeg(data, "RGB", strict=True)
+        return simplejpeg.decode_jpeg(data, "RGB", strict=True, buffer=out)
     except ValueError:
         return None
 
@@ -167,7 +169,9 @@ def _open(data: bytes, max_pixels: int | None):
     return im
 
 
-def decode_rgb(data: bytes, name: str = "", min_side: int = 0, max_pixels: int | None = MAX_PIXELS) -> DecodedImage:
+def decode_rgb(
+    data: bytes, name: str = "", min_side: int = 0, max_pixels: int | None = MAX_PIXELS, scratch: Scratch | None = None
+) -> DecodedImage:
     """Decode image bytes into RGB uint8, applying EXIF orientation.
 
     Args:
@@ -177,6 +181,7 @@ def decode_rgb(data: bytes, name: str = "", min_side: int = 0, max_pixels: int |
             long as its shorter side stays >= min_side; a cheap and properly filtered reduction.
         max_pixels: an image with more pixels (read from its header) is refused before decoding:
             it bounds the memory one image can take. None: no limit of ours.
+        scratch: where libjpeg-turbo's decode writes its pixels (valid until the scratch's next use).
     Returns:
         DecodedImage.
     Raises:
@@ -200,7 +205,8 @@ def decode_rgb(data: bytes, name: str = "", min_side: int = 0, max_pixels: int |
     tried = False  # the fast decode was tried (its result in `fast`): not run twice on one file
     if plain is not None and plain[0] * plain[1] <= max_pixels and (min_side <= 0 or min(plain[:2]) < 2 * min_side):
         w0, h0, comps = plain  # what Pillow would find, without opening the file with it
-        fast, tried = _fast_jpeg(data), True  # None: the decoder saw a problem, and Pillow decides below
+        out = scratch.get("decoded", (h0, w0, 3)) if scratch is not None else None
+        fast, tried = _fast_jpeg(data, out), True  # None: the decoder saw a problem, and Pillow decides below
         if fast is not None and fast.shape[:2] == (h0, w0):
             return DecodedImage(fast, w0, h0, fmt, converted + ["grayscale"] * (comps == 1))
     try:
@@ -215,7 +221,8 @@ def decode_rgb(data: bytes, name: str = "", min_side: int = 0, max_pixels: int |
             converted.append("first_frame")
         icc = im.info.get("icc_profile")
         if fmt == "jpeg" and im.mode in ("RGB", "L") and not icc and (min_side <= 0 or short < 2 * min_side):
-            pixels = fast if tried else _fast_jpeg(data)
+            out = scratch.get("decoded", (im.size[1], im.size[0], 3)) if scratch is not None and not tried else None
+            pixels = fast if tried else _fast_jpeg(data, out)
         if pixels is not None:
             if im.mode == "L":
                 converted.append("grayscale")
@@ -319,13 +326,15 @@ def _to_rgb(im, converted: list[str]) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
-    """Encode RGB uint8 (H, W, 3) as a baseline JPEG (4:2:0, libjpeg-turbo via OpenCV)."""
+def encode_jpeg(rgb: np.ndarray, quality: int, scratch: Scratch | None = None) -> bytes:
+    """Encode RGB uint8 (H, W, 3) as a baseline JPEG (4:2:0, libjpeg-turbo via OpenCV); its BGR
+    copy in `scratch` where given."""
     import cv2
 
     # cvtColor to a contiguous BGR copy: 0.25 ms for 256x256, where imencode of the reversed view
     # took 0.84 ms (its own conversion of a strided array); the same pixels, so the same bytes
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR, dst=scratch.get("bgr", rgb.shape) if scratch is not None else None)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise DecodeError("JPEG encoding failed")
     return buf.tobytes()

@@ -8,11 +8,14 @@ filtered and interpolated.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .constants import CROP_SIZE, STORED_SIZE
 
 __all__ = [
+    "Scratch",
     "resize_target",
     "center_crop_offset",
     "train_crop",
@@ -61,7 +64,30 @@ def antialias_sigma(scale: float) -> float:
     return max(0.0, (scale - 1.0) / 2.0)
 
 
-def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
+class Scratch:
+    """uint8 arrays reused from one image to the next: the `out` arrays of one worker's decode,
+    resize and encode calls. Fresh ones of a few hundred kilobytes each, image after image, were
+    mapped by glibc and faulted in by the kernel (`prepare --workers 1`: 66 page faults an image).
+    An array it gives is valid until the next `get` of the same name; arrays over KEEP_BYTES are
+    not kept (one huge image does not hold its memory for the rest of the job)."""
+
+    KEEP_BYTES = 16 << 20
+
+    def __init__(self):
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A C-contiguous uint8 array of `shape`, on the memory of the last one of `name` where it fits."""
+        n = math.prod(shape)
+        a = self._arrays.get(name)
+        if a is None or a.size < n:
+            a = np.empty(n + n // 4, np.uint8)  # room for a slightly larger next image
+            if a.size <= self.KEEP_BYTES:
+                self._arrays[name] = a
+        return a[:n].reshape(shape)
+
+
+def resize_center_crop(image: np.ndarray, size: int, scratch: Scratch | None = None) -> np.ndarray:
     """Resize so the shorter side is `size` (antialiased when shrinking) and keep the centre square.
 
     The window of `source_window` is snapped to whole source pixels (at most half a source pixel
@@ -71,6 +97,7 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     Args:
         image: uint8 (H, W, 3).
         size: output side.
+        scratch: where the intermediate and output arrays are reused (valid until its next use).
     Returns:
         uint8 (size, size, 3), C-contiguous.
     """
@@ -85,13 +112,16 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     k = int(min(sx, sy))
     if k >= 2:  # exact area average by the integer factor: cheap and alias-free
         rh, rw = region.shape[0] // k, region.shape[1] // k
-        region = cv2.resize(region[: rh * k, : rw * k], (rw, rh), interpolation=cv2.INTER_AREA)
+        dst = scratch.get("area", (rh, rw, 3)) if scratch is not None else None
+        region = cv2.resize(region[: rh * k, : rw * k], (rw, rh), dst=dst, interpolation=cv2.INTER_AREA)
         sx, sy = region.shape[1] / size, region.shape[0] / size
     sig_x, sig_y = antialias_sigma(sx), antialias_sigma(sy)
     # Below sigma 0.25 a 3-tap Gaussian has side weights < 3e-4: a no-op on uint8, skipped.
     if max(sig_x, sig_y) >= 0.25:
+        dst = scratch.get("blur", region.shape) if scratch is not None else None
         region = cv2.GaussianBlur(
-            region, (0, 0), sigmaX=max(sig_x, 1e-3), sigmaY=max(sig_y, 1e-3), borderType=cv2.BORDER_REFLECT
+            region, (0, 0), dst=dst, sigmaX=max(sig_x, 1e-3), sigmaY=max(sig_y, 1e-3), borderType=cv2.BORDER_REFLECT
         )
-    out = cv2.resize(region, (size, size), interpolation=cv2.INTER_LINEAR)
+    dst = scratch.get("stored", (size, size, 3)) if scratch is not None else None
+    out = cv2.resize(region, (size, size), dst=dst, interpolation=cv2.INTER_LINEAR)
     return np.ascontiguousarray(out)

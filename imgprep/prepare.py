@@ -51,7 +51,7 @@ from .dataset import (
 from .errors import DecodeError, ImgprepError, NotAnImage
 from .executors import EXECUTORS, LocalExecutor, make_executor
 from .fileio import PARTIAL_SUFFIX, FolderLock, atomic_file, is_url, json_bytes, partial_path, write_atomic
-from .geometry import resize_center_crop
+from .geometry import Scratch, resize_center_crop
 from .shards import Fragment, ShardWriter, index_path, sha256_file
 from .sources import LAYOUTS, Item, Source, SourceIndex, discover
 from .stats import StatsAccumulator, finalize
@@ -150,17 +150,20 @@ def plan_units(index: SourceIndex, shard_size: int, seed: int) -> list[Unit]:
     return units
 
 
-def process_image(data: bytes, name: str, size: int, quality: int, max_pixels: int | None = MAX_PIXELS):
+def process_image(
+    data: bytes, name: str, size: int, quality: int, max_pixels: int | None = MAX_PIXELS, scratch: Scratch | None = None
+):
     """Decode, resize the shorter side to `size`, centre-crop, re-encode.
 
     Returns:
-        (jpeg bytes, stored pixels uint8 (size, size, 3), DecodedImage)
+        (jpeg bytes, stored pixels uint8 (size, size, 3), DecodedImage); with `scratch` (one
+        worker's reused arrays) the pixels of both live in it, valid until its next use.
     Raises:
         DecodeError, NotAnImage.
     """
-    img = decode_rgb(data, name, min_side=size, max_pixels=max_pixels)
-    pixels = resize_center_crop(img.pixels, size)
-    return encode_jpeg(pixels, quality), pixels, img
+    img = decode_rgb(data, name, min_side=size, max_pixels=max_pixels, scratch=scratch)
+    pixels = resize_center_crop(img.pixels, size, scratch)
+    return encode_jpeg(pixels, quality, scratch), pixels, img
 
 
 @dataclass(frozen=True)
@@ -302,10 +305,11 @@ def _samples(job: UnitJob, rows: list[tuple[str, Item]], tally: _Tally, progress
     """(key, components) of each row's image that decodes, in order; the others counted in `tally`."""
     limit = _max_file_bytes(job.max_pixels)
     reads = _reads(job.source, [item for _, item in rows], limit)
+    scratch = Scratch()  # each image's pixels are done with (statistics added) before the next's
     for (key, item), read in zip(rows, reads, strict=True):
         try:
             data = read()
-            jpeg, pixels, img = process_image(data, item.ref, job.size, job.quality, job.max_pixels)
+            jpeg, pixels, img = process_image(data, item.ref, job.size, job.quality, job.max_pixels, scratch)
         except NotAnImage:
             tally.skipped += 1
         except (DecodeError, OSError) as exc:

@@ -322,3 +322,35 @@ def test_an_out_whose_manifest_is_not_ours_is_one_line(synth_src, tmp_path):
         (out / "manifest.json").write_text(_json.dumps(manifest))
         with pytest.raises(ImgprepError, match="not an imgprep dataset's; choose an empty or new OUT"):
             prepare(PrepareConfig(synth_src, str(out), size=32, workers=1), progress=False, log=lambda s: None)
+
+
+def test_one_scratch_over_a_run_of_odd_images_gives_each_images_bytes():
+    """A worker reuses one `Scratch` for its images' decode, resize and encode arrays: over a run
+    of every header kind, sizes that grow and shrink, a shrink of 2x or more (the area resize)
+    and an enlargement, each image's JPEG and stored pixels equal those made without it, and the
+    arrays are the previous image's memory."""
+    from test_codec import _jpegs_of_every_header
+
+    from helpers import jpeg_bytes, smooth_rgb
+    from imgprep.errors import DecodeError
+    from imgprep.geometry import Scratch
+
+    run = list(_jpegs_of_every_header().items())
+    run += [(f"plain_{h}x{w}", jpeg_bytes(smooth_rgb(h, w, 7))) for h, w in [(700, 560), (300, 420), (130, 90)]]
+    run += run[:4]  # the first ones again, after larger images
+    scratch, made, previous = Scratch(), 0, None
+    for name, data in run:
+        try:
+            want = process_image(data, f"{name}.jpg", 64, 95)
+        except DecodeError:
+            with pytest.raises(DecodeError):
+                process_image(data, f"{name}.jpg", 64, 95, scratch=scratch)
+            continue
+        jpeg, pixels, img = process_image(data, f"{name}.jpg", 64, 95, scratch=scratch)
+        assert jpeg == want[0], name
+        np.testing.assert_array_equal(pixels, want[1])
+        assert (img.width, img.height, img.converted) == (want[2].width, want[2].height, want[2].converted)
+        if previous is not None:
+            assert np.shares_memory(pixels, previous)  # the stored pixels: one array for the run
+        previous, made = pixels, made + 1
+    assert made >= 12
