@@ -50,6 +50,7 @@ def _worker(data: str, epochs: int, batch: int) -> None:
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         out.append(
             {
+                "images": n,
                 "first_batch_s": first,
                 "images_per_s": n / dt,
                 "minor_faults": r1.ru_minflt - r0.ru_minflt,
@@ -59,8 +60,10 @@ def _worker(data: str, epochs: int, batch: int) -> None:
     print(json.dumps(out))
 
 
-def _run(root: str, data: str, epochs: int, batch: int) -> list[dict]:
-    env = {**os.environ, "PYTHONPATH": root}
+def _run(root: str, data: str, epochs: int, batch: int, environ: dict | None = None) -> list[dict]:
+    """One worker process of the checkout at `root` (in `environ`, default this process's):
+    its start-up record, then one record per epoch."""
+    env = {**(os.environ if environ is None else environ), "PYTHONPATH": root}
     cmd = [sys.executable, __file__, "--worker", "--data", data, "--epochs", str(epochs), "--batch-size", str(batch)]
     r = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True)
     if r.returncode:

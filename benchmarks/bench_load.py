@@ -125,13 +125,12 @@ def main() -> None:
     a = ap.parse_args()
     from imgprep._mp import resolve_workers
     from imgprep.bench import baseline_loader
+    from imgprep.dali_loader import use_host_pool
     from imgprep.loaders import make_loader
     from imgprep.prepare import PrepareConfig, prepare
     from imgprep.synth import SynthConfig, synthesize
 
     w = resolve_workers(a.workers)
-    from imgprep.dali_loader import use_host_pool
-
     use_host_pool()  # every DALI variant of this process with the loader's host pool (DALI reads it once)
     data = a.data
     if data is None:
