@@ -81,9 +81,9 @@ class Scratch:
         n = math.prod(shape)
         a = self._arrays.get(name)
         if a is None or a.size < n:
-            a = np.empty(n + n // 4, np.uint8)  # room for a slightly larger next image
-            if a.size <= self.KEEP_BYTES:
-                self._arrays[name] = a
+            if n + n // 4 > self.KEEP_BYTES:
+                return np.empty(shape, np.uint8)
+            a = self._arrays[name] = np.empty(n + n // 4, np.uint8)  # room for a slightly larger next image
         return a[:n].reshape(shape)
 
 

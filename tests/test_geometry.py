@@ -95,3 +95,18 @@ def test_antialias_suppresses_aliasing():
 def test_antialias_sigma():
     assert antialias_sigma(0.5) == 0.0 and antialias_sigma(1.0) == 0.0
     assert antialias_sigma(3.0) == pytest.approx(1.0)
+
+
+def test_scratch_reuses_an_array_while_it_fits_and_keeps_none_over_its_bound():
+    from imgprep.geometry import Scratch
+
+    s = Scratch()
+    a = s.get("x", (10, 10, 3))
+    assert a.shape == (10, 10, 3) and a.dtype == np.uint8 and a.flags.c_contiguous
+    assert np.shares_memory(a, s.get("x", (8, 10, 3)))  # smaller: the same memory
+    assert np.shares_memory(a, s.get("x", (11, 10, 3)))  # a little larger: the room left for it
+    assert not np.shares_memory(a, s.get("x", (20, 20, 3)))  # larger still: a new array, kept from then on
+    assert not np.shares_memory(a, s.get("y", (10, 10, 3)))  # each name its own
+    s.KEEP_BYTES = 1000
+    big = s.get("z", (20, 20, 3))
+    assert big.shape == (20, 20, 3) and not np.shares_memory(big, s.get("z", (20, 20, 3)))  # over the bound: not kept
