@@ -244,6 +244,9 @@ class BaseLoader:
         self.checker = ShardChecker(info.shards, info.records, info.size)
         self.corrupt_skipped = 0  # samples left out because their bytes changed (on_corrupt="skip")
         self.cache = None  # at a URL: the shard cache (each shard checked as it arrives)
+        from .reader import IndexCache
+
+        self.indexes = IndexCache()  # the shards' parsed DALI indexes, for all the epochs
         if info.dataset is not None and info.dataset.is_remote:
             self.cache = info.dataset.shard_cache(info.split, cfg.cache_dir, cfg.cache_limit, cfg.retry())
 
@@ -254,9 +257,9 @@ class BaseLoader:
         from .reader import CachedShards, LocalShards
 
         if self.cache is None:
-            return LocalShards(self.info.shards, self.check_shards(plan))
+            return LocalShards(self.info.shards, self.check_shards(plan), self.indexes)
         self.cache.new_epoch()
-        return CachedShards(self.cache, self.cfg.on_corrupt, self.cache_ahead())
+        return CachedShards(self.cache, self.cfg.on_corrupt, self.cache_ahead(), self.indexes)
 
     def cache_ahead(self) -> int:
         """`cache_ahead`, fewer where the cache limit could not hold them with the shard being read."""

@@ -24,6 +24,7 @@ from .shards import index_path, read_dali_index, split_key
 
 __all__ = [
     "ShardIndex",
+    "IndexCache",
     "LocalShards",
     "CachedShards",
     "read_segment",
@@ -57,6 +58,31 @@ class ShardIndex:
     @classmethod
     def of_shard(cls, shard: str) -> ShardIndex:
         return cls(index_path(shard))
+
+
+class IndexCache:
+    """Each shard's `ShardIndex`, parsed once and kept while its index file is unchanged (size,
+    mtime, inode: the signature `integrity.ShardChecker` keeps its checks by). A loader keeps one
+    for all its epochs: parsing every index again at each epoch cost the feeding thread ~9 us an
+    image (`benchmarks/bench_feed.py`), on the cores DALI decodes with. Pickled empty: a worker
+    process parses its own."""
+
+    def __init__(self):
+        self._got: dict[str, tuple[tuple, ShardIndex]] = {}
+
+    def get(self, shard: str) -> ShardIndex:
+        path = index_path(shard)
+        st = os.stat(path)
+        sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+        hit = self._got.get(path)
+        if hit is not None and hit[0] == sig:
+            return hit[1]
+        index = ShardIndex(path)
+        self._got[path] = (sig, index)
+        return index
+
+    def __getstate__(self) -> dict:
+        return {"_got": {}}
 
 
 READ_CHUNK = 4 << 20  # bytes one read of a segment may span (several neighbouring samples)
@@ -117,21 +143,20 @@ def buffer_shuffle(it, size: int, rng: np.random.Generator, initial: int | None 
 
 class LocalShards:
     """The shards of a split on a local disk, checked before the epoch (`BaseLoader.check_shards`):
-    `skip` holds the keys to leave out per shard. Picklable (DataLoader workers)."""
+    `skip` holds the keys to leave out per shard; `indexes`, the loader's parsed indexes (kept
+    across its epochs). Picklable (DataLoader workers)."""
 
     skipped = 0  # counted by the check before the epoch
 
-    def __init__(self, paths: list[str], skip: dict[int, set[str]]):
+    def __init__(self, paths: list[str], skip: dict[int, set[str]], indexes: IndexCache | None = None):
         self.paths, self.skip = paths, skip
-        self._indexes: dict[int, ShardIndex] = {}
+        self.indexes = indexes if indexes is not None else IndexCache()
 
     def path(self, s: int) -> str:
         return self.paths[s]
 
     def index(self, s: int) -> ShardIndex:
-        if s not in self._indexes:
-            self._indexes[s] = ShardIndex.of_shard(self.path(s))
-        return self._indexes[s]
+        return self.indexes.get(self.path(s))
 
     def left_out(self, s: int, first: int, count: int) -> set[str]:
         return self.skip.get(s, set())
@@ -145,8 +170,8 @@ class CachedShards(LocalShards):
     """The shards of a split at a URL, read through a `cache.ShardCache`: each checked as it
     arrives, fetched `ahead` of the reader. Picklable (each worker fetches its own part)."""
 
-    def __init__(self, cache, on_corrupt: str, ahead: int):
-        super().__init__([], {})
+    def __init__(self, cache, on_corrupt: str, ahead: int, indexes: IndexCache | None = None):
+        super().__init__([], {}, indexes)
         self.cache, self.on_corrupt, self.ahead = cache, on_corrupt, ahead
         self.skipped = 0  # samples left out so far by this copy (on_corrupt="skip")
 
@@ -154,7 +179,7 @@ class CachedShards(LocalShards):
         return self.cache.path(s)
 
     def index(self, s: int) -> ShardIndex:
-        return ShardIndex.of_shard(self.path(s))  # the cached entry's own (it may have been refetched)
+        return self.indexes.get(self.path(s))  # the cached entry's own: a refetched one is a new file
 
     def left_out(self, s: int, first: int, count: int) -> set[str]:
         from .integrity import left_out

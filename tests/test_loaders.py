@@ -438,11 +438,18 @@ def test_a_dali_loader_builds_its_pipeline_once_and_each_epoch_is_its_own(prepar
     rank): one build serves every epoch, including after an epoch stopped inside, and epoch k of a
     long-lived (and warmed-up) loader gives the batches, padding included, that a fresh loader set
     to epoch k gives."""
-    from imgprep import dali_loader
+    from imgprep import dali_loader, reader
 
-    builds = []
+    builds, parsed = [], []
     real = dali_loader.build_pipeline
     monkeypatch.setattr(dali_loader, "build_pipeline", lambda *a, **kw: builds.append(1) or real(*a, **kw))
+
+    class Counted(reader.ShardIndex):
+        def __init__(self, path):
+            parsed.append(path)
+            super().__init__(path)
+
+    monkeypatch.setattr(reader, "ShardIndex", Counted)
     split = "train" if mode == "train" else "val"  # val: 8 samples, 3 batches, 1 padded
     lo = make_loader(prepared, split, 3, mode, backend="dali", workers=1)
     assert lo.warm_up() > 0 and len(builds) == 1  # the first epoch's start-up, done before it
@@ -450,6 +457,7 @@ def test_a_dali_loader_builds_its_pipeline_once_and_each_epoch_is_its_own(prepar
     next(iter(lo))  # epoch 3 stopped after one batch...
     stopped = collect(lo)  # ...and run again whole
     assert len(builds) == 1
+    assert sorted(parsed) == sorted(set(parsed)) and len(parsed) == len(lo.info.shards)  # each index once
     for k, (images, labels) in enumerate([*epochs, stopped]):
         fresh = make_loader(prepared, split, 3, mode, backend="dali", workers=1)
         fresh.set_epoch(k)

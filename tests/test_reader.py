@@ -12,6 +12,7 @@ from imgprep.loader_base import PAD_LABEL
 from imgprep.reader import (
     BatchReader,
     EpochPositions,
+    IndexCache,
     LocalShards,
     ShardIndex,
     buffer_shuffle,
@@ -252,3 +253,27 @@ def test_an_index_with_a_negative_offset_or_a_sample_beyond_the_file_is_one_line
         pytest.raises(ImgprepError, match="ends inside sample 000001"),
     ):
         BatchReader(3, 2, True).read(list(positions), None)
+
+
+def test_an_index_is_parsed_once_and_again_when_its_file_changes(tmp_path):
+    """A loader's IndexCache keeps each parsed index while the file is unchanged; a shard written
+    again (other samples) is parsed again, and its samples read right; pickled, it is empty."""
+    import pickle
+
+    path = _shard(tmp_path, 10)
+    cache = IndexCache()
+    first = cache.get(path)
+    assert cache.get(path) is first and len(first.rows) == 10
+    os.remove(path)
+    w = ShardWriter(path)  # the same name, other samples
+    for i in range(12):
+        w.write(f"b{i:05d}", {"cls": b"7", "jpg": b"\xff" * (i + 3)})
+    w.close()
+    again = cache.get(path)
+    assert again is not first and again.keys[0] == "b00000" and len(again.rows) == 12
+    assert [(k, len(j), y) for k, j, y in read_segment(path, again, 10, 2)] == [("b00010", 13, 7), ("b00011", 14, 7)]
+    with EpochPositions([(0, 0, 12)], LocalShards([path], {}, cache)) as positions:
+        jpgs, labels = BatchReader(12, 2, dense=False).read(list(positions), None)
+    assert [len(j) for j in jpgs] == list(range(3, 15)) and set(labels.tolist()) == {7}
+    copy = pickle.loads(pickle.dumps(cache))
+    assert copy._got == {} and copy.get(path).keys == again.keys
