@@ -38,27 +38,39 @@ _BLOCK = 512
 _RECORD = 20 * _BLOCK  # tar archives end on a whole record, as GNU tar and Python's tarfile write them
 
 
+def _fixed_header() -> bytes:
+    """The ustar header's fixed fields (mode 0444, owner 0:0, mtime 0, type 0, magic), with the
+    name and size zero and the checksum field as spaces (how the checksum is computed)."""
+    h = bytearray(_BLOCK)
+    h[100:108] = b"0000444\0"
+    h[108:116] = b"0000000\0"
+    h[116:124] = b"0000000\0"
+    h[136:148] = b"00000000000\0"
+    h[148:156] = b" " * 8
+    h[156:157] = b"0"
+    h[257:265] = b"ustar\x0000"
+    return bytes(h)
+
+
+_HEADER = _fixed_header()
+_HEADER_SUM = sum(_HEADER)
+
+
 def tar_header(name: str, size: int) -> bytes:
     """A POSIX ustar header for a regular file: mode 0444, owner 0:0, mtime 0, no owner names.
 
-    Byte-identical to what Python's tarfile writes for such a member; building it directly is
-    much cheaper, which matters at three members per image.
+    Byte-identical to what Python's tarfile writes for such a member; built from the fixed fields,
+    with the checksum summed over the name and size only (summing the 512 bytes in Python cost 4.5
+    of the 10 us a header took, at three members per image).
     """
     raw = name.encode("utf-8")
     if len(raw) > 100:
         raise ValueError(f"member name {name!r} longer than 100 bytes")
-    h = bytearray(_BLOCK)
-    h[0 : len(raw)] = raw
-    h[100:108] = b"0000444\0"
-    h[108:116] = b"0000000\0"
-    h[116:124] = b"0000000\0"
-    h[124:136] = b"%011o\0" % size
-    h[136:148] = b"00000000000\0"
-    h[148:156] = b" " * 8  # checksum is computed with this field as spaces
-    h[156:157] = b"0"
-    h[257:265] = b"ustar\x0000"
-    h[148:156] = b"%06o\0 " % sum(h)
-    return bytes(h)
+    if not 0 <= size < 8**11:
+        raise ValueError(f"member {name!r}: {size} bytes do not fit a ustar header")
+    field = b"%011o\0" % size
+    check = b"%06o\0 " % (_HEADER_SUM + sum(raw) + sum(field))
+    return b"".join((raw, _HEADER[len(raw) : 124], field, _HEADER[136:148], check, _HEADER[156:]))
 
 
 def split_key(name: str) -> tuple[str, str]:
@@ -70,17 +82,41 @@ def split_key(name: str) -> tuple[str, str]:
     return name[:dot], name[dot + 1 :]
 
 
+_JOIN = 1 << 20  # bytes of small writes joined into one write and one hash update
+
+
 class _HashingFile:
-    """File wrapper that hashes and counts what is written."""
+    """File wrapper that hashes and counts what is written. `bytes` written are kept (by
+    reference: they cannot change) and joined into one write and one hash update per _JOIN bytes:
+    a sample's nine members and paddings, written one by one, cost ~25 us of calls and system
+    calls. Anything else (a reused buffer's view) is written at once, after what was kept."""
 
     def __init__(self, f):
         self.f, self.sha, self.pos = f, hashlib.sha256(), 0
+        self._kept: list[bytes] = []
+        self._kept_bytes = 0
 
     def write(self, b) -> int:
-        self.f.write(b)
-        self.sha.update(b)
-        self.pos += len(b)
-        return len(b)
+        n = len(b)
+        if type(b) is bytes and n < _JOIN:
+            self._kept.append(b)
+            self._kept_bytes += n
+            if self._kept_bytes >= _JOIN:
+                self.flush()
+        else:
+            self.flush()
+            self.f.write(b)
+            self.sha.update(b)
+        self.pos += n
+        return n
+
+    def flush(self) -> None:
+        """Write and hash what was kept."""
+        if self._kept:
+            data = b"".join(self._kept)
+            self._kept, self._kept_bytes = [], 0
+            self.f.write(data)
+            self.sha.update(data)
 
     def tell(self) -> int:
         return self.pos
@@ -167,8 +203,8 @@ class Fragment:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
         try:
             with os.fdopen(fd, "wb") as f:
-                for part in self.parts:
-                    f.write(part)
+                for chunk in _joined(self.parts, _JOIN):  # a write per MiB, not a few per sample
+                    f.write(chunk)
         except BaseException:  # a full disk: no half-written piece is left to fill it
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -185,6 +221,19 @@ class Fragment:
             self.parts, self.path, self.pos = [], st["path"], st["pos"]
         else:
             self.parts, self.path, self.pos = [st["data"]], None, len(st["data"])
+
+
+def _joined(parts: list[bytes], size: int) -> Iterator[bytes]:
+    """`parts` in order, joined into pieces of about `size` bytes (a part may exceed it)."""
+    group, n = [], 0
+    for part in parts:
+        group.append(part)
+        n += len(part)
+        if n >= size:
+            yield b"".join(group)
+            group, n = [], 0
+    if group:
+        yield b"".join(group)
 
 
 _CHUNK = 1 << 20  # bytes a spilled fragment is read back in at a time
@@ -243,6 +292,7 @@ class ShardWriter:
         """Finish the tar, write the index, and move both to their final names."""
         end = self._h.pos + 2 * _BLOCK  # two zero blocks, then zeros to the end of the record
         self._h.write(bytes(2 * _BLOCK + (-end) % _RECORD))
+        self._h.flush()
         write_atomic(self.idx_path, dali_index_text(self._index).encode())
         self._out.commit()
         return ShardInfo(self.path, self.count, self._h.pos, self._h.sha.hexdigest(), "".join(self._crcs))

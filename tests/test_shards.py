@@ -1,5 +1,6 @@
 """Shards round-trip through Python's tarfile, upstream webdataset, DALI's wds2idx and DALI's reader."""
 
+import hashlib
 import io
 import os
 import pickle
@@ -36,10 +37,14 @@ def write(tmp_path, samples=SAMPLES):
 
 
 def test_tar_header_matches_tarfile():
-    for name, size in [("00000001.jpg", 0), ("a.cls", 1), ("x" * 96 + ".jpg", 123456789)]:
+    cases = [("00000001.jpg", 0), ("a.cls", 1), ("x" * 96 + ".jpg", 123456789), ("ü" * 48 + ".jpg", 8**11 - 1)]
+    for name, size in cases:
         ti = tarfile.TarInfo(name)
         ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0o444, 0, 0, "", ""
-        assert tar_header(name, size) == ti.tobuf(tarfile.USTAR_FORMAT)
+        assert tar_header(name, size) == ti.tobuf(tarfile.USTAR_FORMAT, encoding="utf-8")
+    for name, size in [("y" * 101, 1), ("a.jpg", 8**11), ("a.jpg", -1)]:
+        with pytest.raises(ValueError):
+            tar_header(name, size)
 
 
 def test_shard_is_byte_identical_to_tarfile_and_complete(tmp_path):
@@ -89,6 +94,31 @@ def test_fragments_give_the_bytes_of_samples_written_one_by_one(tmp_path, spille
     assert (tmp_path / "f-000000.tar").read_bytes() == (tmp_path / "s-000000.tar").read_bytes()
     assert (tmp_path / "f-000000.idx").read_bytes() == (tmp_path / "s-000000.idx").read_bytes()
     assert (two.count, two.bytes, two.sha256, two.sample_crc32) == (one.count, one.bytes, one.sha256, one.sample_crc32)
+
+
+@pytest.mark.parametrize("join, chunk", [(1, 1), (700, 300), (1 << 20, 1 << 20)])
+def test_writes_joined_or_not_give_the_same_shard(tmp_path, monkeypatch, join, chunk):
+    """The writer joins small writes (`_JOIN` bytes) and reads spilled fragments back in `_CHUNK`
+    pieces of one reused buffer: samples, in-memory and spilled fragments mixed, at any of those
+    sizes, make the bytes and checksums of writing each sample itself."""
+    from imgprep import shards
+
+    one = write(tmp_path)
+    monkeypatch.setattr(shards, "_JOIN", join)
+    monkeypatch.setattr(shards, "_CHUNK", chunk)
+    w = ShardWriter(str(tmp_path / "m-000000.tar"))
+    for i, (k, c) in enumerate(SAMPLES):
+        if i % 3 == 0:
+            w.write(k, c)
+            continue
+        frag = Fragment.of(k, c)
+        if i % 3 == 2:
+            frag.spill(str(tmp_path / f"piece-{i}"))
+        w.write_fragment(frag)
+    two = w.close()
+    data = (tmp_path / "m-000000.tar").read_bytes()
+    assert data == (tmp_path / "s-000000.tar").read_bytes() and hashlib.sha256(data).hexdigest() == two.sha256
+    assert (two.count, two.bytes, two.sample_crc32) == (one.count, one.bytes, one.sample_crc32)
 
 
 @pytest.mark.skipif(shutil.which("tar") is None, reason="wds2idx needs GNU tar")
