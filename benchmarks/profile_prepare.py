@@ -3,11 +3,14 @@ checksums, tar and index writing; beside the bare codec chain (simplejpeg decode
 INTER_LINEAR resize, centre crop, simplejpeg encode) and a whole `prepare --workers 1`.
 
 The images are photo-like (1/f amplitude spectra, as in bench_disk.py), shorter side 300-500,
-aspect 0.75-1.33, JPEG q90. Each stage runs over all images in one process, stages in pipeline
-order with every stage's input made by the one before; the stage loop is repeated and the median
-per image reported (min-max beside it).
+aspect 0.75-1.33, JPEG q90. The stages run image by image as a worker runs them (`prepare._samples`:
+one `geometry.Scratch` of reused arrays for the decode, resize and encode, the statistics added
+before the next image, its members written to the tar), each call timed on its own; the pass over
+the images is repeated and the median per image reported (min-max beside it). `--fresh` times
+the stages over lists of fresh arrays instead, a stage at a time (this script's former form).
 
-Usage: python benchmarks/profile_prepare.py [--images 300] [--repeats 5] [--json-out docs/prepare_profile.json]
+Usage: python benchmarks/profile_prepare.py [--images 300] [--repeats 5] [--fresh]
+       [--json-out docs/prepare_profile.json]
 """
 
 from __future__ import annotations
@@ -51,8 +54,56 @@ def _images(n: int, root: str) -> list[str]:
     return paths
 
 
+STAGES = (
+    "read",
+    "decode",
+    "resize + crop (antialiased)",
+    "encode",
+    "statistics",
+    "checksums (CRC-32, sha256)",
+    "tar + index + json",
+)
+
+
+def _worker_stages(paths: list[str], size: int, quality: int, tmp: str) -> dict[str, float]:
+    """Seconds per stage over all images, run image by image with one Scratch as a worker runs them."""
+    from imgprep.codec import decode_rgb, encode_jpeg
+    from imgprep.geometry import Scratch, resize_center_crop
+    from imgprep.shards import ShardWriter, sample_crc
+    from imgprep.stats import StatsAccumulator
+
+    t = dict.fromkeys(STAGES, 0.0)
+    clock = time.perf_counter
+    scratch, acc = Scratch(), StatsAccumulator(size)
+    w = ShardWriter(os.path.join(tmp, "profile.tar"))
+    for k, p in enumerate(paths):
+        t0 = clock()
+        data = _read(p)
+        t1 = clock()
+        img = decode_rgb(data, p, min_side=size, scratch=scratch)
+        t2 = clock()
+        pixels = resize_center_crop(img.pixels, size, scratch)
+        t3 = clock()
+        jpeg = encode_jpeg(pixels, quality, scratch)
+        t4 = clock()
+        acc.add(pixels)
+        t5 = clock()
+        sample = {"cls": b"1", "jpg": jpeg, "json": json.dumps({"source": p, "label": 1}).encode()}
+        sample_crc(sample)
+        hashlib.sha256(jpeg).digest()
+        t6 = clock()
+        w.write(f"{k:08d}", sample)
+        t7 = clock()
+        for name, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6), strict=True):
+            t[name] += dt
+    t0 = clock()
+    w.close()
+    t["tar + index + json"] += clock() - t0
+    return t
+
+
 def _stages(paths: list[str], size: int, quality: int, tmp: str) -> dict[str, float]:
-    """Seconds per stage over all images, in pipeline order."""
+    """Seconds per stage over all images, a stage at a time over lists of fresh arrays."""
     from imgprep.codec import decode_rgb, encode_jpeg
     from imgprep.geometry import resize_center_crop
     from imgprep.shards import ShardWriter, sample_crc
@@ -111,6 +162,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--fresh", action="store_true", help="stages a list at a time, fresh arrays")
     ap.add_argument("--json-out", default=None)
     a = ap.parse_args()
     import cv2
@@ -124,7 +176,7 @@ def main() -> None:
         paths = _images(a.images, src)
         runs, bare, whole = [], [], []
         for r in range(a.repeats):
-            runs.append(_stages(paths, size, quality, tmp))
+            runs.append((_stages if a.fresh else _worker_stages)(paths, size, quality, tmp))
             bare.append(_bare_chain(paths, size, quality))
             out = os.path.join(tmp, f"out{r}")
             cmd = [sys.executable, "-m", "imgprep.cli.main", "prepare", src, out, "--workers", "1", "--no-progress"]
@@ -141,7 +193,9 @@ def main() -> None:
     total = sum(s["median"] for s in stages.values())
     res = {
         "what": "milliseconds per image of one prepare worker, by stage (one process, one OpenCV thread)",
-        "command": f"python benchmarks/profile_prepare.py --images {n} --repeats {a.repeats}",
+        "command": f"python benchmarks/profile_prepare.py --images {n} --repeats {a.repeats}"
+        + (" --fresh" if a.fresh else ""),
+        "stages_run": "a stage at a time over lists of fresh arrays" if a.fresh else "image by image, one Scratch",
         "machine": environment(),
         "images": n,
         "stages_ms": stages,
