@@ -111,8 +111,8 @@ def test_pca_equals_lapack_on_random_and_degenerate_covariances():
         assert list(val) == sorted(val, reverse=True)
 
 
-def test_partial_int32_sums_fold_into_the_exact_int64_sum(monkeypatch):
-    """The per-position sums are kept in int32 between folds: folded every 2 images here, they
+def test_partial_uint16_sums_fold_into_the_exact_int64_sum(monkeypatch):
+    """The per-position sums are kept in uint16 between folds: folded every 2 images here, they
     equal a plain int64 NumPy sum, also across merge and to_arrays/from_arrays."""
     from imgprep import stats
 
@@ -129,3 +129,28 @@ def test_partial_int32_sums_fold_into_the_exact_int64_sum(monkeypatch):
     assert a.images == 7 and np.array_equal(a.sum_image, want) and a.sum_image.dtype == np.int64
     x = np.concatenate([im.reshape(-1, 3).astype(np.int64) for im in images])
     assert np.array_equal(a.gram, x.T @ x)
+
+
+def test_white_images_fill_the_uint16_partial_sum_exactly_and_fold():
+    """At the default fold (every 257 images) a partial sum of white pixels reaches 2^16 - 1, the
+    most uint16 holds: 600 white images (two folds and a part) sum exactly, and a black pixel
+    between keeps its zeros."""
+    img = np.full((4, 4, 3), 255, np.uint8)
+    img[1, 2] = 0
+    acc = StatsAccumulator(4)
+    for _ in range(600):
+        acc.add(img)
+    want = img.astype(np.int64) * 600
+    assert np.array_equal(acc.sum_image, want) and acc.sum_image.max() == 600 * 255
+    x = img.reshape(-1, 3).astype(np.int64)
+    assert np.array_equal(acc.gram, 600 * (x.T @ x))
+
+
+def test_gram_into_reused_planes_and_planes_of_another_size():
+    rng = np.random.default_rng(3)
+    planes = [np.empty((32, 32), np.uint8) for _ in range(3)]
+    for h, w in ((32, 32), (32, 32), (17, 40)):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        x = img.reshape(-1, 3).astype(np.int64)
+        assert np.array_equal(gram(img, planes), x.T @ x)
+        assert np.array_equal(gram(img[:, ::-1], planes), x.T @ x)  # a strided view: copied first
