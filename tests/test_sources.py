@@ -316,3 +316,32 @@ def test_plain_members_lists_what_tarfile_lists_or_leaves_it_to_tarfile(case):
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as t:
         want = [(m.name, m.offset_data, m.size, m.isreg()) for m in t]
     assert got == want and len(want) >= 1
+
+
+def test_a_plain_file_is_read_whole_as_it_is_when_read(tmp_path, monkeypatch):
+    """One read where the file has the length fstat gave; a file that grew after fstat is read to
+    its end, within the per-image limit; one that shrank gives what it holds; an empty one b''."""
+    from imgprep import sources
+    from imgprep.sources import Item
+
+    data = os.urandom(3 << 20)  # over one read's chunk after the first
+    (tmp_path / "a.jpg").write_bytes(data)
+    (tmp_path / "e.jpg").write_bytes(b"")
+    src = Source(str(tmp_path), [])
+    item, empty = Item("a.jpg", 0), Item("e.jpg", 0)
+    assert src.read(item) == data and src.read(empty) == b""
+    real = os.fstat
+
+    def fstat_says(delta):
+        def fake(fd):
+            st = real(fd)
+            return os.stat_result((st.st_mode, *tuple(st)[1:6], st.st_size + delta, *tuple(st)[7:]))
+
+        return fake
+
+    monkeypatch.setattr(sources.os, "fstat", fstat_says(-(2 << 20)))  # it grew by 2 MiB after fstat
+    assert src.read(item) == data and src.read(item, max_bytes=3 << 20) == data
+    with pytest.raises(OSError, match="grew past the limit"):
+        src.read(item, max_bytes=(3 << 20) - 1)
+    monkeypatch.setattr(sources.os, "fstat", fstat_says(+100))  # it shrank after fstat
+    assert src.read(item) == data
