@@ -121,6 +121,61 @@ def test_writes_joined_or_not_give_the_same_shard(tmp_path, monkeypatch, join, c
     assert (two.count, two.bytes, two.sample_crc32) == (one.count, one.bytes, one.sample_crc32)
 
 
+def test_a_shard_is_synced_in_the_background_as_it_grows_and_its_errors_are_raised(tmp_path, monkeypatch):
+    """Every _SYNC_EVERY bytes a thread syncs what was written; the shard is the same, no thread
+    outlives close() (the pool forks only a process with one thread), and a failed sync is the
+    writer's error (at its next sync or at close), the partial file then removed by abort()."""
+    import errno
+    import threading
+
+    from imgprep import shards
+
+    one = write(tmp_path)
+    monkeypatch.setattr(shards, "_SYNC_EVERY", 1500)
+    monkeypatch.setattr(shards, "_JOIN", 500)  # written as it comes, not all at close
+    real_sync, real_thread = shards.os.fdatasync, threading.Thread
+    synced = []
+
+    class Now:  # a thread that runs at start(): the sizes synced are those when each sync began
+        def __init__(self, target, args, daemon):
+            self.run = lambda: target(*args)
+
+        def start(self):
+            self.run()
+
+        def is_alive(self):
+            return False
+
+        def join(self):
+            pass
+
+    monkeypatch.setattr(shards.os, "fdatasync", lambda fd: synced.append(os.fstat(fd).st_size) or real_sync(fd))
+    for thread in (Now, real_thread):
+        monkeypatch.setattr(shards.threading, "Thread", thread)
+        synced.clear()
+        w = ShardWriter(str(tmp_path / "y-000000.tar"))
+        for k, c in SAMPLES:
+            w.write(k, c)
+        two = w.close()
+        assert (tmp_path / "y-000000.tar").read_bytes() == (tmp_path / "s-000000.tar").read_bytes()
+        assert (two.sha256, two.sample_crc32) == (one.sha256, one.sample_crc32) and threading.active_count() == 1
+        if thread is Now:
+            assert len(synced) >= 3 and synced == sorted(synced) and synced[0] < two.bytes
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shards.os, "fdatasync", full)
+    w = ShardWriter(str(tmp_path / "z-000000.tar"))
+    with pytest.raises(OSError, match="No space left"):  # at the next write that syncs, or at close
+        for k, c in SAMPLES:
+            w.write(k, c)
+        w.close()
+    w.abort()
+    assert not any(p.name.startswith((".z-", "z-")) for p in tmp_path.iterdir())
+    assert threading.active_count() == 1
+
+
 @pytest.mark.skipif(shutil.which("tar") is None, reason="wds2idx needs GNU tar")
 def test_index_equals_dalis_wds2idx(tmp_path):
     wds2idx = shutil.which("wds2idx") or os.path.join(os.path.dirname(sys.executable), "wds2idx")
