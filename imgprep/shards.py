@@ -137,7 +137,9 @@ class _HashingFile:
             self.finish_syncs()
             self.f.flush()
             self._unsynced = 0
-            self._sync = threading.Thread(target=self._run_sync, args=(self.f.fileno(),), daemon=True)
+            self._sync = threading.Thread(
+                target=self._run_sync, args=(self.f.fileno(),), daemon=True, name="imgprep-shard-sync"
+            )
             self._sync.start()
 
     def _run_sync(self, fd: int) -> None:
