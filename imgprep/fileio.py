@@ -24,6 +24,7 @@ __all__ = [
     "json_bytes",
     "write_json_atomic",
     "is_utf8",
+    "file_signature",
 ]
 
 PARTIAL_SUFFIX = ".partial"
@@ -181,3 +182,10 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def file_signature(path: str) -> tuple[int, int, int]:
+    """(size, mtime in ns, inode) of a file: what a cache of something derived from the file keys
+    on, so that a file rewritten in place or replaced (renamed over) is read again."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns, st.st_ino

@@ -19,6 +19,7 @@ import os
 import threading
 
 from .errors import ImgprepError
+from .fileio import file_signature
 from .shards import CHECKED_COMPONENTS, index_path, read_dali_index, sample_crc, split_key
 
 __all__ = ["ON_CORRUPT", "ShardChecker", "corrupt_sample_error", "jpeg_is", "left_out"]
@@ -99,8 +100,7 @@ class ShardChecker:
     def bad_samples(self, path: str) -> dict[int, str]:
         """{position: key} of the corrupt samples of shard `path`; ImgprepError for a shard that is
         truncated or replaced (or, format 1, changed at all)."""
-        st = os.stat(path)
-        sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+        sig = file_signature(path)
         with self._lock:
             cached = self._done.get(path)
         if cached is not None and cached[0] == sig:

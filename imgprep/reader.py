@@ -20,6 +20,7 @@ import numpy as np
 
 from .constants import PAD_LABEL
 from .errors import ImgprepError
+from .fileio import file_signature
 from .shards import index_path, read_dali_index, split_key
 
 __all__ = [
@@ -61,8 +62,8 @@ class ShardIndex:
 
 
 class IndexCache:
-    """Each shard's `ShardIndex`, parsed once and kept while its index file is unchanged (size,
-    mtime, inode: the signature `integrity.ShardChecker` keeps its checks by). A loader keeps one
+    """Each shard's `ShardIndex`, parsed once and kept while its index file is unchanged
+    (`fileio.file_signature`, as `integrity.ShardChecker` keeps its checks). A loader keeps one
     for all its epochs: parsing every index again at each epoch cost the feeding thread ~9 us an
     image (`benchmarks/bench_feed.py`), on the cores DALI decodes with. Pickled empty: a worker
     process parses its own."""
@@ -72,8 +73,7 @@ class IndexCache:
 
     def get(self, shard: str) -> ShardIndex:
         path = index_path(shard)
-        st = os.stat(path)
-        sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+        sig = file_signature(path)
         hit = self._got.get(path)
         if hit is not None and hit[0] == sig:
             return hit[1]
