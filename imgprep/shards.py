@@ -96,7 +96,7 @@ class _HashingFile:
     Every _SYNC_EVERY bytes the data so far is synced to the disk by a thread of its own while
     the writer goes on, so that the fsync before the shard's rename finds little left to write:
     it blocked a worker ~90 ms for a 50 MB shard on a VM's disk, and can take seconds on a
-    cluster file system, with the worker's core idle. `finish_syncs` waits for the last one."""
+    cluster file system, with the worker's core idle. `finish` waits for the last one."""
 
     def __init__(self, f, sync: bool = True):
         self.f, self.sha, self.pos = f, hashlib.sha256(), 0
@@ -147,6 +147,13 @@ class _HashingFile:
             getattr(os, "fdatasync", os.fsync)(fd)
         except OSError as exc:  # raised in the writer by finish_syncs
             self._sync_error = exc
+
+    def finish(self) -> None:
+        """Write what was kept and wait for the background sync, raising its error; no sync is
+        started for the last bytes (the caller's fsync before the rename writes them)."""
+        self._sync_on = False
+        self.flush()
+        self.finish_syncs()
 
     def finish_syncs(self) -> None:
         """Wait for the background sync, if one runs, and raise its error."""
@@ -331,8 +338,7 @@ class ShardWriter:
         """Finish the tar, write the index, and move both to their final names."""
         end = self._h.pos + 2 * _BLOCK  # two zero blocks, then zeros to the end of the record
         self._h.write(bytes(2 * _BLOCK + (-end) % _RECORD))
-        self._h.flush()
-        self._h.finish_syncs()
+        self._h.finish()
         write_atomic(self.idx_path, dali_index_text(self._index).encode())
         self._out.commit()
         return ShardInfo(self.path, self.count, self._h.pos, self._h.sha.hexdigest(), "".join(self._crcs))
