@@ -8,6 +8,8 @@ one `geometry.Scratch` of reused arrays for the decode, resize and encode, the s
 before the next image, its members written to the tar), each call timed on its own; the pass over
 the images is repeated and the median per image reported (min-max beside it). `--fresh` times
 the stages over lists of fresh arrays instead, a stage at a time (this script's former form).
+The shard writer computes the CRC-32 and the tar's sha256 itself: the checksums stage times them
+apart, and they are inside the tar stage too (the sum of the stages counts them twice).
 
 Usage: python benchmarks/profile_prepare.py [--images 300] [--repeats 5] [--fresh]
        [--json-out docs/prepare_profile.json]
