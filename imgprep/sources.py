@@ -122,12 +122,13 @@ def _read_whole(fd: int, size: int, max_bytes: int | None) -> bytes:
     first = os.read(fd, size + 1)
     if len(first) == size:
         return first
-    parts, n = [first], len(first)
-    while chunk := os.read(fd, 1 << 20):
+    parts, n, chunk = [], 0, first
+    while chunk:  # the first read counts too: its byte past `size` may be past `max_bytes`
         parts.append(chunk)
         n += len(chunk)
         if max_bytes is not None and n > max_bytes:
             raise OSError(f"grew past the limit of {max_bytes:,} bytes for one image while read")
+        chunk = os.read(fd, 1 << 20)
     return b"".join(parts)
 
 

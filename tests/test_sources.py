@@ -343,5 +343,8 @@ def test_a_plain_file_is_read_whole_as_it_is_when_read(tmp_path, monkeypatch):
     assert src.read(item) == data and src.read(item, max_bytes=3 << 20) == data
     with pytest.raises(OSError, match="grew past the limit"):
         src.read(item, max_bytes=(3 << 20) - 1)
+    monkeypatch.setattr(sources.os, "fstat", fstat_says(-1))  # one byte more, at the limit: the first read
+    with pytest.raises(OSError, match="grew past the limit"):  # already holds the byte past it
+        src.read(item, max_bytes=(3 << 20) - 1)
     monkeypatch.setattr(sources.os, "fstat", fstat_says(+100))  # it shrank after fstat
     assert src.read(item) == data
